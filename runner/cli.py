@@ -1,0 +1,124 @@
+"""The ``migration-runner`` command line: parse, load settings, run, exit with the documented code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from runner import __version__, commands, database, logs
+from runner.errors import MEANINGS, ExitCode, Interrupted, MigrationFailed, RunnerError, exit_code_for
+from runner.settings import PREFIX, Settings, load_settings
+
+COMMANDS: dict[str, tuple[Callable[[commands.Run], ExitCode], str]] = {
+    "upgrade": (commands.upgrade, "apply pending revisions under the advisory lock (default)"),
+    "check": (commands.check, "exit 0 if the database is at the target, 1 and list what is pending if not"),
+    "current": (commands.current, "print the current and head revisions (--json for JSON)"),
+    "wait": (commands.wait, "poll read-only until the database is at the target (init-containers)"),
+    "config": (commands.show_config, "print the effective settings as JSON, secrets redacted"),
+}
+# Commands whose stdout is a document: their log lines go to stderr instead.
+_DOCUMENT_COMMANDS = {"current", "config"}
+_FLAGS = ("environment", "target", "lock_timeout", "wait_timeout", "log_level", "log_format",
+          "alembic_config", "script_location")
+
+
+def _epilog() -> str:
+    commands_text = "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+    settings_text = "\n".join(
+        f"  {PREFIX + name.upper():<36} {info.description or ''}" for name, info in Settings.model_fields.items()
+    )
+    codes = "\n".join(f"  {int(code):>3}  {text}" for code, text in MEANINGS.items())
+    return (
+        f"commands:\n{commands_text}\n\n"
+        f"settings (environment variables; flags above override them):\n{settings_text}\n"
+        f"  {'MIGRATION_SECRETS_DIR':<36} directory of secret files (default /run/secrets), "
+        "e.g. migration_database_url\n\n"
+        f"exit codes:\n{codes}\n"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; ``--help`` lists commands, settings and exit codes."""
+    parser = argparse.ArgumentParser(
+        prog="migration-runner",
+        description="Apply Alembic revisions under a database advisory lock.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", default="upgrade", choices=list(COMMANDS), metavar="COMMAND",
+                        help=f"one of {', '.join(COMMANDS)} (default: upgrade)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--json", action="store_true", help="current: print JSON")
+    for name in _FLAGS:
+        metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=metavar,
+                            help=f"overrides {PREFIX}{name.upper()}")
+    return parser
+
+
+def outcome(code: ExitCode) -> str:
+    """A short word for how a run ended: ``success`` or the exit code's name, e.g. ``migration_failed``."""
+    return "success" if code == ExitCode.OK else code.name.lower()
+
+
+def _raise_interrupted(signum: int, _: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (see :data:`runner.errors.MEANINGS`).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code.
+    """
+    args = build_parser().parse_args(argv)
+    # As PID 1 in a container, SIGTERM is ignored unless a handler is installed.
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    started = time.monotonic()
+    stream = sys.stderr if args.command in _DOCUMENT_COMMANDS else sys.stdout
+    logs.configure(stream=stream)  # until the settings say otherwise
+    log = logs.get_logger()
+    try:
+        code = _run(args, stream)
+    except RunnerError as error:
+        code = error.exit_code
+        details = {"revision": error.revision, "sqlstate": error.sqlstate} if isinstance(error, MigrationFailed) else {}
+        log.error(error.event, error=error.message, exit_code=int(code), **details,
+                  exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
+    except Interrupted as error:
+        code = exit_code_for(error)
+        log.warning("run.interrupted", signal=str(error), exit_code=int(code))
+    except Exception:
+        code = ExitCode.INTERNAL
+        log.exception("run.crashed", exit_code=int(code))
+    log.info("run.finished", exit_code=int(code), outcome=outcome(code),
+             duration_seconds=round(time.monotonic() - started, 6))
+    return int(code)
+
+
+def _run(args: argparse.Namespace, stream: TextIO) -> ExitCode:
+    settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
+    logs.configure(level=settings.log_level, fmt=settings.log_format, stream=stream)
+    if settings.database_url is not None and settings.url.password:
+        password = str(settings.url.password)
+        for form in (password, urllib.parse.quote(password, safe=""), urllib.parse.quote_plus(password)):
+            logs.add_secret(form)  # as decoded and as it may stand %-encoded in a URL
+    run = commands.Run(settings=settings, cwd=Path.cwd(), as_json=args.json)
+    logs.bind_run(run_id=run.run_id, command=args.command, environment=settings.environment, host=run.host)
+    logs.get_logger().info(
+        "run.started", version=__version__, target=settings.target,
+        database=database.redact(settings.url) if settings.database_url is not None else None,
+    )
+    return COMMANDS[args.command][0](run)

@@ -1,0 +1,168 @@
+"""The exit-code contract: every way a run can end, and the code it exits with.
+
+This module is the one place that maps outcomes to process exit codes. The
+codes follow BSD ``sysexits.h`` where one fits, so that a Kubernetes
+``podFailurePolicy``, a Helm hook or a CI stage can tell a failure worth
+retrying (69, 75) from one that will fail the same way again (65, 66, 78)::
+
+    BaseException
+    ├── RunnerError                  exit_code on the class
+    │   ├── ConfigError              78  EX_CONFIG
+    │   ├── DatabaseUnavailable      69  EX_UNAVAILABLE
+    │   ├── LockTimeout              75  EX_TEMPFAIL
+    │   ├── WaitTimeout              75  EX_TEMPFAIL
+    │   ├── MigrationFailed          65  EX_DATAERR
+    │   └── UnknownRevision          66  EX_NOINPUT
+    └── KeyboardInterrupt
+        └── Interrupted              130 (SIGINT) / 143 (SIGTERM)
+
+``Interrupted`` derives from ``KeyboardInterrupt`` on purpose: psycopg 3
+cancels the running statement on the server when a ``KeyboardInterrupt``
+arrives while it waits for a result (psycopg docs, "Interrupting a query").
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of ``migration-runner``; :data:`MEANINGS` explains each."""
+
+    OK = 0
+    NOT_AT_TARGET = 1
+    USAGE = 2
+    MIGRATION_FAILED = 65
+    UNKNOWN_REVISION = 66
+    DATABASE_UNAVAILABLE = 69
+    INTERNAL = 70
+    TIMEOUT = 75
+    CONFIG = 78
+    SIGINT = 130
+    SIGTERM = 143
+
+
+# The documented table: --help prints it and README repeats it (a test compares).
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success: revisions applied, or nothing to do",
+    ExitCode.NOT_AT_TARGET: "check: database not at target",
+    ExitCode.USAGE: "command-line usage error",
+    ExitCode.MIGRATION_FAILED: "a migration failed: the revision, SQLSTATE if any, and message are logged",
+    ExitCode.UNKNOWN_REVISION: "the database is at a revision the script directory does not have "
+    "(e.g. after an application rollback); MIGRATION_ALLOW_UNKNOWN_REVISION=true makes "
+    "upgrade and wait exit 0",
+    ExitCode.DATABASE_UNAVAILABLE: "database unreachable",
+    ExitCode.INTERNAL: "internal error (a bug: please report it with the log)",
+    ExitCode.TIMEOUT: "lock or wait timed out; a later retry may succeed",
+    ExitCode.CONFIG: "configuration invalid: a bad or missing setting, a missing script directory, "
+    "an unknown target, several heads when one target is required",
+    ExitCode.SIGINT: "interrupted by SIGINT",
+    ExitCode.SIGTERM: "interrupted by SIGTERM",
+}
+
+
+class RunnerError(Exception):
+    """Base of the errors that end a run with a documented exit code.
+
+    Args:
+        message: one actionable line for the user; never contains a password.
+    """
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+    event: str = "run.failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(RunnerError):
+    """A setting, the script directory, the target or the heads are unusable."""
+
+    exit_code = ExitCode.CONFIG
+    event = "config.invalid"
+
+
+class DatabaseUnavailable(RunnerError):
+    """The database refused or dropped the connection (SQLSTATE class 08, ...)."""
+
+    exit_code = ExitCode.DATABASE_UNAVAILABLE
+    event = "database.unavailable"
+
+
+class LockTimeout(RunnerError):
+    """Another runner held the advisory lock for longer than ``lock_timeout``."""
+
+    exit_code = ExitCode.TIMEOUT
+    event = "lock.timeout"
+
+
+class WaitTimeout(RunnerError):
+    """``wait`` gave up before the database reached the target."""
+
+    exit_code = ExitCode.TIMEOUT
+    event = "wait.timeout"
+
+
+class UnknownRevision(RunnerError):
+    """The database is at a revision that the script directory does not contain.
+
+    This is what an application rollback looks like: the newer image migrated
+    the database, the older image no longer ships that revision.
+    """
+
+    exit_code = ExitCode.UNKNOWN_REVISION
+    event = "revision.unknown"
+
+    def __init__(self, message: str, revisions: list[str]) -> None:
+        super().__init__(message)
+        self.revisions = revisions
+
+
+class MigrationFailed(RunnerError):
+    """A revision raised while it was applied; its transaction was rolled back.
+
+    Args:
+        message: the database's or Python's error message, first line.
+        revision: the id of the revision that failed.
+        sqlstate: the five-character SQLSTATE when the database gave one.
+    """
+
+    exit_code = ExitCode.MIGRATION_FAILED
+    event = "revision.failed"
+
+    def __init__(self, message: str, *, revision: str | None, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.sqlstate = sqlstate
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process received SIGTERM or SIGINT.
+
+    Args:
+        signum: the signal number; the exit code is 128 + signum.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """Map an exception that ended a run to the process exit code.
+
+    Args:
+        error: what propagated to the top of the command.
+
+    Returns:
+        The documented code; ``ExitCode.INTERNAL`` (70) for anything unforeseen.
+    """
+    if isinstance(error, RunnerError):
+        return error.exit_code
+    if isinstance(error, Interrupted):
+        return ExitCode.SIGTERM if error.signum == signal.SIGTERM else ExitCode.SIGINT
+    if isinstance(error, KeyboardInterrupt):
+        return ExitCode.SIGINT
+    return ExitCode.INTERNAL

@@ -1,0 +1,213 @@
+"""The migration lock: one runner at a time per database and version table.
+
+PostgreSQL: a *session-level* advisory lock (``pg_try_advisory_lock``) held on
+a dedicated autocommit connection. It is never inside a transaction, so a
+revision may use ``CREATE INDEX CONCURRENTLY`` in an ``autocommit_block``, and
+the server frees it when the session ends, so a killed pod cannot leave it
+behind (PostgreSQL docs, "13.3.5. Advisory Locks").
+
+SQLite: an OS file lock (``filelock``, ``fcntl.flock`` on Linux) beside the
+database file, freed by the kernel when the process dies.
+
+Both are polled with capped exponential backoff and jitter until the timeout;
+every few seconds the waiter logs who holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from runner import database
+from runner.errors import ConfigError, LockTimeout
+from runner.logs import get_logger
+
+HOLDER_LOG_INTERVAL_SECONDS = 5.0
+_FIRST_DELAY_SECONDS = 0.05
+_MAX_DELAY_SECONDS = 2.0
+_INT64 = 1 << 63
+
+# A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low
+# 32 bits) and objsubid = 1 (PostgreSQL docs, "54.12. pg_locks").
+_PG_HOLDER = text(
+    """
+    SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr,
+           a.backend_start AS since, a.state
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid::bigint = :high AND l.objid::bigint = :low
+    """
+)
+
+
+@dataclass
+class HeldLock:
+    """A lock this run holds.
+
+    Attributes:
+        key: the advisory lock key (PostgreSQL) or 0 for a file lock.
+        wait_seconds: how long acquiring it took, in seconds.
+    """
+
+    key: int
+    wait_seconds: float
+
+
+def derive_key(*, database_name: str, schema: str | None, version_table: str) -> int:
+    """Derive a stable signed 64-bit advisory lock key.
+
+    Args:
+        database_name: the database the runner migrates.
+        schema: the version table's schema, or ``None``.
+        version_table: the version table's name.
+
+    Returns:
+        An integer in [-2**63, 2**63), the first 8 bytes of a SHA-256.
+    """
+    material = "\0".join(("migration-runner", database_name, schema or "", version_table))
+    return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big", signed=True)
+
+
+def parse_key(value: str) -> int:
+    """Turn ``MIGRATION_LOCK_KEY`` into a key: a 64-bit integer as is, other text hashed.
+
+    Args:
+        value: the setting's text.
+
+    Returns:
+        A signed 64-bit integer.
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        return int.from_bytes(hashlib.sha256(value.encode()).digest()[:8], "big", signed=True)
+    if not -_INT64 <= number < _INT64:
+        raise ConfigError(f"MIGRATION_LOCK_KEY={value} does not fit a signed 64-bit integer")
+    return number
+
+
+def _poll(
+    try_acquire: Callable[[], bool],
+    describe_holder: Callable[[], dict[str, Any]],
+    *,
+    timeout: float,
+    what: dict[str, Any],
+) -> float:
+    """Call ``try_acquire`` with backoff and jitter until it returns True.
+
+    Returns:
+        Seconds waited.
+
+    Raises:
+        LockTimeout: ``timeout`` seconds passed; the message names the holder.
+    """
+    log = get_logger()
+    started = time.monotonic()
+    deadline = started + timeout
+    delay = _FIRST_DELAY_SECONDS
+    next_report = started
+    while not try_acquire():
+        now = time.monotonic()
+        if now >= next_report:
+            log.info("lock.waiting", waited_seconds=round(now - started, 3), holder=describe_holder(), **what)
+            next_report = now + HOLDER_LOG_INTERVAL_SECONDS
+        if now >= deadline:
+            holder = describe_holder()
+            raise LockTimeout(
+                f"lock still held after {timeout:g} s by {holder or 'a session that just released it'}; "
+                "another runner is migrating this database: let it finish, or raise MIGRATION_LOCK_TIMEOUT"
+            )
+        time.sleep(min(random.uniform(delay / 2, delay), max(deadline - now, 0.0)))
+        delay = min(delay * 2, _MAX_DELAY_SECONDS)
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _postgres_lock(url: URL, *, key: int, timeout: float, application_name: str) -> Iterator[HeldLock]:
+    engine = database.make_engine(url, application_name=application_name, autocommit=True)
+    unsigned = key % (1 << 64)
+    where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
+    with database.connect(engine) as connection:
+
+        def try_acquire() -> bool:
+            return bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+
+        def describe_holder() -> dict[str, Any]:
+            row = connection.execute(_PG_HOLDER, where).mappings().first()
+            return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} if row else {}
+
+        waited = _poll(try_acquire, describe_holder, timeout=timeout, what={"lock_key": key})
+        get_logger().info("lock.acquired", lock_key=key, wait_seconds=round(waited, 3))
+        try:
+            yield HeldLock(key=key, wait_seconds=waited)
+        finally:
+            # If the connection is already gone the server has freed the lock.
+            with contextlib.suppress(Exception):
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            get_logger().info("lock.released", lock_key=key)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, *, timeout: float) -> Iterator[HeldLock]:
+    lock = filelock.FileLock(path)
+
+    def try_acquire() -> bool:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        return True
+
+    waited = _poll(try_acquire, lambda: {"lock_file": str(path)}, timeout=timeout, what={"lock_file": str(path)})
+    get_logger().info("lock.acquired", lock_file=str(path), wait_seconds=round(waited, 3))
+    try:
+        yield HeldLock(key=0, wait_seconds=waited)
+    finally:
+        lock.release()
+        get_logger().info("lock.released", lock_file=str(path))
+
+
+@contextlib.contextmanager
+def migration_lock(
+    url: URL, *, key: int, timeout: float, application_name: str
+) -> Iterator[HeldLock]:
+    """Hold the migration lock for the database at ``url``.
+
+    Args:
+        url: a normalised URL (PostgreSQL or SQLite).
+        key: the advisory lock key (PostgreSQL only).
+        timeout: seconds to wait before giving up.
+        application_name: names this runner in ``pg_stat_activity``.
+
+    Yields:
+        The held lock; it is released on exit, also on error.
+
+    Raises:
+        LockTimeout: the lock was not acquired within ``timeout`` seconds.
+        DatabaseUnavailable: the lock connection could not be opened.
+        ConfigError: the dialect has no lock implementation.
+    """
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        with _postgres_lock(url, key=key, timeout=timeout, application_name=application_name) as held:
+            yield held
+    elif backend == "sqlite":
+        path = database.database_name(url)
+        if path in ("", ":memory:"):
+            yield HeldLock(key=0, wait_seconds=0.0)  # a private database needs no lock
+            return
+        with _file_lock(Path(f"{path}.lock"), timeout=timeout) as held:
+            yield held
+    else:  # parse_url already refuses these; keep the contract explicit
+        raise ConfigError(f"no migration lock for dialect {backend!r}")

@@ -1,0 +1,153 @@
+"""Structured logs: one JSON object per line, or console lines on a TTY.
+
+Every event has ``timestamp`` (UTC ISO-8601), ``level``, a dotted ``event``
+name and the run-wide fields bound by :func:`bind_run`. Records of the
+standard library (Alembic, SQLAlchemy) go through the same renderer; their
+``event`` is the logger's dotted name and their text is in ``message``.
+Known secrets are replaced by ``***`` in every string value, at every level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.config
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+_secrets: set[str] = set()
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def add_secret(secret: str | None) -> None:
+    """Register a value (a password) that must never appear in any log line."""
+    if secret:
+        _secrets.add(secret)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            value = value.replace(secret, "***")
+    elif isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    elif isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    return {key: _redact_value(value) for key, value in event_dict.items()} if _secrets else event_dict
+
+
+def _name_foreign_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    # A stdlib record's text becomes "message"; its logger's name is the event.
+    event_dict["message"] = event_dict.get("event")
+    event_dict["event"] = event_dict.pop("logger", "stdlib")
+    return event_dict
+
+
+def _leading_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    # timestamp, level and event first, so a line reads well before parsing.
+    head = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
+    return {**head, **event_dict}
+
+
+def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Route structlog and standard-library logging to one stream and renderer.
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error``. At ``debug``,
+            SQLAlchemy logs each statement and Alembic logs its own progress.
+        fmt: ``json``, ``console`` or ``auto`` (console on a TTY, else JSON).
+        stream: where lines go (default: stdout).
+    """
+    stream = sys.stdout if stream is None else stream
+    numeric = _LEVELS.get(level, logging.INFO)
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(default=str)
+        # No local variables in tracebacks: they may hold connection secrets.
+        exceptions: Any = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        exceptions = structlog.processors.format_exc_info  # rendered before redaction
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            timestamper,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            timestamper,
+            _name_foreign_event,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            exceptions,
+            _redact,
+            _leading_keys,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # Alembic's "Running upgrade ..." duplicates revision.applied; keep it for debug.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if numeric <= logging.DEBUG else logging.WARNING)
+
+
+def bind_run(**fields: Any) -> None:
+    """Add fields (run id, environment, host, command) to every later event."""
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def get_logger() -> structlog.stdlib.BoundLogger:
+    """The runner's logger; events are named like ``lock.acquired``."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("runner")
+    return logger
+
+
+@contextlib.contextmanager
+def env_py_file_config_ignored() -> Iterator[None]:
+    """Make ``logging.config.fileConfig`` a no-op while a project's env.py runs.
+
+    The ``env.py`` that ``alembic init`` writes calls ``fileConfig()`` on the ini
+    file, which would replace the runner's handlers and disable its loggers.
+    env.py looks the function up when it runs, so replacing the attribute of
+    :mod:`logging.config` for that time is enough.
+    """
+    original = logging.config.fileConfig
+
+    def ignored(*args: Any, **kwargs: Any) -> None:
+        get_logger().debug("alembic.file_config_ignored", reason="the runner owns logging")
+
+    logging.config.fileConfig = ignored  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        logging.config.fileConfig = original  # type: ignore[assignment]
+

@@ -1,0 +1,262 @@
+"""Settings from flags, environment variables, secret files and ``.env`` files.
+
+Precedence, highest first (README, "Settings")::
+
+    CLI flag > environment variable > secret file > .env.<environment> > .env
+             > environment defaults > built-in defaults
+
+``DATABASE_URL`` is read only when ``MIGRATION_DATABASE_URL`` is set nowhere.
+Every setting is validated before any connection is made; a problem raises
+:class:`runner.errors.ConfigError` with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import URL
+
+from runner import database
+from runner.errors import ConfigError
+
+PREFIX = "MIGRATION_"
+ENVIRONMENTS = ("development", "test", "staging", "production")
+DEFAULT_SECRETS_DIR = "/run/secrets"
+SQLITE_DEFAULT_URL = "sqlite:///./migration-runner.db"
+
+# Defaults that depend on MIGRATION_ENVIRONMENT. Only development gets a database
+# of its own, so a newcomer needs no server; elsewhere a missing URL is an error.
+ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "development": {"database_url": SQLITE_DEFAULT_URL, "lock_timeout": 30.0, "wait_timeout": 60.0},
+    "test": {"lock_timeout": 60.0, "wait_timeout": 120.0},
+    "staging": {},
+    "production": {"log_format": "json"},
+}
+
+# Variables read outside the Settings model, yet valid under the prefix.
+META_VARIABLES = ("MIGRATION_SECRETS_DIR",)
+
+# Kubernetes injects service-link variables for a Service named "migration" or
+# "migration-runner" (Kubernetes docs, "Service > Discovering services").
+_SERVICE_LINK = re.compile(
+    r"^MIGRATION(_RUNNER)?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
+)
+
+Seconds = float
+
+
+class Settings(BaseSettings):
+    """Effective settings of one run. Field ``x`` is variable ``MIGRATION_X``.
+
+    Durations are in seconds. Build it with :func:`load_settings`, which applies
+    the documented precedence and turns validation errors into one line each.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        env_file_encoding="utf-8",
+        validate_default=True,
+    )
+
+    environment: Literal["development", "test", "staging", "production"] = Field(
+        "development", description="Deployment environment; selects defaults and .env.<environment>."
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. "
+        "Falls back to DATABASE_URL.",
+    )
+    alembic_config: Path | None = Field(
+        None, description="Path to alembic.ini. Default: ./alembic.ini when it exists."
+    )
+    script_location: str | None = Field(
+        None, description="Alembic script directory; overrides the ini's script_location."
+    )
+    target: str = Field("heads", description="Revision to upgrade to; 'heads' means every head.")
+    version_table: str = Field("alembic_version", description="Alembic version table name.")
+    version_table_schema: str | None = Field(None, description="Schema of the version table.")
+    lock_timeout: Seconds = Field(300.0, gt=0, description="Seconds to wait for the advisory lock.")
+    lock_key: str | None = Field(
+        None, description="Advisory lock key: a 64-bit integer or any text (hashed). "
+        "Default: derived from the database and version table."
+    )
+    wait_timeout: Seconds = Field(300.0, gt=0, description="Seconds 'wait' polls before exit 75.")
+    allow_unknown_revision: bool = Field(
+        False,
+        description="Treat a database at a revision the script directory lacks "
+        "(an application rollback) as success in 'upgrade' and 'wait'.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "console", "auto"] = Field(
+        "auto", description="json, console, or auto (console on a TTY, JSON otherwise)."
+    )
+
+    @field_validator("log_level", "log_format", "environment", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _parse_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            database.parse_url(value.get_secret_value())  # raises ValueError, no URL echoed
+        return value
+
+    @property
+    def url(self) -> URL:
+        """The normalised database URL (``postgres://`` → ``postgresql+psycopg://``).
+
+        Raises:
+            ConfigError: no database URL is configured for this environment.
+        """
+        if self.database_url is None:
+            raise ConfigError(
+                f"MIGRATION_DATABASE_URL is not set; it is required in the {self.environment} "
+                "environment (or set DATABASE_URL, or a secret file migration_database_url)"
+            )
+        return database.parse_url(self.database_url.get_secret_value())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources as the module docstring documents (first wins)."""
+        return (
+            init_settings,
+            env_settings,
+            file_secret_settings,
+            dotenv_settings,
+            _EnvironmentDefaults(settings_cls),
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, the URL's password replaced by ``***``.
+
+        Returns:
+            One key per setting, named as its environment variable.
+        """
+        values = self.model_dump(mode="json")
+        if self.database_url is not None:
+            values["database_url"] = database.redact(self.url)
+        return {PREFIX + name.upper(): value for name, value in values.items()}
+
+
+class _EnvironmentDefaults(PydanticBaseSettingsSource):
+    """The lowest-precedence source: defaults chosen by the resolved environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        environment = self.current_state.get("environment", "development")
+        return dict(ENVIRONMENT_DEFAULTS.get(environment, {}))
+
+
+def known_variables() -> list[str]:
+    """Every ``MIGRATION_*`` name this version accepts, sorted."""
+    return sorted([PREFIX + name.upper() for name in Settings.model_fields] + list(META_VARIABLES))
+
+
+def _check_unknown(names: list[str], where: str) -> None:
+    known = set(known_variables())
+    for name in names:
+        upper = name.upper()
+        if not upper.startswith(PREFIX) or upper in known or _SERVICE_LINK.match(upper):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; valid settings: {', '.join(sorted(known))}"
+        raise ConfigError(f"unknown setting {upper} in {where}{hint}")
+
+
+def _resolve_environment(flag: str | None, environ: Mapping[str, str], dotenv: Mapping[str, Any]) -> str:
+    raw = flag or environ.get("MIGRATION_ENVIRONMENT") or dotenv.get("MIGRATION_ENVIRONMENT") or "development"
+    value = str(raw).lower()
+    if value not in ENVIRONMENTS:
+        source = "--environment" if flag else "MIGRATION_ENVIRONMENT"
+        raise ConfigError(f"{source}={raw!r} is not a known environment; use one of {', '.join(ENVIRONMENTS)}")
+    return value
+
+
+def _one_line(error: pydantic.ValidationError, cli: Mapping[str, Any]) -> str:
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        name = f"--{field.replace('_', '-')}" if field in cli else PREFIX + field.upper()
+        shown = "" if field == "database_url" else f"={item.get('input')!r}"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}{shown}: {message}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None) -> Settings:
+    """Load and validate the settings of one run.
+
+    Args:
+        cli: settings given as command-line flags, by field name; ``None`` values
+            are ignored.
+        cwd: where ``.env`` and ``.env.<environment>`` are looked up (default: the
+            working directory).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: an unknown ``MIGRATION_*`` variable, an unknown environment,
+            or a value that fails validation; the message is one line.
+    """
+    environ = os.environ  # pydantic-settings reads os.environ itself
+    cwd = Path.cwd() if cwd is None else cwd
+    flags = {key: value for key, value in (cli or {}).items() if value is not None}
+
+    _check_unknown(list(environ), "the environment")
+    dotenv_file = cwd / ".env"
+    dotenv = dotenv_values(dotenv_file) if dotenv_file.is_file() else {}
+    _check_unknown(list(dotenv), str(dotenv_file))
+    environment = _resolve_environment(flags.get("environment"), environ, dotenv)
+    env_specific = cwd / f".env.{environment}"
+    if env_specific.is_file():
+        _check_unknown(list(dotenv_values(env_specific)), str(env_specific))
+
+    secrets_dir = environ.get("MIGRATION_SECRETS_DIR", DEFAULT_SECRETS_DIR)
+    if "MIGRATION_SECRETS_DIR" in environ and not Path(secrets_dir).is_dir():
+        raise ConfigError(f"MIGRATION_SECRETS_DIR={secrets_dir!r} is not a directory")
+
+    flags["environment"] = environment
+    try:
+        settings = Settings(
+            _env_file=(dotenv_file, env_specific),  # later files win
+            _secrets_dir=secrets_dir if Path(secrets_dir).is_dir() else None,
+            **flags,
+        )
+    except pydantic.ValidationError as error:
+        raise ConfigError(_one_line(error, flags)) from None
+
+    if settings.database_url is None and environ.get("DATABASE_URL"):
+        try:
+            database.parse_url(environ["DATABASE_URL"])
+        except ValueError as error:
+            raise ConfigError(f"invalid setting DATABASE_URL: {error}") from None
+        settings.database_url = SecretStr(environ["DATABASE_URL"])
+    return settings
