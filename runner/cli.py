@@ -26,8 +26,16 @@ COMMANDS: dict[str, tuple[Callable[[commands.Run], ExitCode], str]] = {
 }
 # Commands whose stdout is a document: their log lines go to stderr instead.
 _DOCUMENT_COMMANDS = {"current", "config"}
-_FLAGS = ("environment", "target", "lock_timeout", "wait_timeout", "log_level", "log_format",
-          "alembic_config", "script_location")
+_FLAGS = (
+    "environment",
+    "target",
+    "lock_timeout",
+    "wait_timeout",
+    "log_level",
+    "log_format",
+    "alembic_config",
+    "script_location",
+)
 
 
 def _epilog() -> str:
@@ -53,14 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", nargs="?", default="upgrade", choices=list(COMMANDS), metavar="COMMAND",
-                        help=f"one of {', '.join(COMMANDS)} (default: upgrade)")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="upgrade",
+        choices=list(COMMANDS),
+        metavar="COMMAND",
+        help=f"one of {', '.join(COMMANDS)} (default: upgrade)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--json", action="store_true", help="current: print JSON")
     for name in _FLAGS:
         metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=metavar,
-                            help=f"overrides {PREFIX}{name.upper()}")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, metavar=metavar, help=f"overrides {PREFIX}{name.upper()}"
+        )
     return parser
 
 
@@ -81,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The process exit code.
+
     """
     args = build_parser().parse_args(argv)
     # As PID 1 in a container, SIGTERM is ignored unless a handler is installed.
@@ -95,16 +111,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as error:
         code = error.exit_code
         details = {"revision": error.revision, "sqlstate": error.sqlstate} if isinstance(error, MigrationFailed) else {}
-        log.error(error.event, error=error.message, exit_code=int(code), **details,
-                  exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
+        log.error(
+            error.event,
+            error=error.message,
+            exit_code=int(code),
+            **details,
+            exc_info=logging.getLogger().isEnabledFor(logging.DEBUG),
+        )
     except Interrupted as error:
         code = exit_code_for(error)
         log.warning("run.interrupted", signal=str(error), exit_code=int(code))
     except Exception:
         code = ExitCode.INTERNAL
         log.exception("run.crashed", exit_code=int(code))
-    log.info("run.finished", exit_code=int(code), outcome=outcome(code),
-             duration_seconds=round(time.monotonic() - started, 6))
+    log.info(
+        "run.finished",
+        exit_code=int(code),
+        outcome=outcome(code),
+        duration_seconds=round(time.monotonic() - started, 6),
+    )
     return int(code)
 
 
@@ -118,7 +143,9 @@ def _run(args: argparse.Namespace, stream: TextIO) -> ExitCode:
     run = commands.Run(settings=settings, cwd=Path.cwd(), as_json=args.json)
     logs.bind_run(run_id=run.run_id, command=args.command, environment=settings.environment, host=run.host)
     logs.get_logger().info(
-        "run.started", version=__version__, target=settings.target,
+        "run.started",
+        version=__version__,
+        target=settings.target,
         database=database.redact(settings.url) if settings.database_url is not None else None,
     )
     return COMMANDS[args.command][0](run)

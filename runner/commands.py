@@ -40,6 +40,7 @@ class Run:
         run_id: a random id, in every log event and in ``application_name``.
         host: this host's name; in Kubernetes, the pod name.
         as_json: ``current`` prints JSON instead of text.
+
     """
 
     settings: Settings
@@ -63,6 +64,7 @@ class Run:
 
         Raises:
             ConfigError: the project or the target is unusable.
+
         """
         project = Project(
             alembic_config=self.settings.alembic_config,
@@ -97,6 +99,7 @@ def _plan(run: Run, project: Project, current: Sequence[str], *, allow_unknown: 
 
     Raises:
         UnknownRevision: the database has revisions the script directory lacks.
+
     """
     missing = project.unknown(current)
     if not missing:
@@ -124,6 +127,7 @@ def upgrade(run: Run) -> ExitCode:
 
     Raises:
         ConfigError, DatabaseUnavailable, LockTimeout, MigrationFailed, UnknownRevision.
+
     """
     log = get_logger()
     settings = run.settings
@@ -142,21 +146,39 @@ def upgrade(run: Run) -> ExitCode:
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
             pending = _plan(run, project, current, allow_unknown=allow)
             if not pending:
-                log.info("upgrade.noop", current=list(current), target=settings.target,
-                         reason="another runner migrated while this one waited for the lock")
+                log.info(
+                    "upgrade.noop",
+                    current=list(current),
+                    target=settings.target,
+                    reason="another runner migrated while this one waited for the lock",
+                )
                 return ExitCode.OK
-            log.info("upgrade.started", current=list(current), target=settings.target,
-                     pending=[s.revision for s in pending])
+            log.info(
+                "upgrade.started", current=list(current), target=settings.target, pending=[s.revision for s in pending]
+            )
 
             def applied(revision: Applied) -> None:
-                log.info("revision.applied", revision=revision.revision, message=revision.message,
-                         duration_seconds=round(revision.duration_seconds, 6))
+                log.info(
+                    "revision.applied",
+                    revision=revision.revision,
+                    message=revision.message,
+                    duration_seconds=round(revision.duration_seconds, 6),
+                )
 
             started = time.monotonic()
-            project.upgrade(connection=connection, url=url, target=settings.target,
-                            version_table=run.version_table, on_applied=applied)
-            log.info("upgrade.finished", current=list(run.read_heads(connection)),
-                     applied=len(pending), duration_seconds=round(time.monotonic() - started, 6))
+            project.upgrade(
+                connection=connection,
+                url=url,
+                target=settings.target,
+                version_table=run.version_table,
+                on_applied=applied,
+            )
+            log.info(
+                "upgrade.finished",
+                current=list(run.read_heads(connection)),
+                applied=len(pending),
+                duration_seconds=round(time.monotonic() - started, 6),
+            )
     return ExitCode.OK
 
 
@@ -166,6 +188,7 @@ def check(run: Run) -> ExitCode:
     Returns:
         ``ExitCode.OK`` at (or past) the target, ``ExitCode.NOT_AT_TARGET`` with
         the pending revisions logged otherwise.
+
     """
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
@@ -173,8 +196,9 @@ def check(run: Run) -> ExitCode:
         current = run.read_heads(connection)
     pending = _plan(run, project, current, allow_unknown=False)
     if pending:
-        get_logger().warning("check.pending", current=list(current), target=run.settings.target,
-                             pending=_describe(pending))
+        get_logger().warning(
+            "check.pending", current=list(current), target=run.settings.target, pending=_describe(pending)
+        )
         return ExitCode.NOT_AT_TARGET
     get_logger().info("check.ok", current=list(current), target=run.settings.target)
     return ExitCode.OK
@@ -218,6 +242,7 @@ def wait(run: Run) -> ExitCode:
     Raises:
         WaitTimeout: ``MIGRATION_WAIT_TIMEOUT`` seconds passed.
         UnknownRevision: the database has revisions the script directory lacks.
+
     """
     log = get_logger()
     settings = run.settings

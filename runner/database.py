@@ -37,6 +37,7 @@ def parse_url(raw: str) -> URL:
     Raises:
         ValueError: the text is not a URL, or its dialect is unsupported. The
             message never repeats the URL, which may hold a password.
+
     """
     try:
         url = sqlalchemy.make_url(raw.strip())
@@ -49,9 +50,7 @@ def parse_url(raw: str) -> URL:
     if backend == "postgres":
         backend = "postgresql"
     if backend not in SUPPORTED_DIALECTS:
-        raise ValueError(
-            f"database dialect {backend!r} is not supported; use one of {', '.join(SUPPORTED_DIALECTS)}"
-        )
+        raise ValueError(f"database dialect {backend!r} is not supported; use one of {', '.join(SUPPORTED_DIALECTS)}")
     if backend == "postgresql" and driver in ("", "psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
     return url
@@ -79,6 +78,7 @@ def make_engine(url: URL, *, application_name: str, autocommit: bool = False) ->
 
     Returns:
         A SQLAlchemy engine; connecting is lazy.
+
     """
     connect_args: dict[str, object] = {}
     if url.get_backend_name() == "postgresql":
@@ -134,15 +134,14 @@ def connect(engine: Engine) -> Iterator[Connection]:
     Raises:
         DatabaseUnavailable: the server refused, was unreachable, or rejected the
             login; the message names the redacted URL and the driver's reason.
+
     """
     try:
         connection = engine.connect()
     except sa_exc.DBAPIError as error:
         code = sqlstate(error)
         suffix = f" (SQLSTATE {code})" if code else ""
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact(engine.url)}: {error_message(error)}{suffix}"
-        ) from None
+        raise DatabaseUnavailable(f"cannot connect to {redact(engine.url)}: {error_message(error)}{suffix}") from None
     with connection:
         yield connection
 
@@ -161,6 +160,7 @@ def read_heads(connection: Connection, *, version_table: str, schema: str | None
 
     Returns:
         The revision ids, sorted.
+
     """
     context = MigrationContext.configure(
         connection, opts={"version_table": version_table, "version_table_schema": schema}

@@ -67,6 +67,7 @@ class RunnerError(Exception):
 
     Args:
         message: one actionable line for the user; never contains a password.
+
     """
 
     exit_code: ExitCode = ExitCode.INTERNAL
@@ -127,6 +128,7 @@ class MigrationFailed(RunnerError):
         message: the database's or Python's error message, first line.
         revision: the id of the revision that failed.
         sqlstate: the five-character SQLSTATE when the database gave one.
+
     """
 
     exit_code = ExitCode.MIGRATION_FAILED
@@ -143,6 +145,7 @@ class Interrupted(KeyboardInterrupt):
 
     Args:
         signum: the signal number; the exit code is 128 + signum.
+
     """
 
     def __init__(self, signum: int) -> None:
@@ -158,6 +161,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
 
     Returns:
         The documented code; ``ExitCode.INTERNAL`` (70) for anything unforeseen.
+
     """
     if isinstance(error, RunnerError):
         return error.exit_code

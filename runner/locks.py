@@ -58,6 +58,7 @@ class HeldLock:
     Attributes:
         key: the advisory lock key (PostgreSQL) or 0 for a file lock.
         wait_seconds: how long acquiring it took, in seconds.
+
     """
 
     key: int
@@ -74,6 +75,7 @@ def derive_key(*, database_name: str, schema: str | None, version_table: str) ->
 
     Returns:
         An integer in [-2**63, 2**63), the first 8 bytes of a SHA-256.
+
     """
     material = "\0".join(("migration-runner", database_name, schema or "", version_table))
     return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big", signed=True)
@@ -87,6 +89,7 @@ def parse_key(value: str) -> int:
 
     Returns:
         A signed 64-bit integer.
+
     """
     try:
         number = int(value)
@@ -111,6 +114,7 @@ def _poll(
 
     Raises:
         LockTimeout: ``timeout`` seconds passed; the message names the holder.
+
     """
     log = get_logger()
     started = time.monotonic()
@@ -179,9 +183,7 @@ def _file_lock(path: Path, *, timeout: float) -> Iterator[HeldLock]:
 
 
 @contextlib.contextmanager
-def migration_lock(
-    url: URL, *, key: int, timeout: float, application_name: str
-) -> Iterator[HeldLock]:
+def migration_lock(url: URL, *, key: int, timeout: float, application_name: str) -> Iterator[HeldLock]:
     """Hold the migration lock for the database at ``url``.
 
     Args:
@@ -197,6 +199,7 @@ def migration_lock(
         LockTimeout: the lock was not acquired within ``timeout`` seconds.
         DatabaseUnavailable: the lock connection could not be opened.
         ConfigError: the dialect has no lock implementation.
+
     """
     backend = url.get_backend_name()
     if backend == "postgresql":

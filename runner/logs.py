@@ -65,6 +65,7 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
             SQLAlchemy logs each statement and Alembic logs its own progress.
         fmt: ``json``, ``console`` or ``auto`` (console on a TTY, else JSON).
         stream: where lines go (default: stdout).
+
     """
     stream = sys.stdout if stream is None else stream
     numeric = _LEVELS.get(level, logging.INFO)
@@ -145,9 +146,8 @@ def env_py_file_config_ignored() -> Iterator[None]:
     def ignored(*args: Any, **kwargs: Any) -> None:
         get_logger().debug("alembic.file_config_ignored", reason="the runner owns logging")
 
-    logging.config.fileConfig = ignored  # type: ignore[assignment]
+    logging.config.fileConfig = ignored
     try:
         yield
     finally:
-        logging.config.fileConfig = original  # type: ignore[assignment]
-
+        logging.config.fileConfig = original

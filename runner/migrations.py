@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -35,6 +35,7 @@ class Applied:
         revision: the revision id.
         message: the revision's message (its docstring's first line).
         duration_seconds: wall time of its upgrade() and version update.
+
     """
 
     revision: str
@@ -62,6 +63,7 @@ class Project:
     Raises:
         ConfigError: no ini file and no script location, a missing ini file, or a
             script directory that does not exist.
+
     """
 
     def __init__(self, *, alembic_config: Path | None, script_location: str | None, cwd: Path) -> None:
@@ -88,6 +90,7 @@ class Project:
 
         Raises:
             ConfigError: the revision files do not form a valid history.
+
         """
         with _history_errors():
             return tuple(sorted(self.script.get_heads()))
@@ -97,10 +100,11 @@ class Project:
 
         Raises:
             ConfigError: an unknown target, or ``head`` while there are several heads.
+
         """
         with _history_errors(target):
             scripts = self.script.revision_map.get_revisions(target)
-        return tuple(sorted(s.revision for s in scripts if s is not None))
+        return tuple(sorted(s.revision for s in scripts if s is not None and not isinstance(s, str)))
 
     def unknown(self, current: Sequence[str]) -> list[str]:
         """The revisions in ``current`` that the script directory does not contain."""
@@ -123,13 +127,14 @@ class Project:
 
         Raises:
             ConfigError: the target cannot be resolved.
+
         """
         wanted = set(self.target_revisions(target))
         with _history_errors(target):
             applied = {s.revision for s in self.script.iterate_revisions(tuple(current), "base")} if current else set()
             if wanted <= applied:
                 return []
-            return [step.revision for step in self.script._upgrade_revs(target, tuple(current))]
+            return [step.revision for step in self.script._upgrade_revs(target, _heads_arg(current))]
 
     def upgrade(
         self,
@@ -156,6 +161,7 @@ class Project:
         Raises:
             MigrationFailed: a revision raised; the message names it.
             DatabaseUnavailable: the connection was lost while migrating.
+
         """
         # configparser interpolation: a literal % must be doubled (Alembic docs,
         # Config.set_main_option).
@@ -166,7 +172,7 @@ class Project:
         def steps(heads: tuple[str, ...], _: Any) -> Iterator[MigrationStep]:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
-            for step in self.script._upgrade_revs(target, heads):
+            for step in self.script._upgrade_revs(target, _heads_arg(heads)):
                 running[:] = [step.revision]
                 started = time.monotonic()
                 yield step
@@ -202,6 +208,12 @@ class Project:
             raise MigrationFailed(message, revision=revision, sqlstate=database.sqlstate(error)) from error
         finally:
             self.config.attributes.pop("connection", None)
+
+
+def _heads_arg(heads: Sequence[str]) -> str:
+    # _upgrade_revs() is annotated with one revision, but Alembic's own
+    # run_migrations() passes it the tuple of current heads, as we do.
+    return cast(str, tuple(heads))
 
 
 @contextlib.contextmanager

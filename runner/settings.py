@@ -79,12 +79,9 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr | None = Field(
         None,
-        description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. "
-        "Falls back to DATABASE_URL.",
+        description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. Falls back to DATABASE_URL.",
     )
-    alembic_config: Path | None = Field(
-        None, description="Path to alembic.ini. Default: ./alembic.ini when it exists."
-    )
+    alembic_config: Path | None = Field(None, description="Path to alembic.ini. Default: ./alembic.ini when it exists.")
     script_location: str | None = Field(
         None, description="Alembic script directory; overrides the ini's script_location."
     )
@@ -93,8 +90,9 @@ class Settings(BaseSettings):
     version_table_schema: str | None = Field(None, description="Schema of the version table.")
     lock_timeout: Seconds = Field(300.0, gt=0, description="Seconds to wait for the advisory lock.")
     lock_key: str | None = Field(
-        None, description="Advisory lock key: a 64-bit integer or any text (hashed). "
-        "Default: derived from the database and version table."
+        None,
+        description="Advisory lock key: a 64-bit integer or any text (hashed). "
+        "Default: derived from the database and version table.",
     )
     wait_timeout: Seconds = Field(300.0, gt=0, description="Seconds 'wait' polls before exit 75.")
     allow_unknown_revision: bool = Field(
@@ -125,6 +123,7 @@ class Settings(BaseSettings):
 
         Raises:
             ConfigError: no database URL is configured for this environment.
+
         """
         if self.database_url is None:
             raise ConfigError(
@@ -156,6 +155,7 @@ class Settings(BaseSettings):
 
         Returns:
             One key per setting, named as its environment variable.
+
         """
         values = self.model_dump(mode="json")
         if self.database_url is not None:
@@ -225,6 +225,7 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     Raises:
         ConfigError: an unknown ``MIGRATION_*`` variable, an unknown environment,
             or a value that fails validation; the message is one line.
+
     """
     environ = os.environ  # pydantic-settings reads os.environ itself
     cwd = Path.cwd() if cwd is None else cwd
