@@ -1,0 +1,217 @@
+"""Test helpers: Alembic projects, the CLI as a user runs it, and PostgreSQL queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "examples" / "quickstart"
+TEMPLATE_ENV_PY = QUICKSTART / "migrations" / "env.py"  # as `alembic init` wrote it
+
+# env.py from the Alembic cookbook, "Sharing a Connection across one or more programmatic migration commands".
+SHARED_CONNECTION_ENV_PY = """
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+target_metadata = None
+
+
+def run(connection):
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connectable = config.attributes.get("connection", None)
+if connectable is None:
+    engine = engine_from_config(config.get_section(config.config_ini_section), prefix="sqlalchemy.",
+                                poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        run(connection)
+else:
+    config.attributes["env_py_used_shared_connection"] = True
+    run(connectable)
+"""
+
+REVISION = '''"""{message}
+
+Revision ID: {rev}
+Revises: {down}
+"""
+import os
+
+from alembic import op
+import sqlalchemy as sa
+
+revision = {rev!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{body}
+    op.execute("INSERT INTO applied_log (revision, pid) VALUES ('{rev}', %d)" % os.getpid())
+
+
+def downgrade():
+    op.drop_table("t_{rev}")
+'''
+
+
+def rev_id(number: int) -> str:
+    """The id of the generated revision ``number`` (1-based)."""
+    return f"{number:04d}"
+
+
+def make_project(
+    root: Path,
+    revisions: int = 3,
+    *,
+    env_py: str | None = None,
+    bodies: Mapping[int, str] | None = None,
+    down_revisions: Mapping[int, str | tuple[str, ...] | None] | None = None,
+) -> Path:
+    """Write an Alembic project with ``revisions`` linear revisions.
+
+    Revision ``k`` creates table ``t_<id>`` and inserts one row into
+    ``applied_log`` (created by revision 1), so a revision applied twice shows
+    as two rows. ``bodies[k]`` replaces revision k's table creation.
+
+    Returns:
+        The project directory (it holds ``alembic.ini``).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(QUICKSTART / "alembic.ini", root / "alembic.ini")
+    scripts = root / "migrations"
+    (scripts / "versions").mkdir(parents=True, exist_ok=True)
+    shutil.copy(QUICKSTART / "migrations" / "script.py.mako", scripts / "script.py.mako")
+    if env_py is None:
+        shutil.copy(TEMPLATE_ENV_PY, scripts / "env.py")
+    else:
+        (scripts / "env.py").write_text(env_py)
+    bodies = bodies or {}
+    down_revisions = down_revisions or {}
+    for number in range(1, revisions + 1):
+        rev = rev_id(number)
+        body = bodies.get(number, f'op.create_table("t_{rev}", sa.Column("id", sa.Integer))')
+        if number == 1:
+            body = (
+                'op.create_table("applied_log", sa.Column("revision", sa.Text), sa.Column("pid", sa.Integer))\n' + body
+            )
+        down = down_revisions.get(number, rev_id(number - 1) if number > 1 else None)
+        (scripts / "versions" / f"{rev}_r.py").write_text(
+            REVISION.format(message=f"revision {number}", rev=rev, down=down, body=textwrap.indent(body, "    "))
+        )
+    return root
+
+
+@dataclass
+class Result:
+    """A finished CLI run: exit code, output, and the JSON log events it printed."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        """The events with this name, in order."""
+        return [e for e in self.events if e.get("event") == event]
+
+    def one(self, event: str) -> dict[str, Any]:
+        """The single event with this name (fails the test otherwise)."""
+        found = self.named(event)
+        assert len(found) == 1, f"expected one {event!r} event, got {len(found)}:\n{self.stdout}\n{self.stderr}"
+        return found[0]
+
+
+def parse_events(*streams: str) -> list[dict[str, Any]]:
+    """Every line that is a JSON object, from the given outputs."""
+    events = []
+    for stream in streams:
+        for line in stream.splitlines():
+            if line.startswith("{") and line.endswith("}"):
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return events
+
+
+class Cli:
+    """Runs ``python -m runner`` in a clean environment, as a user's shell or a pod would."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
+        self.base_env["MIGRATION_LOG_FORMAT"] = "json"
+
+    def env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        merged = dict(self.base_env)
+        for key, value in (env or {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    def start(self, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runner", *args],
+            cwd=cwd or self.cwd,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def finish(self, process: subprocess.Popen[str], started: float, timeout: float = 60) -> Result:
+        stdout, stderr = process.communicate(timeout=timeout)
+        return Result(process.returncode, stdout, stderr, time.monotonic() - started, parse_events(stdout, stderr))
+
+    def __call__(
+        self, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+    ) -> Result:
+        started = time.monotonic()
+        return self.finish(self.start(*args, env=env, cwd=cwd), started, timeout)
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on a PostgreSQL URL and return its rows."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        cursor = connection.execute(sql, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+def applied_counts(url: str) -> dict[str, int]:
+    """How many times each revision's side effect ran."""
+    return dict(query(url, "SELECT revision, count(*) FROM applied_log GROUP BY revision ORDER BY revision"))
+
+
+def version(url: str) -> list[str]:
+    """The revisions in the version table."""
+    return sorted(row[0] for row in query(url, "SELECT version_num FROM alembic_version"))
+
+
+def advisory_locks_held(url: str) -> int:
+    """Advisory locks granted in this database right now."""
+    sql = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    return int(query(url, sql)[0][0])
