@@ -158,6 +158,7 @@ class Cli:
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
+        cwd.mkdir(parents=True, exist_ok=True)
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
         self.base_env["MIGRATION_LOG_FORMAT"] = "json"
 

@@ -1,0 +1,122 @@
+"""The advisory lock: waiting, naming the holder, timing out, and concurrent runners."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy
+from support import Cli, advisory_locks_held, applied_counts, make_project, rev_id, version
+
+from runner import locks
+
+
+def lock_key_for(url: str) -> int:
+    """The key the runner derives for this database's default version table."""
+    return locks.derive_key(
+        database_name=sqlalchemy.make_url(url).database or "", schema=None, version_table="alembic_version"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_held_lock_makes_the_runner_wait_name_the_holder_and_exit_75(cli: Cli, pg_url: str) -> None:
+    """With the lock held elsewhere and MIGRATION_LOCK_TIMEOUT=2, the runner logs the holder and exits 75 in ~2 s."""
+    make_project(cli.cwd, revisions=2)
+    with psycopg.connect(pg_url, autocommit=True, application_name="holder-under-test") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
+        holder_pid = holder.info.backend_pid
+
+        result = cli(env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "2"})
+
+    assert result.code == 75
+    assert 2 <= result.seconds < 4.5, result.seconds
+    waiting = result.named("lock.waiting")
+    assert waiting, result.stdout
+    assert waiting[0]["holder"]["pid"] == holder_pid
+    assert waiting[0]["holder"]["application_name"] == "holder-under-test"
+    assert waiting[0]["holder"]["client_addr"] == "127.0.0.1"
+    assert waiting[0]["holder"]["since"]
+    assert "holder-under-test" in result.one("lock.timeout")["error"]
+    assert query_version_table_absent(pg_url)
+
+
+def query_version_table_absent(url: str) -> bool:
+    with psycopg.connect(url) as connection:
+        return connection.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
+
+
+@pytest.mark.timeout(30)
+def test_runner_proceeds_once_the_holder_releases(cli: Cli, pg_url: str) -> None:
+    """A runner that waits for the lock migrates as soon as the holder lets go."""
+    make_project(cli.cwd, revisions=2)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
+    started = time.monotonic()
+    runner = cli.start(env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "20"})
+    time.sleep(2)
+    assert runner.poll() is None
+    holder.close()
+
+    result = cli.finish(runner, started, timeout=20)
+
+    assert result.code == 0, result.stdout
+    assert result.named("lock.waiting")  # it did wait for the holder
+    assert result.one("lock.acquired")["wait_seconds"] > 0.3
+    assert version(pg_url) == [rev_id(2)]
+    assert advisory_locks_held(pg_url) == 0
+
+
+@pytest.mark.timeout(90)
+def test_ten_runners_at_once_apply_each_revision_exactly_once(cli: Cli, pg_url: str) -> None:
+    """Ten runners started together on a fresh database all exit 0 and every revision runs once."""
+    make_project(cli.cwd, revisions=10)
+    env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "60"}
+    started = time.monotonic()
+    runners = [cli.start(env=env) for _ in range(10)]
+
+    results = [cli.finish(runner, started, timeout=80) for runner in runners]
+
+    assert [r.code for r in results] == [0] * 10, [r.stdout for r in results if r.code]
+    assert version(pg_url) == [rev_id(10)]
+    assert applied_counts(pg_url) == {rev_id(n): 1 for n in range(1, 11)}
+    migrated = [r for r in results if r.named("revision.applied")]
+    assert len(migrated) == 1
+    assert len(migrated[0].named("revision.applied")) == 10
+    assert advisory_locks_held(pg_url) == 0
+
+
+@pytest.mark.timeout(60)
+def test_two_runners_on_one_sqlite_file(cli: Cli, tmp_path: Path) -> None:
+    """Two runners on the same SQLite file both exit 0; the file lock makes each revision run once."""
+    make_project(cli.cwd, revisions=5)
+    db = tmp_path / "shared.db"
+    env = {"MIGRATION_DATABASE_URL": f"sqlite:///{db}"}
+    started = time.monotonic()
+    runners = [cli.start(env=env) for _ in range(2)]
+
+    results = [cli.finish(runner, started, timeout=50) for runner in runners]
+
+    assert [r.code for r in results] == [0, 0], [r.stdout for r in results]
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT revision, count(*) FROM applied_log GROUP BY revision").fetchall()
+        versions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert dict(rows) == {rev_id(n): 1 for n in range(1, 6)}
+    assert versions == [(rev_id(5),)]
+    assert sum(len(r.named("revision.applied")) for r in results) == 5
+
+
+def test_lock_key_override_is_used(cli: Cli, pg_url: str) -> None:
+    """MIGRATION_LOCK_KEY replaces the derived key: holding the derived one no longer blocks."""
+    make_project(cli.cwd, revisions=1)
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
+
+        result = cli(
+            env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_KEY": "4242", "MIGRATION_LOCK_TIMEOUT": "2"}
+        )
+
+    assert result.code == 0
+    assert result.one("lock.acquired")["lock_key"] == 4242
