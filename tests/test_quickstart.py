@@ -40,7 +40,9 @@ def test_quickstart_on_the_embedded_default_with_no_settings(tmp_path: Path) -> 
             ("ada@example.com", "ada"),
             ("grace@example.com", "grace"),
         ]
-        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == [("ix_accounts_email",)]
+        assert db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%'"
+        ).fetchall() == [("ix_accounts_email",)]
 
 
 def test_quickstart_on_postgresql(tmp_path: Path, pg_url: str) -> None:
