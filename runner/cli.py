@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TextIO
 
 from runner import __version__, commands, database, logs
-from runner.errors import MEANINGS, ExitCode, Interrupted, MigrationFailed, RunnerError, exit_code_for
+from runner.errors import MEANINGS, ExitCode, Interrupted, MigrationFailed, RunnerError, RunTimeout, exit_code_for
 from runner.settings import PREFIX, Settings, load_settings
 
 COMMANDS: dict[str, tuple[Callable[[commands.Run], ExitCode], str]] = {
@@ -85,7 +85,23 @@ def outcome(code: ExitCode) -> str:
 
 
 def _raise_interrupted(signum: int, _: FrameType | None) -> None:
+    # Once: a second signal must not interrupt the rollback and lock release.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+def _start_deadline(seconds: float) -> None:
+    """Raise :class:`RunTimeout` in the main thread after ``seconds`` (0: never)."""
+    if seconds <= 0:
+        return
+
+    def expire(_: int, __: FrameType | None) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        raise RunTimeout(seconds)
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _run(args, stream)
     except RunnerError as error:
         code = error.exit_code
-        details = {"revision": error.revision, "sqlstate": error.sqlstate} if isinstance(error, MigrationFailed) else {}
+        details: dict[str, object] = {}
+        if isinstance(error, MigrationFailed):
+            details = {
+                "revision": error.revision,
+                "sqlstate": error.sqlstate,
+                "partially_applied": not error.transactional,
+            }
         log.error(
             error.event,
             error=error.message,
@@ -118,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             **details,
             exc_info=logging.getLogger().isEnabledFor(logging.DEBUG),
         )
+    except RunTimeout as error:
+        code = exit_code_for(error)
+        log.error("run.timeout", error=f"{error}; the running revision was rolled back", exit_code=int(code))
     except Interrupted as error:
         code = exit_code_for(error)
         log.warning("run.interrupted", signal=str(error), exit_code=int(code))
@@ -140,6 +165,7 @@ def _run(args: argparse.Namespace, stream: TextIO) -> ExitCode:
         password = str(settings.url.password)
         for form in (password, urllib.parse.quote(password, safe=""), urllib.parse.quote_plus(password)):
             logs.add_secret(form)  # as decoded and as it may stand %-encoded in a URL
+    _start_deadline(settings.timeout)
     run = commands.Run(settings=settings, cwd=Path.cwd(), as_json=args.json)
     logs.bind_run(run_id=run.run_id, command=args.command, environment=settings.environment, host=run.host)
     logs.get_logger().info(

@@ -12,21 +12,25 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tenacity
 from alembic.script import Script
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection, Engine
 
 from runner import database, locks
-from runner.errors import DatabaseUnavailable, ExitCode, UnknownRevision, WaitTimeout
+from runner.errors import ConnectionLost, DatabaseUnavailable, ExitCode, MigrationFailed, UnknownRevision, WaitTimeout
 from runner.logs import get_logger
 from runner.migrations import Applied, Project, VersionTable
 from runner.settings import Settings
 
 WAIT_REPORT_INTERVAL_SECONDS = 5.0
+MAX_RECONNECTS = 10
+# Lock not available, deadlock detected, serialization failure (PostgreSQL docs, "Appendix A").
+RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
 _WAIT_MAX_DELAY_SECONDS = 2.0
 
 
@@ -53,6 +57,19 @@ class Run:
     def application_name(self) -> str:
         """How this runner's connections appear in ``pg_stat_activity``."""
         return f"migration-runner {self.host} {self.run_id}"
+
+    def migration_url(self) -> URL:
+        """The database URL with each revision's session timeouts in it, so env.py's own engine gets them too."""
+        url = self.settings.url
+        lock_ms = int(self.settings.ddl_lock_timeout * 1000)
+        if database.family(url) == "postgresql":
+            statement_ms = int(self.settings.statement_timeout * 1000)
+            return database.with_session_settings(
+                url, {"lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms)}
+            )
+        if database.family(url) == "mysql" and lock_ms:
+            return database.with_session_settings(url, {"lock_wait_timeout": str(max(1, lock_ms // 1000))})
+        return url
 
     @property
     def version_table(self) -> VersionTable:
@@ -115,71 +132,138 @@ def _plan(run: Run, project: Project, current: Sequence[str], *, allow_unknown: 
 
 
 def upgrade(run: Run) -> ExitCode:
-    """Apply the pending revisions under the migration lock.
+    """Apply the pending revisions under the migration lock, surviving lost connections.
 
     A database already at the target returns at once, without the lock: that is
     what every init-container sees on every pod start. Otherwise the lock is
     taken, the version table read again (another runner may have migrated
-    meanwhile), and the revisions still pending are applied one transaction each.
+    meanwhile), and the revisions still pending are applied one transaction
+    each. A revision that fails with 55P03, 40P01 or 40001 is rolled back and
+    retried with backoff. When a connection is lost, the runner reconnects,
+    takes the lock again, reads the version table again and goes on.
 
     Returns:
         ``ExitCode.OK``.
 
     Raises:
-        ConfigError, DatabaseUnavailable, LockTimeout, MigrationFailed, UnknownRevision.
-
+        ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision.
     """
+    project = run.project()
+    engine = database.make_engine(run.migration_url(), application_name=run.application_name)
+    reconnecting = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ConnectionLost),
+        stop=tenacity.stop_after_attempt(MAX_RECONNECTS + 1),
+        wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+        before_sleep=_log_retry("database.reconnecting"),
+        reraise=True,
+    )
+    for attempt in reconnecting:
+        with attempt:
+            _upgrade_once(run, project, engine)
+    return ExitCode.OK
+
+
+def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
     log = get_logger()
     settings = run.settings
-    url = settings.url
-    project = run.project()
     allow = settings.allow_unknown_revision
-    engine = database.make_engine(url, application_name=run.application_name)
-    with database.connect(engine) as connection:
+    with (
+        database.connect(engine, retry_for=settings.connect_timeout) as connection,
+        database.losing_connection_raises(),
+    ):
         current = run.read_heads(connection)
         if not _plan(run, project, current, allow_unknown=allow):
             log.info("upgrade.noop", current=list(current), target=settings.target, reason="already at target")
-            return ExitCode.OK
+            return
         with locks.migration_lock(
-            url, key=run.lock_key(), timeout=settings.lock_timeout, application_name=run.application_name
-        ):
+            settings.url,
+            key=run.lock_key(),
+            timeout=settings.lock_timeout,
+            application_name=run.application_name,
+            connect_for=settings.connect_timeout,
+        ) as held:
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
             pending = _plan(run, project, current, allow_unknown=allow)
             if not pending:
-                log.info(
-                    "upgrade.noop",
-                    current=list(current),
-                    target=settings.target,
-                    reason="another runner migrated while this one waited for the lock",
-                )
-                return ExitCode.OK
+                reason = "another runner migrated while this one waited for the lock"
+                log.info("upgrade.noop", current=list(current), target=settings.target, reason=reason)
+                return
             log.info(
                 "upgrade.started", current=list(current), target=settings.target, pending=[s.revision for s in pending]
             )
-
-            def applied(revision: Applied) -> None:
-                log.info(
-                    "revision.applied",
-                    revision=revision.revision,
-                    message=revision.message,
-                    duration_seconds=round(revision.duration_seconds, 6),
-                )
-
             started = time.monotonic()
-            project.upgrade(
-                connection=connection,
-                url=url,
-                target=settings.target,
-                version_table=run.version_table,
-                on_applied=applied,
-            )
+            _apply(run, project, connection, held)
             log.info(
                 "upgrade.finished",
                 current=list(run.read_heads(connection)),
                 applied=len(pending),
                 duration_seconds=round(time.monotonic() - started, 6),
             )
-    return ExitCode.OK
+
+
+def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldLock) -> None:
+    """Run the upgrade, retrying it while a revision fails with a retryable SQLSTATE."""
+    log = get_logger()
+
+    def applied(revision: Applied) -> None:
+        log.info(
+            "revision.applied",
+            revision=revision.revision,
+            message=revision.message,
+            duration_seconds=round(revision.duration_seconds, 6),
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_worth_retrying),
+        stop=tenacity.stop_after_attempt(run.settings.revision_retries + 1),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=10),
+        before_sleep=_log_retry("revision.retrying"),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                project.upgrade(
+                    connection=connection,
+                    url=run.migration_url(),
+                    target=run.settings.target,
+                    version_table=run.version_table,
+                    on_applied=applied,
+                    before_each=held.verify,
+                )
+    except MigrationFailed as error:
+        if _worth_retrying(error):  # the retries are used up
+            error.message += (
+                f" (gave up after {run.settings.revision_retries + 1} attempts: something holds a conflicting lock; "
+                "find it, or raise MIGRATION_DDL_LOCK_TIMEOUT or MIGRATION_REVISION_RETRIES)"
+            )
+        raise
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    """A revision rolled back on a lock timeout, deadlock or serialization failure.
+
+    Never one that ran outside a transaction, and never SQLSTATE classes 22, 23
+    or 42 (data, constraint, syntax): those fail the same way every time.
+    """
+    return isinstance(error, MigrationFailed) and error.transactional and error.sqlstate in RETRYABLE_SQLSTATES
+
+
+def _log_retry(event: str) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        details: dict[str, Any] = {}
+        if isinstance(error, MigrationFailed):
+            details = {"revision": error.revision, "sqlstate": error.sqlstate}
+        get_logger().warning(
+            event,
+            attempt=state.attempt_number,
+            delay_seconds=round(state.upcoming_sleep, 3),
+            error=getattr(error, "message", str(error)),
+            **details,
+        )
+
+    return log
 
 
 def check(run: Run) -> ExitCode:
@@ -192,7 +276,7 @@ def check(run: Run) -> ExitCode:
     """
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
-    with database.connect(engine) as connection:
+    with database.connect(engine, retry_for=run.settings.connect_timeout) as connection:
         current = run.read_heads(connection)
     pending = _plan(run, project, current, allow_unknown=False)
     if pending:
@@ -208,7 +292,7 @@ def current(run: Run) -> ExitCode:
     """Print the database's revisions, the heads and what is pending (text or ``--json``)."""
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
-    with database.connect(engine) as connection:
+    with database.connect(engine, retry_for=run.settings.connect_timeout) as connection:
         revisions = run.read_heads(connection)
     unknown = project.unknown(revisions)
     pending = [] if unknown else project.pending(revisions, run.settings.target)
@@ -254,7 +338,7 @@ def wait(run: Run) -> ExitCode:
     state: dict[str, Any] = {}
     while True:
         try:
-            with database.connect(engine) as connection:
+            with database.connect(engine) as connection, database.losing_connection_raises():
                 revisions = run.read_heads(connection)
             pending = _plan(run, project, revisions, allow_unknown=settings.allow_unknown_revision)
             if not pending:

@@ -1,32 +1,74 @@
-"""Database URLs, engines and connections, and reading the Alembic version table."""
+"""Database URLs, engines, connections with retries, error classification, and the version table."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy
+import tenacity
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, Pool
 
-from runner.errors import DatabaseUnavailable
+from runner.errors import ConfigError, ConnectionLost, DatabaseUnavailable
+from runner.logs import get_logger
 
-SUPPORTED_DIALECTS = ("postgresql", "sqlite")
-CONNECT_TIMEOUT_SECONDS = 10
+# URL backend -> (family, default driver). MariaDB speaks the MySQL protocol.
+_BACKENDS = {
+    "postgresql": ("postgresql", "psycopg"),
+    "postgres": ("postgresql", "psycopg"),
+    "mysql": ("mysql", "pymysql"),
+    "mariadb": ("mysql", "pymysql"),
+    "sqlite": ("sqlite", ""),
+}
+SUPPORTED_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
+ATTEMPT_TIMEOUT_SECONDS = 10
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 # PostgreSQL truncates application_name to NAMEDATALEN - 1 = 63 bytes
 # (PostgreSQL docs, "20.11.3 Other Defaults > application_name").
 _APPLICATION_NAME_MAX = 63
 # SQLSTATEs that mean "the connection is gone", not "the statement is wrong":
 # class 08 and 57P01..57P03 (PostgreSQL docs, "Appendix A. Error Codes").
 _CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# libpq reports a failed connection as text only, even when the server sent a
+# FATAL with an SQLSTATE; these are the ones retrying cannot fix, or can.
+_LIBPQ_STARTUP_FAILURES = (
+    (re.compile(r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"), "28000", False),
+    (re.compile(r"database \".*\" does not exist"), "3D000", False),
+    (re.compile(r"the database system is (starting up|shutting down|in recovery mode|not yet)"), "57P03", True),
+)
+# MySQL client and server error numbers (MySQL docs, "Error Messages and Common Problems").
+_MYSQL_CONNECTION_ERRNOS = {2002, 2003, 2005, 2006, 2013, 2055}
+_MYSQL_LOGIN_ERRNOS = {1044: "42000", 1045: "28000", 1049: "3D000", 1698: "28000"}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a database error means for the caller.
+
+    Attributes:
+        code: the SQLSTATE, or the class inferred when the driver gave none
+            (``08001`` could not connect, ``08006`` connection lost).
+        connection: a connection-class failure: reconnecting may help.
+    """
+
+    code: str | None
+    connection: bool
 
 
 def parse_url(raw: str) -> URL:
     """Parse and normalise a database URL.
 
-    ``postgres://`` and ``postgresql://`` select psycopg 3 (``postgresql+psycopg``).
+    ``postgres://`` and ``postgresql://`` select psycopg 3; ``mysql://`` and
+    ``mariadb://`` select PyMySQL.
 
     Args:
         raw: a SQLAlchemy URL, possibly with a password.
@@ -37,7 +79,6 @@ def parse_url(raw: str) -> URL:
     Raises:
         ValueError: the text is not a URL, or its dialect is unsupported. The
             message never repeats the URL, which may hold a password.
-
     """
     try:
         url = sqlalchemy.make_url(raw.strip())
@@ -47,13 +88,19 @@ def parse_url(raw: str) -> URL:
         ) from None
     # Split the text: get_driver_name() would import the dialect, and "postgres" has none.
     backend, _, driver = url.drivername.partition("+")
-    if backend == "postgres":
-        backend = "postgresql"
-    if backend not in SUPPORTED_DIALECTS:
+    if backend not in _BACKENDS:
         raise ValueError(f"database dialect {backend!r} is not supported; use one of {', '.join(SUPPORTED_DIALECTS)}")
-    if backend == "postgresql" and driver in ("", "psycopg2"):
+    family, default_driver = _BACKENDS[backend]
+    if family == "postgresql" and driver in ("", "psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
+    elif family == "mysql" and not driver:
+        url = url.set(drivername=f"{backend}+{default_driver}")
     return url
+
+
+def family(url: URL) -> str:
+    """The database family of a normalised URL: ``postgresql``, ``mysql`` or ``sqlite``."""
+    return _BACKENDS[url.drivername.partition("+")[0]][0]
 
 
 def redact(url: URL) -> str:
@@ -62,28 +109,98 @@ def redact(url: URL) -> str:
 
 
 def database_name(url: URL) -> str:
-    """The database a URL points at: the PostgreSQL database name or the SQLite path."""
+    """The database a URL points at: the database name or the SQLite path."""
     return url.database or ""
 
 
-def make_engine(url: URL, *, application_name: str, autocommit: bool = False) -> Engine:
+def with_session_settings(url: URL, settings: Mapping[str, str]) -> URL:
+    """Add session settings to a URL so every connection made from it, even env.py's, starts with them.
+
+    PostgreSQL: ``-c name=value`` in libpq's ``options`` parameter (PostgreSQL
+    docs, "34.1.2 Parameter Key Words"), after any options the URL already has.
+    MySQL: a ``SET SESSION`` as PyMySQL's ``init_command``.
+
+    Args:
+        url: a normalised URL.
+        settings: PostgreSQL GUC or MySQL system variable names to values.
+
+    Returns:
+        The URL with the settings in its query; SQLite URLs come back unchanged.
+    """
+    if not settings:
+        return url
+    if family(url) == "postgresql":
+        ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
+        existing = url.query.get("options")
+        merged = f"{existing} {ours}" if isinstance(existing, str) else ours
+        return url.update_query_dict({"options": merged})
+    if family(url) == "mysql":
+        assignments = ", ".join(f"{name} = {value}" for name, value in settings.items())
+        return url.update_query_dict({"init_command": f"SET SESSION {assignments}"})
+    return url
+
+
+@functools.cache
+def _sqlite_transactional_ddl() -> None:
+    """Make SQLite DDL transactional in every engine of this process, env.py's included.
+
+    pysqlite's legacy transaction handling sends BEGIN only before DML, so a
+    revision's CREATE TABLE would commit on its own. This is SQLAlchemy's
+    recipe (SQLAlchemy docs, "Serializable isolation / Savepoints /
+    Transactional DDL"): turn off pysqlite's handling and emit BEGIN ourselves.
+    """
+
+    def no_implicit_transactions(dbapi_connection: Any, _: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.isolation_level = None
+
+    def begin(connection: Connection) -> None:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN")
+
+    event.listen(Pool, "connect", no_implicit_transactions)
+    event.listen(Engine, "begin", begin)
+
+
+def make_engine(
+    url: URL,
+    *,
+    application_name: str,
+    autocommit: bool = False,
+    keepalives: bool = False,
+    attempt_timeout: float = ATTEMPT_TIMEOUT_SECONDS,
+) -> Engine:
     """Create an engine without a connection pool (a run holds few connections).
 
     Args:
         url: a normalised URL from :func:`parse_url`.
-        application_name: shown in ``pg_stat_activity`` so a waiting runner can
-            name the holder of the lock; truncated to 63 bytes.
+        application_name: names the connection in ``pg_stat_activity`` (PostgreSQL)
+            or as ``program_name`` (MySQL), so a waiting runner can name the holder.
         autocommit: run every statement outside a transaction (for the lock
             connection, which must never sit inside a transaction).
+        keepalives: TCP keepalives every 5 s after 10 s idle, 3 probes, on both
+            ends (libpq ``keepalives*``; server ``tcp_keepalives_*``), so the server
+            drops the session of a dead node, and its advisory lock, within ~25 s.
+        attempt_timeout: seconds one connection attempt may take.
 
     Returns:
         A SQLAlchemy engine; connecting is lazy.
-
     """
     connect_args: dict[str, object] = {}
-    if url.get_backend_name() == "postgresql":
+    timeout = max(2, int(attempt_timeout))  # libpq treats 1 as 2 and 0 as forever
+    if family(url) == "postgresql":
         name = application_name.encode()[:_APPLICATION_NAME_MAX].decode(errors="ignore")
-        connect_args = {"application_name": name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        connect_args = {"application_name": name, "connect_timeout": timeout}
+        if keepalives:
+            connect_args |= {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+            url = with_session_settings(
+                url, {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+            )
+    elif family(url) == "mysql":
+        connect_args = {"program_name": application_name, "connect_timeout": timeout}
+    elif family(url) == "sqlite":
+        _sqlite_transactional_ddl()
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}  # pysqlite's busy timeout, seconds
     options: dict[str, object] = {"poolclass": NullPool, "connect_args": connect_args}
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
@@ -97,21 +214,45 @@ def sqlstate(error: BaseException) -> str | None:
     return str(code) if code else None
 
 
-def is_connection_error(error: BaseException) -> bool:
-    """Whether ``error`` means the connection failed or was lost.
+def _mysql_errno(orig: BaseException | None) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
-    True for SQLAlchemy's invalidated connections and for SQLSTATE class 08 and
-    57P01-57P03; an ``OperationalError`` without SQLSTATE is how psycopg reports
-    a refused connection or an unresolvable host.
+
+def classify(error: BaseException, *, at_connect: bool = False) -> Failure:  # noqa: PLR0911  (one return per case reads as a table)
+    """Classify a database error: its SQLSTATE and whether it is connection-class.
+
+    Connection-class means SQLSTATE class 08, 57P01-57P03, a refused connection,
+    a name that does not resolve, or a connection SQLAlchemy found dead. Login
+    and missing-database failures are not: retrying cannot fix them.
+
+    Args:
+        error: any exception; only SQLAlchemy's ``DBAPIError`` is a database error.
+        at_connect: the error came from opening a connection.
+
+    Returns:
+        The classification.
     """
     if not isinstance(error, sa_exc.DBAPIError):
-        return False
-    if error.connection_invalidated:
-        return True
+        return Failure(None, False)
     code = sqlstate(error)
-    if code is None:
-        return isinstance(error, sa_exc.OperationalError)
-    return code.startswith(_CONNECTION_SQLSTATES)
+    if code:
+        return Failure(code, code.startswith(_CONNECTION_SQLSTATES))
+    errno = _mysql_errno(error.orig)
+    if errno in _MYSQL_CONNECTION_ERRNOS:
+        return Failure("08001" if at_connect else "08006", True)
+    if errno in _MYSQL_LOGIN_ERRNOS:
+        return Failure(_MYSQL_LOGIN_ERRNOS[errno], False)
+    if error.connection_invalidated:
+        return Failure("08006", True)
+    if errno is None and isinstance(error, sa_exc.OperationalError):
+        message = str(error.orig)
+        for pattern, startup_code, retry in _LIBPQ_STARTUP_FAILURES:
+            if pattern.search(message):
+                return Failure(startup_code, retry)
+        # psycopg: refused, unresolvable host, timed out, or closed by the server.
+        return Failure("08001" if at_connect else "08006", True)
+    return Failure(None, False)
 
 
 def error_message(error: BaseException) -> str:
@@ -122,28 +263,73 @@ def error_message(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def connect(engine: Engine) -> Iterator[Connection]:
-    """Open one connection, translating a failure to connect.
+def connect(engine: Engine, *, retry_for: float = 0.0) -> Iterator[Connection]:
+    """Open one connection, retrying connection-class failures for up to ``retry_for`` seconds.
+
+    Backoff is exponential with full jitter (tenacity's ``wait_random_exponential``),
+    capped at 2 s, and stops before a wait would pass the deadline. Each retry is
+    logged as ``database.retrying`` with the attempt number, the delay and the
+    error class.
 
     Args:
         engine: from :func:`make_engine`.
+        retry_for: total seconds to keep trying; 0 tries once.
 
     Yields:
         An open connection, closed on exit.
 
     Raises:
-        DatabaseUnavailable: the server refused, was unreachable, or rejected the
-            login; the message names the redacted URL and the driver's reason.
-
+        DatabaseUnavailable: no connection within ``retry_for`` seconds.
+        ConfigError: the server rejected the login or has no such database.
     """
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        get_logger().warning(
+            "database.retrying",
+            attempt=state.attempt_number,
+            delay_seconds=round(state.upcoming_sleep, 3),
+            error_class=classify(error, at_connect=True).code if error else None,
+            error=error_message(error) if error else None,
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda error: classify(error, at_connect=True).connection),
+        stop=tenacity.stop_before_delay(retry_for),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=2),
+        before_sleep=log_retry,
+        reraise=True,
+    )
     try:
-        connection = engine.connect()
+        connection = retrying(engine.connect)
     except sa_exc.DBAPIError as error:
-        code = sqlstate(error)
-        suffix = f" (SQLSTATE {code})" if code else ""
-        raise DatabaseUnavailable(f"cannot connect to {redact(engine.url)}: {error_message(error)}{suffix}") from None
+        failure = classify(error, at_connect=True)
+        where = redact(engine.url)
+        if not failure.connection:
+            raise ConfigError(
+                f"{where} rejected the connection (SQLSTATE {failure.code}): {error_message(error)}; "
+                "check the user, password and database name in MIGRATION_DATABASE_URL"
+            ) from None
+        waited = f" for {retry_for:g} s" if retry_for else ""
+        raise DatabaseUnavailable(f"cannot connect to {where}{waited}: {error_message(error)}") from None
     with connection:
         yield connection
+
+
+@contextlib.contextmanager
+def losing_connection_raises() -> Iterator[None]:
+    """Turn a connection-class error raised inside into :class:`ConnectionLost`.
+
+    Raises:
+        ConnectionLost: the database went away mid-run (restart, failover, reset).
+    """
+    try:
+        yield
+    except sa_exc.DBAPIError as error:
+        failure = classify(error)
+        if failure.connection:
+            raise ConnectionLost(f"connection lost (SQLSTATE {failure.code}): {error_message(error)}") from error
+        raise
 
 
 def read_heads(connection: Connection, *, version_table: str, schema: str | None) -> tuple[str, ...]:
@@ -160,7 +346,6 @@ def read_heads(connection: Connection, *, version_table: str, schema: str | None
 
     Returns:
         The revision ids, sorted.
-
     """
     context = MigrationContext.configure(
         connection, opts={"version_table": version_table, "version_table_schema": schema}

@@ -8,17 +8,22 @@ retrying (69, 75) from one that will fail the same way again (65, 66, 78)::
     BaseException
     ├── RunnerError                  exit_code on the class
     │   ├── ConfigError              78  EX_CONFIG
+    │   │   ├── BrokenRevisionFiles  78  (import error, dangling down_revision, cycle)
+    │   │   └── LockLost             78  (transaction-pooling PgBouncer, failover)
     │   ├── DatabaseUnavailable      69  EX_UNAVAILABLE
+    │   │   └── ConnectionLost       69  (the runner reconnects before giving up)
     │   ├── LockTimeout              75  EX_TEMPFAIL
     │   ├── WaitTimeout              75  EX_TEMPFAIL
     │   ├── MigrationFailed          65  EX_DATAERR
     │   └── UnknownRevision          66  EX_NOINPUT
     └── KeyboardInterrupt
-        └── Interrupted              130 (SIGINT) / 143 (SIGTERM)
+        ├── Interrupted              130 (SIGINT) / 143 (SIGTERM)
+        └── RunTimeout               75  MIGRATION_TIMEOUT ran out
 
-``Interrupted`` derives from ``KeyboardInterrupt`` on purpose: psycopg 3
-cancels the running statement on the server when a ``KeyboardInterrupt``
-arrives while it waits for a result (psycopg docs, "Interrupting a query").
+``Interrupted`` and ``RunTimeout`` derive from ``KeyboardInterrupt`` on
+purpose: psycopg 3 cancels the running statement on the server when a
+``KeyboardInterrupt`` arrives while it waits for a result (psycopg docs,
+"Interrupting a query"), and nothing catching ``Exception`` swallows them.
 """
 
 from __future__ import annotations
@@ -54,9 +59,10 @@ MEANINGS: dict[ExitCode, str] = {
     "upgrade and wait exit 0",
     ExitCode.DATABASE_UNAVAILABLE: "database unreachable",
     ExitCode.INTERNAL: "internal error (a bug: please report it with the log)",
-    ExitCode.TIMEOUT: "lock or wait timed out; a later retry may succeed",
-    ExitCode.CONFIG: "configuration invalid: a bad or missing setting, a missing script directory, "
-    "an unknown target, several heads when one target is required",
+    ExitCode.TIMEOUT: "the lock, wait or MIGRATION_TIMEOUT timed out; a later retry may succeed",
+    ExitCode.CONFIG: "configuration invalid: a bad or missing setting, a rejected login, a missing script "
+    "directory, broken revision files, an unknown target, several heads when one target is required, "
+    "or an advisory lock lost to a pooler",
     ExitCode.SIGINT: "interrupted by SIGINT",
     ExitCode.SIGTERM: "interrupted by SIGTERM",
 }
@@ -85,11 +91,33 @@ class ConfigError(RunnerError):
     event = "config.invalid"
 
 
+class BrokenRevisionFiles(ConfigError):
+    """A revision file does not import, names a missing ``down_revision``, or closes a cycle."""
+
+    event = "revisions.broken"
+
+
+class LockLost(ConfigError):
+    """This session no longer holds the advisory lock it took.
+
+    Seen behind a transaction-pooling PgBouncer, where each transaction may run
+    on another server session, and after a failover.
+    """
+
+    event = "lock.lost"
+
+
 class DatabaseUnavailable(RunnerError):
     """The database refused or dropped the connection (SQLSTATE class 08, ...)."""
 
     exit_code = ExitCode.DATABASE_UNAVAILABLE
     event = "database.unavailable"
+
+
+class ConnectionLost(DatabaseUnavailable):
+    """An open connection died mid-run; ``upgrade`` reconnects and resumes."""
+
+    event = "database.connection_lost"
 
 
 class LockTimeout(RunnerError):
@@ -122,22 +150,25 @@ class UnknownRevision(RunnerError):
 
 
 class MigrationFailed(RunnerError):
-    """A revision raised while it was applied; its transaction was rolled back.
+    """A revision raised while it was applied.
 
     Args:
         message: the database's or Python's error message, first line.
         revision: the id of the revision that failed.
         sqlstate: the five-character SQLSTATE when the database gave one.
-
+        transactional: the revision ran inside a transaction that was rolled
+            back. False for an ``autocommit_block`` or MySQL's DDL: its changes
+            may be partly applied, and it is never retried.
     """
 
     exit_code = ExitCode.MIGRATION_FAILED
     event = "revision.failed"
 
-    def __init__(self, message: str, *, revision: str | None, sqlstate: str | None) -> None:
+    def __init__(self, message: str, *, revision: str | None, sqlstate: str | None, transactional: bool = True) -> None:
         super().__init__(message)
         self.revision = revision
         self.sqlstate = sqlstate
+        self.transactional = transactional
 
 
 class Interrupted(KeyboardInterrupt):
@@ -153,6 +184,18 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+class RunTimeout(KeyboardInterrupt):
+    """``MIGRATION_TIMEOUT`` seconds passed; the run stops as on SIGTERM, with exit 75.
+
+    Args:
+        seconds: the deadline that passed.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"MIGRATION_TIMEOUT={seconds:g} s ran out")
+        self.seconds = seconds
+
+
 def exit_code_for(error: BaseException) -> ExitCode:
     """Map an exception that ended a run to the process exit code.
 
@@ -165,6 +208,8 @@ def exit_code_for(error: BaseException) -> ExitCode:
     """
     if isinstance(error, RunnerError):
         return error.exit_code
+    if isinstance(error, RunTimeout):
+        return ExitCode.TIMEOUT
     if isinstance(error, Interrupted):
         return ExitCode.SIGTERM if error.signum == signal.SIGTERM else ExitCode.SIGINT
     if isinstance(error, KeyboardInterrupt):

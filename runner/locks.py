@@ -1,5 +1,8 @@
 """The migration lock: one runner at a time per database and version table.
 
+MariaDB / MySQL: ``GET_LOCK(name, 0)`` polled on a dedicated connection; the
+server frees it when that connection ends (MySQL docs, "Locking Functions").
+
 PostgreSQL: a *session-level* advisory lock (``pg_try_advisory_lock``) held on
 a dedicated autocommit connection. It is never inside a transaction, so a
 revision may use ``CREATE INDEX CONCURRENTLY`` in an ``autocommit_block``, and
@@ -29,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from runner import database
-from runner.errors import ConfigError, LockTimeout
+from runner.errors import ConfigError, LockLost, LockTimeout
 from runner.logs import get_logger
 
 HOLDER_LOG_INTERVAL_SECONDS = 5.0
@@ -49,6 +52,21 @@ _PG_HOLDER = text(
       AND l.classid::bigint = :high AND l.objid::bigint = :low
     """
 )
+_PG_MINE = text(
+    """
+    SELECT count(*) FROM pg_locks
+    WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 1
+      AND classid::bigint = :high AND objid::bigint = :low
+    """
+)
+_MYSQL_HOLDER = text(
+    "SELECT ID AS pid, USER AS user, HOST AS client_addr, COMMAND AS command, TIME AS state_seconds "
+    "FROM information_schema.PROCESSLIST WHERE ID = :id"
+)
+_MYSQL_PROGRAM = text(
+    "SELECT ATTR_VALUE FROM performance_schema.session_connect_attrs "
+    "WHERE PROCESSLIST_ID = :id AND ATTR_NAME = 'program_name'"
+)
 
 
 @dataclass
@@ -56,13 +74,15 @@ class HeldLock:
     """A lock this run holds.
 
     Attributes:
-        key: the advisory lock key (PostgreSQL) or 0 for a file lock.
+        key: the advisory lock key (0 for a file lock).
         wait_seconds: how long acquiring it took, in seconds.
-
+        verify: raises :class:`LockLost` if this session no longer holds the
+            lock, or :class:`ConnectionLost` if the lock connection died.
     """
 
     key: int
     wait_seconds: float
+    verify: Callable[[], None] = lambda: None
 
 
 def derive_key(*, database_name: str, schema: str | None, version_table: str) -> int:
@@ -137,12 +157,22 @@ def _poll(
     return time.monotonic() - started
 
 
+def _lost(key: int) -> LockLost:
+    return LockLost(
+        f"this session no longer holds advisory lock {key}: a transaction-pooling PgBouncer or a failover "
+        "is between the runner and the database; point MIGRATION_DATABASE_URL at the database directly, "
+        "not at the pooler (README, 'Poolers')"
+    )
+
+
 @contextlib.contextmanager
-def _postgres_lock(url: URL, *, key: int, timeout: float, application_name: str) -> Iterator[HeldLock]:
-    engine = database.make_engine(url, application_name=application_name, autocommit=True)
+def _postgres_lock(
+    url: URL, *, key: int, timeout: float, application_name: str, connect_for: float
+) -> Iterator[HeldLock]:
+    engine = database.make_engine(url, application_name=application_name, autocommit=True, keepalives=True)
     unsigned = key % (1 << 64)
     where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
-    with database.connect(engine) as connection:
+    with database.connect(engine, retry_for=connect_for) as connection:
 
         def try_acquire() -> bool:
             return bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
@@ -151,15 +181,60 @@ def _postgres_lock(url: URL, *, key: int, timeout: float, application_name: str)
             row = connection.execute(_PG_HOLDER, where).mappings().first()
             return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} if row else {}
 
-        waited = _poll(try_acquire, describe_holder, timeout=timeout, what={"lock_key": key})
+        def verify() -> None:
+            with database.losing_connection_raises():
+                held = connection.execute(_PG_MINE, where).scalar()
+            if not held:
+                raise _lost(key)
+
+        with database.losing_connection_raises():
+            waited = _poll(try_acquire, describe_holder, timeout=timeout, what={"lock_key": key})
+        verify()  # behind a transaction pooler this already fails
         get_logger().info("lock.acquired", lock_key=key, wait_seconds=round(waited, 3))
         try:
-            yield HeldLock(key=key, wait_seconds=waited)
+            yield HeldLock(key=key, wait_seconds=waited, verify=verify)
         finally:
             # If the connection is already gone the server has freed the lock.
             with contextlib.suppress(Exception):
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             get_logger().info("lock.released", lock_key=key)
+
+
+@contextlib.contextmanager
+def _mysql_lock(url: URL, *, key: int, timeout: float, application_name: str, connect_for: float) -> Iterator[HeldLock]:
+    # GET_LOCK names are server-wide and at most 64 characters (MySQL docs, "Locking Functions").
+    name = f"migration-runner.{key % (1 << 64):016x}"
+    engine = database.make_engine(url, application_name=application_name, autocommit=True)
+    with database.connect(engine, retry_for=connect_for) as connection:
+
+        def try_acquire() -> bool:
+            return connection.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1
+
+        def describe_holder() -> dict[str, Any]:
+            holder = connection.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name}).scalar()
+            if holder is None:
+                return {}
+            row = connection.execute(_MYSQL_HOLDER, {"id": holder}).mappings().first()
+            found: dict[str, Any] = dict(row) if row else {"pid": holder}
+            with contextlib.suppress(Exception):  # performance_schema may be off
+                found["application_name"] = connection.execute(_MYSQL_PROGRAM, {"id": holder}).scalar()
+            return found
+
+        def verify() -> None:
+            with database.losing_connection_raises():
+                mine = connection.execute(text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": name}).scalar()
+            if not mine:
+                raise _lost(key)
+
+        with database.losing_connection_raises():
+            waited = _poll(try_acquire, describe_holder, timeout=timeout, what={"lock_key": key, "lock_name": name})
+        get_logger().info("lock.acquired", lock_key=key, lock_name=name, wait_seconds=round(waited, 3))
+        try:
+            yield HeldLock(key=key, wait_seconds=waited, verify=verify)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            get_logger().info("lock.released", lock_key=key, lock_name=name)
 
 
 @contextlib.contextmanager
@@ -183,7 +258,9 @@ def _file_lock(path: Path, *, timeout: float) -> Iterator[HeldLock]:
 
 
 @contextlib.contextmanager
-def migration_lock(url: URL, *, key: int, timeout: float, application_name: str) -> Iterator[HeldLock]:
+def migration_lock(
+    url: URL, *, key: int, timeout: float, application_name: str, connect_for: float = 0.0
+) -> Iterator[HeldLock]:
     """Hold the migration lock for the database at ``url``.
 
     Args:
@@ -191,6 +268,7 @@ def migration_lock(url: URL, *, key: int, timeout: float, application_name: str)
         key: the advisory lock key (PostgreSQL only).
         timeout: seconds to wait before giving up.
         application_name: names this runner in ``pg_stat_activity``.
+        connect_for: seconds to keep retrying the lock connection.
 
     Yields:
         The held lock; it is released on exit, also on error.
@@ -198,12 +276,17 @@ def migration_lock(url: URL, *, key: int, timeout: float, application_name: str)
     Raises:
         LockTimeout: the lock was not acquired within ``timeout`` seconds.
         DatabaseUnavailable: the lock connection could not be opened.
+        ConnectionLost: the lock connection died while waiting.
+        LockLost: the lock is not held by this session right after taking it.
         ConfigError: the dialect has no lock implementation.
 
     """
-    backend = url.get_backend_name()
-    if backend == "postgresql":
-        with _postgres_lock(url, key=key, timeout=timeout, application_name=application_name) as held:
+    backend = database.family(url)
+    if backend in ("postgresql", "mysql"):
+        server_lock = _postgres_lock if backend == "postgresql" else _mysql_lock
+        with server_lock(
+            url, key=key, timeout=timeout, application_name=application_name, connect_for=connect_for
+        ) as held:
             yield held
     elif backend == "sqlite":
         path = database.database_name(url)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, logs
-from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed
+from runner.errors import BrokenRevisionFiles, ConfigError, ConnectionLost, MigrationFailed
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,45 @@ class Project:
         except CommandError as error:
             setting = "MIGRATION_SCRIPT_LOCATION" if script_location else "script_location in alembic.ini"
             raise ConfigError(f"{setting}: {error}") from None
+        self._load_history()
+
+    def _load_history(self) -> None:
+        """Import every revision file now, so a broken one is named before any connection.
+
+        Raises:
+            BrokenRevisionFiles: a file fails to import, a ``down_revision`` points
+                nowhere, or the revisions form a cycle.
+        """
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Alembic warns, then raises KeyError, for a dangling down_revision
+                self.script.revision_map.heads  # noqa: B018  (building the map imports every file)
+        except SyntaxError as error:
+            raise BrokenRevisionFiles(
+                f"revision file {error.filename}: SyntaxError: {error.msg} (line {error.lineno})"
+            ) from None
+        except (KeyError, RevisionError) as error:
+            raise BrokenRevisionFiles(self._explain_history(error)) from None
+        except Exception as error:
+            frames = [f.filename for f in traceback.extract_tb(error.__traceback__) if f.filename.endswith(".py")]
+            in_versions = [f for f in frames if Path(f).parent.name == "versions"]
+            where = (in_versions or frames or ["?"])[-1]
+            raise BrokenRevisionFiles(f"revision file {where}: {type(error).__name__}: {error}") from None
+
+    def _explain_history(self, error: BaseException) -> str:
+        """Name the files behind a dangling ``down_revision`` or a cycle."""
+        scripts = list(self.script._load_revisions())  # each file once more, no map
+        known = {script.revision for script in scripts}
+        if isinstance(error, KeyError):
+            dangling = [
+                f"{script.path} (down_revision {script._all_down_revisions!r})"
+                for script in scripts
+                if set(script._all_down_revisions) - known
+            ]
+            return f"revision {error.args[0]!r} does not exist but is named as down_revision by {'; '.join(dangling)}"
+        involved = set(getattr(error, "revisions", ()) or ())
+        files = [script.path for script in scripts if script.revision in involved] or [self.script.dir]
+        return f"revision history: {error}; files: {', '.join(files)}"
 
     def heads(self) -> tuple[str, ...]:
         """The head revisions of the script directory, sorted.
@@ -144,6 +185,7 @@ class Project:
         target: str,
         version_table: VersionTable,
         on_applied: Callable[[Applied], None],
+        before_each: Callable[[], None] = lambda: None,
     ) -> None:
         """Run the project's env.py to upgrade the database to ``target``.
 
@@ -157,10 +199,12 @@ class Project:
             target: the revision(s) to upgrade to.
             version_table: where the revisions are recorded.
             on_applied: called after each revision's transaction has committed.
+            before_each: called before each revision (the lock liveness check);
+                whatever it raises ends the upgrade.
 
         Raises:
             MigrationFailed: a revision raised; the message names it.
-            DatabaseUnavailable: the connection was lost while migrating.
+            ConnectionLost: the connection was lost while migrating.
 
         """
         # configparser interpolation: a literal % must be doubled (Alembic docs,
@@ -173,6 +217,7 @@ class Project:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
             for step in self.script._upgrade_revs(target, _heads_arg(heads)):
+                before_each()
                 running[:] = [step.revision]
                 started = time.monotonic()
                 yield step
@@ -196,18 +241,36 @@ class Project:
         try:
             with environment, logs.env_py_file_config_ignored():
                 self.script.run_env()
+        except (ConnectionLost, ConfigError):
+            raise  # from before_each: the lock check
         except Exception as error:
-            revision = running[0].revision if running else None
-            if database.is_connection_error(error):
-                raise DatabaseUnavailable(
-                    f"connection lost while applying revision {revision}: {database.error_message(error)}"
+            failed = running[0] if running else None
+            failure = database.classify(error)
+            if failure.connection:
+                raise ConnectionLost(
+                    f"connection lost while applying revision {failed.revision if failed else None} "
+                    f"(SQLSTATE {failure.code}): {database.error_message(error)}"
                 ) from error
             message = database.error_message(error)
-            if database.sqlstate(error) is None and not message.startswith(type(error).__name__):
+            if failure.code is None and not message.startswith(type(error).__name__):
                 message = f"{type(error).__name__}: {message}"
-            raise MigrationFailed(message, revision=revision, sqlstate=database.sqlstate(error)) from error
+            transactional = database.family(url) != "mysql" and not (failed and _uses_autocommit_block(failed))
+            if not transactional:
+                message += "; this revision ran outside a transaction, so its changes may be partly applied"
+            raise MigrationFailed(
+                message,
+                revision=failed.revision if failed else None,
+                sqlstate=failure.code,
+                transactional=transactional,
+            ) from error
         finally:
             self.config.attributes.pop("connection", None)
+
+
+def _uses_autocommit_block(script: Script) -> bool:
+    # Statements in an autocommit_block() commit one by one: such a revision can
+    # be partly applied, and is never retried.
+    return "autocommit_block" in Path(script.path).read_text(errors="replace")
 
 
 def _heads_arg(heads: Sequence[str]) -> str:

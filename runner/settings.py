@@ -41,8 +41,13 @@ SQLITE_DEFAULT_URL = "sqlite:///./migration-runner.db"
 # Defaults that depend on MIGRATION_ENVIRONMENT. Only development gets a database
 # of its own, so a newcomer needs no server; elsewhere a missing URL is an error.
 ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "development": {"database_url": SQLITE_DEFAULT_URL, "lock_timeout": 30.0, "wait_timeout": 60.0},
-    "test": {"lock_timeout": 60.0, "wait_timeout": 120.0},
+    "development": {
+        "database_url": SQLITE_DEFAULT_URL,
+        "lock_timeout": 30.0,
+        "wait_timeout": 60.0,
+        "connect_timeout": 10.0,
+    },
+    "test": {"lock_timeout": 60.0, "wait_timeout": 120.0, "connect_timeout": 30.0},
     "staging": {},
     "production": {"log_format": "json"},
 }
@@ -95,6 +100,24 @@ class Settings(BaseSettings):
         "Default: derived from the database and version table.",
     )
     wait_timeout: Seconds = Field(300.0, gt=0, description="Seconds 'wait' polls before exit 75.")
+    connect_timeout: Seconds = Field(
+        60.0, ge=0, description="Seconds to keep retrying a failing connection (refused, starting up) before exit 69."
+    )
+    ddl_lock_timeout: Seconds = Field(
+        2.0,
+        ge=0,
+        description="PostgreSQL lock_timeout of each revision, seconds (0: none); MySQL lock_wait_timeout. "
+        "Short, so DDL never queues production traffic for long.",
+    )
+    statement_timeout: Seconds = Field(
+        0.0, ge=0, description="PostgreSQL statement_timeout of each revision, seconds (0: none)."
+    )
+    revision_retries: int = Field(
+        5, ge=0, description="Retries of a revision that failed with 55P03, 40P01 or 40001, with backoff."
+    )
+    timeout: Seconds = Field(
+        3600.0, ge=0, description="Deadline for the whole run, seconds (0: none); exit 75 when it passes."
+    )
     allow_unknown_revision: bool = Field(
         False,
         description="Treat a database at a revision the script directory lacks "
