@@ -54,9 +54,10 @@ _PG_HOLDER = text(
 )
 _PG_MINE = text(
     """
-    SELECT count(*) FROM pg_locks
-    WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 1
-      AND classid::bigint = :high AND objid::bigint = :low
+    SELECT pg_backend_pid() = :pid AND EXISTS (
+        SELECT FROM pg_locks
+        WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 1
+          AND classid::bigint = :high AND objid::bigint = :low)
     """
 )
 _MYSQL_HOLDER = text(
@@ -174,16 +175,22 @@ def _postgres_lock(
     where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
     with database.connect(engine, retry_for=connect_for) as connection:
 
+        backend: dict[str, int] = {}
+
         def try_acquire() -> bool:
-            return bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": key}).one()
+            backend["pid"] = row[1]
+            return bool(row[0])
 
         def describe_holder() -> dict[str, Any]:
             row = connection.execute(_PG_HOLDER, where).mappings().first()
             return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} if row else {}
 
         def verify() -> None:
+            # Same server session as when the lock was taken, and it still holds
+            # the lock: a transaction pooler may hand each statement to another.
             with database.losing_connection_raises():
-                held = connection.execute(_PG_MINE, where).scalar()
+                held = connection.execute(_PG_MINE, {**where, "pid": backend["pid"]}).scalar()
             if not held:
                 raise _lost(key)
 

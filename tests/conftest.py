@@ -7,15 +7,17 @@ never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
+import pymysql
 import pytest
 import sqlalchemy
-from support import Cli
+from support import Cli, mysql_connect
 
 
 @pytest.fixture
@@ -39,12 +41,48 @@ def pg_admin_url() -> str:
 
 
 @pytest.fixture
-def pg_url(pg_admin_url: str) -> Iterator[str]:
+def pg_databases(pg_admin_url: str) -> Iterator[Callable[[], str]]:
+    """A factory of new, empty databases (all dropped after the test); each call returns a ``postgresql://`` URL."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"mr_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return sqlalchemy.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        for name in created:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_databases: Callable[[], str]) -> str:
     """A new, empty database for this test (dropped after it): its ``postgresql://`` URL."""
+    return pg_databases()
+
+
+@pytest.fixture(scope="session")
+def mysql_admin_url() -> str:
+    """A URL of the MariaDB/MySQL server the tests use (``TEST_MYSQL_URL``); fails clearly when it is down."""
+    url = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+    try:
+        mysql_connect(url).close()
+    except pymysql.err.OperationalError as error:
+        pytest.fail(
+            f"MariaDB at {url} is unreachable: {error}. Start it, or point TEST_MYSQL_URL at one.", pytrace=False
+        )
+    return url
+
+
+@pytest.fixture
+def mysql_url(mysql_admin_url: str) -> Iterator[str]:
+    """A new, empty MariaDB database for this test (dropped after it): its ``mysql://`` URL."""
     name = f"mr_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = sqlalchemy.make_url(pg_admin_url).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    yield sqlalchemy.make_url(mysql_admin_url).set(database=name).render_as_string(hide_password=False)
+    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")

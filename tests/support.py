@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
+import sqlalchemy
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart"
@@ -216,3 +219,24 @@ def advisory_locks_held(url: str) -> int:
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     )
     return int(query(url, sql)[0][0])
+
+
+def mysql_connect(url: str) -> pymysql.connections.Connection[Any]:
+    """A PyMySQL connection (autocommit) from a ``mysql://`` URL."""
+    parsed = sqlalchemy.make_url(url)
+    return pymysql.connect(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=parsed.username or "root",
+        password=parsed.password or "",
+        database=parsed.database,
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def mysql_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on a MariaDB URL and return its rows."""
+    with contextlib.closing(mysql_connect(url)) as connection, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
