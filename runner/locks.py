@@ -174,7 +174,6 @@ def _postgres_lock(
     unsigned = key % (1 << 64)
     where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
     with database.connect(engine, retry_for=connect_for) as connection:
-
         backend: dict[str, int] = {}
 
         def try_acquire() -> bool:

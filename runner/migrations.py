@@ -22,6 +22,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationStep
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads, ResolutionError, RevisionError
+from alembic.util import to_tuple
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL, Connection
 
@@ -117,9 +118,9 @@ class Project:
         known = {script.revision for script in scripts}
         if isinstance(error, KeyError):
             dangling = [
-                f"{script.path} (down_revision {script._all_down_revisions!r})"
+                f"{script.path} (down_revision {script.down_revision!r})"
                 for script in scripts
-                if set(script._all_down_revisions) - known
+                if set(to_tuple(script.down_revision, default=())) - known
             ]
             return f"revision {error.args[0]!r} does not exist but is named as down_revision by {'; '.join(dangling)}"
         involved = set(getattr(error, "revisions", ()) or ())
