@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -11,22 +13,24 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
 
-from runner import __version__, commands, database, logs
+from runner import __version__, commands, database, logs, publish
 from runner.errors import MEANINGS, ExitCode, Interrupted, MigrationFailed, RunnerError, RunTimeout, exit_code_for
+from runner.metrics import Metrics
+from runner.report import RunReport
 from runner.settings import PREFIX, Settings, load_settings
 
 COMMANDS: dict[str, tuple[Callable[[commands.Run], ExitCode], str]] = {
     "upgrade": (commands.upgrade, "apply pending revisions under the advisory lock (default)"),
     "check": (commands.check, "exit 0 if the database is at the target, 1 and list what is pending if not"),
-    "current": (commands.current, "print the current and head revisions (--json for JSON)"),
+    "current": (commands.current, "print the current and head revisions (--output json for the result document)"),
     "wait": (commands.wait, "poll read-only until the database is at the target (init-containers)"),
     "config": (commands.show_config, "print the effective settings as JSON, secrets redacted"),
 }
 # Commands whose stdout is a document: their log lines go to stderr instead.
 _DOCUMENT_COMMANDS = {"current", "config"}
 _FLAGS = (
+    "output",
     "environment",
     "target",
     "lock_timeout",
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(COMMANDS)} (default: upgrade)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--json", action="store_true", help="current: print JSON")
+    parser.add_argument("--json", action="store_true", help="the same as --output json")
     for name in _FLAGS:
         metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
         parser.add_argument(
@@ -112,20 +116,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The process exit code.
-
     """
     args = build_parser().parse_args(argv)
+    if args.json:
+        args.output = "json"
     # As PID 1 in a container, SIGTERM is ignored unless a handler is installed.
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
-    started = time.monotonic()
-    stream = sys.stderr if args.command in _DOCUMENT_COMMANDS else sys.stdout
-    logs.configure(stream=stream)  # until the settings say otherwise
+    # Until the settings are loaded, the flag or the raw variable decides.
+    wants_json = (args.output or os.environ.get("MIGRATION_OUTPUT", "")).lower() == "json"
+    stream = sys.stderr if args.command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
+    logs.configure(stream=stream)
     log = logs.get_logger()
+    report = RunReport(command=args.command, metrics=Metrics(version=__version__, command=args.command))
+    settings: Settings | None = None
+    stop_serving: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        code = _run(args, stream)
+        settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
+        wants_json = settings.output == "json"
+        stream = sys.stderr if args.command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
+        logs.configure(level=settings.log_level, fmt=settings.log_format, stream=stream)
+        if settings.metrics_port is not None:
+            stop_serving = report.metrics.serve(port=settings.metrics_port, address=settings.metrics_bind_address)
+        code = _run(args, settings, report)
     except RunnerError as error:
         code = error.exit_code
+        report.failed(error, error.message)
         details: dict[str, object] = {}
         if isinstance(error, MigrationFailed):
             details = {
@@ -142,32 +158,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except RunTimeout as error:
         code = exit_code_for(error)
-        log.error("run.timeout", error=f"{error}; the running revision was rolled back", exit_code=int(code))
+        report.failed(error, f"{error}; the running revision was rolled back")
+        log.error("run.timeout", error=report.error and report.error["message"], exit_code=int(code))
     except Interrupted as error:
         code = exit_code_for(error)
+        report.failed(error, f"interrupted by {error}; the running revision was rolled back")
         log.warning("run.interrupted", signal=str(error), exit_code=int(code))
-    except Exception:
-        code = ExitCode.INTERNAL
+    except Exception as error:
+        code = ExitCode.INTERNAL_ERROR
+        report.failed(error, f"internal error: {type(error).__name__}: {error}")
         log.exception("run.crashed", exit_code=int(code))
+    signal.setitimer(signal.ITIMER_REAL, 0)  # the deadline covers the work, not the reporting
+    report.finish(int(code), outcome(code))
     log.info(
         "run.finished",
         exit_code=int(code),
-        outcome=outcome(code),
-        duration_seconds=round(time.monotonic() - started, 6),
+        outcome=report.outcome,
+        duration_seconds=round(report.duration_seconds or 0.0, 6),
     )
+    _report(report, settings, wants_json=wants_json and args.command != "config")
+    _linger(settings, stop_serving)
     return int(code)
 
 
-def _run(args: argparse.Namespace, stream: TextIO) -> ExitCode:
-    settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
-    logs.configure(level=settings.log_level, fmt=settings.log_format, stream=stream)
+def _run(args: argparse.Namespace, settings: Settings, report: RunReport) -> ExitCode:
     if settings.database_url is not None and settings.url.password:
         password = str(settings.url.password)
         for form in (password, urllib.parse.quote(password, safe=""), urllib.parse.quote_plus(password)):
             logs.add_secret(form)  # as decoded and as it may stand %-encoded in a URL
+    for secret in (settings.pushgateway_password, settings.pushgateway_token):
+        logs.add_secret(secret.get_secret_value() if secret else None)
     _start_deadline(settings.timeout)
-    run = commands.Run(settings=settings, cwd=Path.cwd(), as_json=args.json)
-    logs.bind_run(run_id=run.run_id, command=args.command, environment=settings.environment, host=run.host)
+    run = commands.Run(settings=settings, cwd=Path.cwd(), report=report)
+    context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
+    report.metrics.run_info.labels(run_id=run.run_id, **{k: v or "" for k, v in context.items()}).set(1)
+    logs.bind_run(
+        run_id=run.run_id,
+        command=args.command,
+        environment=settings.environment,
+        host=run.host,
+        **{k: v for k, v in context.items() if v},
+    )
     logs.get_logger().info(
         "run.started",
         version=__version__,
@@ -175,3 +206,30 @@ def _run(args: argparse.Namespace, stream: TextIO) -> ExitCode:
         database=database.redact(settings.url) if settings.database_url is not None else None,
     )
     return COMMANDS[args.command][0](run)
+
+
+def _report(report: RunReport, settings: Settings | None, *, wants_json: bool) -> None:
+    """Publish the metrics, write the termination message, print the result document."""
+    if settings is not None:
+        publish.publish_metrics(report, settings)
+        explicit = "termination_log" in settings.model_fields_set
+        publish.write_termination_message(report, settings.termination_log, explicit=explicit)
+    else:  # the settings are invalid: honour the raw variable, best effort
+        raw = os.environ.get("MIGRATION_TERMINATION_LOG")
+        path = Path(raw) if raw else publish.DEFAULT_TERMINATION_LOG
+        publish.write_termination_message(report, path, explicit=raw is not None)
+    if wants_json:
+        sys.stdout.write(json.dumps(report.document()) + "\n")
+        sys.stdout.flush()
+
+
+def _linger(settings: Settings | None, stop_serving: Callable[[], None]) -> None:
+    """Keep the metrics endpoint up for ``MIGRATION_METRICS_LINGER`` seconds; a signal cuts it short."""
+    try:
+        if settings is not None and settings.metrics_port is not None and settings.metrics_linger > 0:
+            logs.get_logger().info("metrics.lingering", seconds=settings.metrics_linger)
+            time.sleep(settings.metrics_linger)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_serving()

@@ -6,6 +6,7 @@ in :mod:`runner.errors`; :mod:`runner.cli` turns those into exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -25,6 +26,7 @@ from runner import database, locks
 from runner.errors import ConnectionLost, DatabaseUnavailable, ExitCode, MigrationFailed, UnknownRevision, WaitTimeout
 from runner.logs import get_logger
 from runner.migrations import Applied, Project, VersionTable
+from runner.report import RunReport
 from runner.settings import Settings
 
 WAIT_REPORT_INTERVAL_SECONDS = 5.0
@@ -42,21 +44,32 @@ class Run:
         settings: the validated settings.
         cwd: the working directory (alembic.ini and relative paths).
         run_id: a random id, in every log event and in ``application_name``.
-        host: this host's name; in Kubernetes, the pod name.
-        as_json: ``current`` prints JSON instead of text.
-
+        report: the record of the run; also feeds the metrics.
     """
 
     settings: Settings
     cwd: Path
+    report: RunReport
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    host: str = field(default_factory=socket.gethostname)
-    as_json: bool = False
+
+    @property
+    def host(self) -> str:
+        """The pod's name (Downward API) or else this host's name."""
+        return self.settings.pod_name or socket.gethostname()
 
     @property
     def application_name(self) -> str:
-        """How this runner's connections appear in ``pg_stat_activity``."""
-        return f"migration-runner {self.host} {self.run_id}"
+        """How this runner's connections appear in ``pg_stat_activity``: namespace/pod and run id."""
+        where = f"{self.settings.pod_namespace}/{self.host}" if self.settings.pod_namespace else self.host
+        return f"migration-runner {where} {self.run_id}"
+
+    def connect(self, engine: Engine, *, retry: bool = True) -> contextlib.AbstractContextManager[Connection]:
+        """Open a connection, retried for ``MIGRATION_CONNECT_TIMEOUT`` seconds unless ``retry`` is False."""
+        return database.connect(
+            engine,
+            retry_for=self.settings.connect_timeout if retry else 0.0,
+            on_retry=lambda: self.report.retried("connect"),
+        )
 
     def migration_url(self) -> URL:
         """The database URL with each revision's session timeouts in it, so env.py's own engine gets them too."""
@@ -88,13 +101,16 @@ class Run:
             script_location=self.settings.script_location,
             cwd=self.cwd,
         )
-        project.target_revisions(self.settings.target)
+        self.report.target = list(project.target_revisions(self.settings.target))
+        self.report.heads = list(project.heads())
         return project
 
     def read_heads(self, connection: Connection) -> tuple[str, ...]:
         """The database's current revisions."""
         table = self.version_table
-        return database.read_heads(connection, version_table=table.name, schema=table.schema)
+        revisions = database.read_heads(connection, version_table=table.name, schema=table.schema)
+        self.report.database_at(revisions)
+        return revisions
 
     def lock_key(self) -> int:
         """The advisory lock key: ``MIGRATION_LOCK_KEY`` or one derived from the database."""
@@ -120,7 +136,9 @@ def _plan(run: Run, project: Project, current: Sequence[str], *, allow_unknown: 
     """
     missing = project.unknown(current)
     if not missing:
-        return project.pending(current, run.settings.target)
+        pending = project.pending(current, run.settings.target)
+        run.report.planned(pending)
+        return pending
     message = (
         f"the database is at revision {', '.join(missing)}, which the script directory does not have; "
         "was the application rolled back? Set MIGRATION_ALLOW_UNKNOWN_REVISION=true to accept it"
@@ -154,7 +172,7 @@ def upgrade(run: Run) -> ExitCode:
         retry=tenacity.retry_if_exception_type(ConnectionLost),
         stop=tenacity.stop_after_attempt(MAX_RECONNECTS + 1),
         wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
-        before_sleep=_log_retry("database.reconnecting"),
+        before_sleep=_log_retry(run, "database.reconnecting", "reconnect"),
         reraise=True,
     )
     for attempt in reconnecting:
@@ -168,7 +186,7 @@ def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
     settings = run.settings
     allow = settings.allow_unknown_revision
     with (
-        database.connect(engine, retry_for=settings.connect_timeout) as connection,
+        run.connect(engine) as connection,
         database.losing_connection_raises(),
     ):
         current = run.read_heads(connection)
@@ -181,7 +199,9 @@ def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
             timeout=settings.lock_timeout,
             application_name=run.application_name,
             connect_for=settings.connect_timeout,
+            on_connect_retry=lambda: run.report.retried("connect"),
         ) as held:
+            run.report.lock_acquired(held.wait_seconds)
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
             pending = _plan(run, project, current, allow_unknown=allow)
             if not pending:
@@ -206,6 +226,7 @@ def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldL
     log = get_logger()
 
     def applied(revision: Applied) -> None:
+        run.report.revision_applied(revision)
         log.info(
             "revision.applied",
             revision=revision.revision,
@@ -217,7 +238,7 @@ def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldL
         retry=tenacity.retry_if_exception(_worth_retrying),
         stop=tenacity.stop_after_attempt(run.settings.revision_retries + 1),
         wait=tenacity.wait_random_exponential(multiplier=0.5, max=10),
-        before_sleep=_log_retry("revision.retrying"),
+        before_sleep=_log_retry(run, "revision.retrying", "revision"),
         reraise=True,
     )
     try:
@@ -249,8 +270,9 @@ def _worth_retrying(error: BaseException) -> bool:
     return isinstance(error, MigrationFailed) and error.transactional and error.sqlstate in RETRYABLE_SQLSTATES
 
 
-def _log_retry(event: str) -> Callable[[tenacity.RetryCallState], None]:
+def _log_retry(run: Run, event: str, reason: str) -> Callable[[tenacity.RetryCallState], None]:
     def log(state: tenacity.RetryCallState) -> None:
+        run.report.retried(reason)
         error = state.outcome.exception() if state.outcome else None
         details: dict[str, Any] = {}
         if isinstance(error, MigrationFailed):
@@ -276,7 +298,7 @@ def check(run: Run) -> ExitCode:
     """
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
-    with database.connect(engine, retry_for=run.settings.connect_timeout) as connection:
+    with run.connect(engine) as connection:
         current = run.read_heads(connection)
     pending = _plan(run, project, current, allow_unknown=False)
     if pending:
@@ -289,25 +311,16 @@ def check(run: Run) -> ExitCode:
 
 
 def current(run: Run) -> ExitCode:
-    """Print the database's revisions, the heads and what is pending (text or ``--json``)."""
+    """Print the database's revisions, the heads and what is pending (or, with ``--output json``, the result)."""
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
-    with database.connect(engine, retry_for=run.settings.connect_timeout) as connection:
+    with run.connect(engine) as connection:
         revisions = run.read_heads(connection)
     unknown = project.unknown(revisions)
-    pending = [] if unknown else project.pending(revisions, run.settings.target)
-    document: dict[str, Any] = {
-        "current": list(revisions),
-        "heads": list(project.heads()),
-        "target": run.settings.target,
-        "unknown": unknown,
-        "pending": _describe(pending),
-    }
-    if run.as_json:
-        print(json.dumps(document, indent=2))
-    else:
+    pending = [] if unknown else _plan(run, project, revisions, allow_unknown=False)
+    if run.settings.output == "text":
         print(f"current: {' '.join(revisions) or '(empty)'}")
-        print(f"heads:   {' '.join(document['heads'])}")
+        print(f"heads:   {' '.join(run.report.heads)}")
         if unknown:
             print(f"unknown: {' '.join(unknown)} (not in the script directory)")
         print(f"pending: {len(pending)}" + "".join(f"\n  {s.revision}  {s.doc}" for s in pending))
@@ -338,7 +351,7 @@ def wait(run: Run) -> ExitCode:
     state: dict[str, Any] = {}
     while True:
         try:
-            with database.connect(engine) as connection, database.losing_connection_raises():
+            with run.connect(engine, retry=False) as connection, database.losing_connection_raises():
                 revisions = run.read_heads(connection)
             pending = _plan(run, project, revisions, allow_unknown=settings.allow_unknown_revision)
             if not pending:

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,7 +263,9 @@ def error_message(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def connect(engine: Engine, *, retry_for: float = 0.0) -> Iterator[Connection]:
+def connect(
+    engine: Engine, *, retry_for: float = 0.0, on_retry: Callable[[], None] = lambda: None
+) -> Iterator[Connection]:
     """Open one connection, retrying connection-class failures for up to ``retry_for`` seconds.
 
     Backoff is exponential with full jitter (tenacity's ``wait_random_exponential``),
@@ -274,6 +276,7 @@ def connect(engine: Engine, *, retry_for: float = 0.0) -> Iterator[Connection]:
     Args:
         engine: from :func:`make_engine`.
         retry_for: total seconds to keep trying; 0 tries once.
+        on_retry: called before each retry (the metrics count them).
 
     Yields:
         An open connection, closed on exit.
@@ -284,6 +287,7 @@ def connect(engine: Engine, *, retry_for: float = 0.0) -> Iterator[Connection]:
     """
 
     def log_retry(state: tenacity.RetryCallState) -> None:
+        on_retry()
         error = state.outcome.exception() if state.outcome else None
         get_logger().warning(
             "database.retrying",

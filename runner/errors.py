@@ -41,9 +41,9 @@ class ExitCode(enum.IntEnum):
     MIGRATION_FAILED = 65
     UNKNOWN_REVISION = 66
     DATABASE_UNAVAILABLE = 69
-    INTERNAL = 70
+    INTERNAL_ERROR = 70
     TIMEOUT = 75
-    CONFIG = 78
+    CONFIG_INVALID = 78
     SIGINT = 130
     SIGTERM = 143
 
@@ -58,9 +58,9 @@ MEANINGS: dict[ExitCode, str] = {
     "(e.g. after an application rollback); MIGRATION_ALLOW_UNKNOWN_REVISION=true makes "
     "upgrade and wait exit 0",
     ExitCode.DATABASE_UNAVAILABLE: "database unreachable",
-    ExitCode.INTERNAL: "internal error (a bug: please report it with the log)",
+    ExitCode.INTERNAL_ERROR: "internal error (a bug: please report it with the log)",
     ExitCode.TIMEOUT: "the lock, wait or MIGRATION_TIMEOUT timed out; a later retry may succeed",
-    ExitCode.CONFIG: "configuration invalid: a bad or missing setting, a rejected login, a missing script "
+    ExitCode.CONFIG_INVALID: "configuration invalid: a bad or missing setting, a rejected login, a missing script "
     "directory, broken revision files, an unknown target, several heads when one target is required, "
     "or an advisory lock lost to a pooler",
     ExitCode.SIGINT: "interrupted by SIGINT",
@@ -76,7 +76,7 @@ class RunnerError(Exception):
 
     """
 
-    exit_code: ExitCode = ExitCode.INTERNAL
+    exit_code: ExitCode = ExitCode.INTERNAL_ERROR
     event: str = "run.failed"
 
     def __init__(self, message: str) -> None:
@@ -87,7 +87,7 @@ class RunnerError(Exception):
 class ConfigError(RunnerError):
     """A setting, the script directory, the target or the heads are unusable."""
 
-    exit_code = ExitCode.CONFIG
+    exit_code = ExitCode.CONFIG_INVALID
     event = "config.invalid"
 
 
@@ -203,7 +203,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
         error: what propagated to the top of the command.
 
     Returns:
-        The documented code; ``ExitCode.INTERNAL`` (70) for anything unforeseen.
+        The documented code; ``ExitCode.INTERNAL_ERROR`` (70) for anything unforeseen.
 
     """
     if isinstance(error, RunnerError):
@@ -214,4 +214,4 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.SIGTERM if error.signum == signal.SIGTERM else ExitCode.SIGINT
     if isinstance(error, KeyboardInterrupt):
         return ExitCode.SIGINT
-    return ExitCode.INTERNAL
+    return ExitCode.INTERNAL_ERROR

@@ -168,12 +168,18 @@ def _lost(key: int) -> LockLost:
 
 @contextlib.contextmanager
 def _postgres_lock(
-    url: URL, *, key: int, timeout: float, application_name: str, connect_for: float
+    url: URL,
+    *,
+    key: int,
+    timeout: float,
+    application_name: str,
+    connect_for: float,
+    on_connect_retry: Callable[[], None],
 ) -> Iterator[HeldLock]:
     engine = database.make_engine(url, application_name=application_name, autocommit=True, keepalives=True)
     unsigned = key % (1 << 64)
     where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
-    with database.connect(engine, retry_for=connect_for) as connection:
+    with database.connect(engine, retry_for=connect_for, on_retry=on_connect_retry) as connection:
         backend: dict[str, int] = {}
 
         def try_acquire() -> bool:
@@ -207,11 +213,19 @@ def _postgres_lock(
 
 
 @contextlib.contextmanager
-def _mysql_lock(url: URL, *, key: int, timeout: float, application_name: str, connect_for: float) -> Iterator[HeldLock]:
+def _mysql_lock(
+    url: URL,
+    *,
+    key: int,
+    timeout: float,
+    application_name: str,
+    connect_for: float,
+    on_connect_retry: Callable[[], None],
+) -> Iterator[HeldLock]:
     # GET_LOCK names are server-wide and at most 64 characters (MySQL docs, "Locking Functions").
     name = f"migration-runner.{key % (1 << 64):016x}"
     engine = database.make_engine(url, application_name=application_name, autocommit=True)
-    with database.connect(engine, retry_for=connect_for) as connection:
+    with database.connect(engine, retry_for=connect_for, on_retry=on_connect_retry) as connection:
 
         def try_acquire() -> bool:
             return connection.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1
@@ -265,7 +279,13 @@ def _file_lock(path: Path, *, timeout: float) -> Iterator[HeldLock]:
 
 @contextlib.contextmanager
 def migration_lock(
-    url: URL, *, key: int, timeout: float, application_name: str, connect_for: float = 0.0
+    url: URL,
+    *,
+    key: int,
+    timeout: float,
+    application_name: str,
+    connect_for: float = 0.0,
+    on_connect_retry: Callable[[], None] = lambda: None,
 ) -> Iterator[HeldLock]:
     """Hold the migration lock for the database at ``url``.
 
@@ -275,6 +295,7 @@ def migration_lock(
         timeout: seconds to wait before giving up.
         application_name: names this runner in ``pg_stat_activity``.
         connect_for: seconds to keep retrying the lock connection.
+        on_connect_retry: called before each retry of the lock connection.
 
     Yields:
         The held lock; it is released on exit, also on error.
@@ -291,7 +312,12 @@ def migration_lock(
     if backend in ("postgresql", "mysql"):
         server_lock = _postgres_lock if backend == "postgresql" else _mysql_lock
         with server_lock(
-            url, key=key, timeout=timeout, application_name=application_name, connect_for=connect_for
+            url,
+            key=key,
+            timeout=timeout,
+            application_name=application_name,
+            connect_for=connect_for,
+            on_connect_retry=on_connect_retry,
         ) as held:
             yield held
     elif backend == "sqlite":

@@ -38,12 +38,21 @@ class Applied:
         revision: the revision id.
         message: the revision's message (its docstring's first line).
         duration_seconds: wall time of its upgrade() and version update.
-
+        replaces: its ``down_revision`` ids: the heads it supersedes.
     """
 
     revision: str
     message: str
     duration_seconds: float
+    replaces: tuple[str, ...] = ()
+
+
+class _CallbackFailed(Exception):
+    """A callback of the runner's own raised inside env.py's run: a bug, not a failed revision."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -218,12 +227,17 @@ class Project:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
             for step in self.script._upgrade_revs(target, _heads_arg(heads)):
-                before_each()
+                before_each()  # its ConnectionLost / LockLost propagate as they are
                 running[:] = [step.revision]
                 started = time.monotonic()
                 yield step
-                on_applied(Applied(step.revision.revision, step.revision.doc, time.monotonic() - started))
-            running.clear()
+                running.clear()
+                script = step.revision
+                replaces = tuple(to_tuple(script.down_revision, default=()))
+                try:
+                    on_applied(Applied(script.revision, script.doc, time.monotonic() - started, replaces))
+                except Exception as error:
+                    raise _CallbackFailed(error) from error
 
         environment = EnvironmentContext(
             self.config, self.script, fn=steps, as_sql=False, starting_rev=None, destination_rev=target
@@ -244,6 +258,8 @@ class Project:
                 self.script.run_env()
         except (ConnectionLost, ConfigError):
             raise  # from before_each: the lock check
+        except _CallbackFailed as callback:
+            raise callback.error from None
         except Exception as error:
             failed = running[0] if running else None
             failure = database.classify(error)

@@ -123,15 +123,49 @@ class Settings(BaseSettings):
         description="Treat a database at a revision the script directory lacks "
         "(an application rollback) as success in 'upgrade' and 'wait'.",
     )
+    output: Literal["text", "json"] = Field(
+        "text", description="json: print one result document on stdout at the end (logs go to stderr)."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus metrics on this port while the run lasts (off if unset)."
+    )
+    metrics_bind_address: str = Field("0.0.0.0", description="Address the metrics endpoint binds.")  # noqa: S104  (a pod's port is only reachable as configured)
+    metrics_linger: Seconds = Field(
+        0.0, ge=0, description="Seconds to keep serving metrics after the run, so a scrape sees the final values."
+    )
+    metrics_textfile: Path | None = Field(
+        None, description="Write the metrics here (atomically) for node-exporter's textfile collector."
+    )
+    pushgateway_url: str | None = Field(
+        None, description="Push the metrics to this Pushgateway at the end of every run."
+    )
+    pushgateway_job: str = Field("migration-runner", description="The job label of the Pushgateway group.")
+    pushgateway_username: str | None = Field(None, description="Pushgateway basic-auth user.")
+    pushgateway_password: SecretStr | None = Field(None, description="Pushgateway basic-auth password (secret).")
+    pushgateway_token: SecretStr | None = Field(None, description="Pushgateway bearer token (secret).")
+    termination_log: Path = Field(
+        Path("/dev/termination-log"),
+        description="Where the JSON summary for `kubectl describe pod` goes, when that file exists.",
+    )
+    pod_name: str | None = Field(None, description="Downward API metadata.name: the pod's name.")
+    pod_namespace: str | None = Field(None, description="Downward API metadata.namespace.")
+    node_name: str | None = Field(None, description="Downward API spec.nodeName.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "console", "auto"] = Field(
         "auto", description="json, console, or auto (console on a TTY, JSON otherwise)."
     )
 
-    @field_validator("log_level", "log_format", "environment", mode="before")
+    @field_validator("log_level", "log_format", "environment", "output", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -180,7 +214,7 @@ class Settings(BaseSettings):
             One key per setting, named as its environment variable.
 
         """
-        values = self.model_dump(mode="json")
+        values = self.model_dump(mode="json")  # SecretStr dumps as "**********"
         if self.database_url is not None:
             values["database_url"] = database.redact(self.url)
         return {PREFIX + name.upper(): value for name, value in values.items()}

@@ -85,7 +85,7 @@ def test_check_exits_1_and_lists_pending_then_0_after_upgrade(cli: Cli, pg_url: 
 
 
 def test_current_prints_text_and_json(cli: Cli, pg_url: str) -> None:
-    """current shows the database's revisions, the heads and the pending ones."""
+    """current shows the database's revisions, the heads and the pending ones, as text or the result document."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_TARGET": rev_id(2)}
     assert cli(env=env).code == 0
@@ -93,9 +93,10 @@ def test_current_prints_text_and_json(cli: Cli, pg_url: str) -> None:
     as_json = cli("current", "--json", env={"MIGRATION_DATABASE_URL": pg_url})
     assert as_json.code == 0
     document = json.loads(as_json.stdout)
-    assert document["current"] == [rev_id(2)]
+    assert document["command"] == "current"
+    assert document["from"] == document["to"] == [rev_id(2)]
     assert document["heads"] == [rev_id(3)]
-    assert document["pending"] == [{"revision": rev_id(3), "message": "revision 3"}]
+    assert document["pending"] == [{"id": rev_id(3), "message": "revision 3"}]
 
     as_text = cli("current", env={"MIGRATION_DATABASE_URL": pg_url})
     assert as_text.code == 0

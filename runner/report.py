@@ -1,0 +1,157 @@
+"""The record of one run, and the documents made from it.
+
+The commands report what happens as it happens (:class:`RunReport` keeps the
+metrics current for a scrape mid-run). When the run ends, the same record
+gives the result document (``--output json``, schema in
+``docs/result.schema.json``) and the Kubernetes termination message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from alembic.script import Script
+
+from runner.errors import MigrationFailed
+from runner.metrics import Metrics
+from runner.migrations import Applied
+
+SCHEMA_VERSION = 1
+# The kubelet keeps at most 4096 bytes of a termination message (Kubernetes
+# docs, "Determine the Reason for Pod Failure > Customizing the termination message").
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+
+
+@dataclass
+class RunReport:
+    """What one run did, filled in by the commands while they work.
+
+    Attributes:
+        command: ``upgrade``, ``check``, ``current``, ``wait`` or ``config``.
+        metrics: updated on every event, for a scrape during the run.
+        before: the database's revisions when the run first read them.
+        after: its revisions when the run last read them.
+        target: the revisions the run aimed at.
+        heads: the script directory's heads.
+        applied: revisions this run applied, in order.
+        pending: revisions still between the database and the target.
+        lock_wait_seconds: time spent waiting for the lock; ``None`` if not taken.
+        exit_code: set by :meth:`finish`.
+        error: ``{class, sqlstate, revision, message}`` of the failure, if any.
+    """
+
+    command: str
+    metrics: Metrics
+    started: float = field(default_factory=time.monotonic)
+    before: list[str] | None = None
+    after: list[str] | None = None
+    target: list[str] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)
+    applied: list[Applied] = field(default_factory=list)
+    pending: list[dict[str, str]] = field(default_factory=list)
+    lock_wait_seconds: float | None = None
+    exit_code: int | None = None
+    outcome: str | None = None
+    duration_seconds: float | None = None
+    error: dict[str, Any] | None = None
+
+    def database_at(self, revisions: Sequence[str]) -> None:
+        """The database was read at these revisions."""
+        if self.before is None:
+            self.before = list(revisions)
+        self.after = list(revisions)
+        self.metrics.database_at(revisions)
+
+    def planned(self, pending: Sequence[Script]) -> None:
+        """These revisions are pending, in order."""
+        self.pending = [{"id": s.revision, "message": s.doc} for s in pending]
+        self.metrics.pending.set(len(self.pending))
+
+    def lock_acquired(self, wait_seconds: float) -> None:
+        """The lock was taken after ``wait_seconds``."""
+        self.lock_wait_seconds = wait_seconds
+        self.metrics.lock_wait.set(wait_seconds)
+
+    def revision_applied(self, applied: Applied) -> None:
+        """A revision was applied and committed."""
+        self.applied.append(applied)
+        # Committed: the database's heads move on without another query.
+        self.after = sorted((set(self.after or []) - set(applied.replaces)) | {applied.revision})
+        self.metrics.database_at(self.after)
+        self.pending = [p for p in self.pending if p["id"] != applied.revision]
+        self.metrics.revisions_applied.inc()
+        self.metrics.revision_duration.observe(applied.duration_seconds)
+        self.metrics.pending.set(len(self.pending))
+
+    def retried(self, reason: str) -> None:
+        """Something was retried: ``connect``, ``reconnect`` or ``revision``."""
+        self.metrics.retries.labels(reason=reason).inc()
+
+    def failed(self, error: BaseException, message: str) -> None:
+        """The run ends with ``error``; ``message`` is the one line the log shows."""
+        self.error = {
+            "class": type(error).__name__,
+            "sqlstate": getattr(error, "sqlstate", None),
+            "revision": getattr(error, "revision", None),
+            "message": message,
+        }
+        if isinstance(error, MigrationFailed):
+            self.error["partially_applied"] = not error.transactional
+
+    def finish(self, exit_code: int, outcome: str) -> None:
+        """The run is over: record its exit code, outcome and duration."""
+        self.exit_code = exit_code
+        self.outcome = outcome
+        self.duration_seconds = time.monotonic() - self.started
+        self.metrics.finish(outcome=outcome, duration_seconds=self.duration_seconds)
+
+    def document(self) -> dict[str, Any]:
+        """The result document (schema version :data:`SCHEMA_VERSION`, ``docs/result.schema.json``)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "success": self.exit_code == 0,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "outcome": self.outcome,
+            "from": self.before,
+            "to": self.after,
+            "target": self.target,
+            "heads": self.heads,
+            "applied": [
+                {"id": a.revision, "message": a.message, "duration_seconds": round(a.duration_seconds, 6)}
+                for a in self.applied
+            ],
+            "pending": self.pending,
+            "lock_wait_seconds": None if self.lock_wait_seconds is None else round(self.lock_wait_seconds, 6),
+            "duration_seconds": round(self.duration_seconds or 0.0, 6),
+            "error": self.error,
+        }
+
+    def termination_message(self) -> str:
+        """A compact JSON summary for ``/dev/termination-log``, at most 4096 bytes.
+
+        ``kubectl describe pod`` shows it as the container's last state message.
+        The error message is shortened, never the JSON structure.
+        """
+        error = self.error or {}
+        summary: dict[str, Any] = {
+            "outcome": self.outcome,
+            "exit_code": self.exit_code,
+            "from": self.before,
+            "to": self.after,
+            "failed_revision": error.get("revision"),
+            "sqlstate": error.get("sqlstate"),
+            "error": error.get("message"),
+        }
+        text = json.dumps(summary, separators=(",", ":"))
+        message = summary["error"] or ""
+        while len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and message:
+            excess = len(text.encode()) - TERMINATION_MESSAGE_MAX_BYTES
+            message = message[: max(0, len(message) - excess - 1)]
+            summary["error"] = message + "…"
+            text = json.dumps(summary, separators=(",", ":"))
+        return text
