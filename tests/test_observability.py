@@ -367,3 +367,19 @@ def test_kubernetes_context_in_logs_and_application_name(cli: Cli, pg_url: str) 
         (e["pod"], e["namespace"], e["node"], e["host"]) == ("migrate-7xk2p", "shop", "node-a", "migrate-7xk2p")
         for e in run_events
     )
+
+
+def test_readme_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    """The sample alert rules in README are valid Prometheus rules (`promtool check rules`)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    readme = (REPO / "README.md").read_text()
+    rules = readme.split("```yaml\ngroups:", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rules.yml"
+    path.write_text("groups:" + rules)
+
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "2 rules found" in check.stdout
