@@ -68,6 +68,14 @@ MEANINGS: dict[ExitCode, str] = {
 }
 
 
+# Codes worth running again (the database may come back, the other runner may finish, the pod
+# was stopped); every other non-zero code fails the same way again. The Helm chart's
+# podFailurePolicy is built from this split (a test keeps them in step).
+RETRYABLE: frozenset[ExitCode] = frozenset(
+    {ExitCode.DATABASE_UNAVAILABLE, ExitCode.TIMEOUT, ExitCode.SIGINT, ExitCode.SIGTERM}
+)
+
+
 class RunnerError(Exception):
     """Base of the errors that end a run with a documented exit code.
 

@@ -1,0 +1,268 @@
+"""The Helm chart: lint, render, validate against Kubernetes schemas, assert on objects, and simulate its pod.
+
+helm comes from ``.ci/get-helm`` (``.tools/bin/helm``); kubernetes-validate from the dev dependencies.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from support import QUICKSTART, REPO, parse_events
+
+from runner.errors import MEANINGS, RETRYABLE, ExitCode
+
+CHART = REPO / "helm" / "migration-runner"
+SCENARIOS = sorted((CHART / "ci").glob("*.yaml"))
+KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")  # an older supported release, and the newest the schemas cover
+HELM = REPO / ".tools" / "bin" / "helm"
+
+
+def helm(*args: str, cwd: Path = CHART) -> subprocess.CompletedProcess[str]:
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: run `bash .ci/get-helm`")
+    return subprocess.run([str(HELM), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def render(*args: str, chart: Path = CHART) -> list[dict[str, Any]]:
+    done = helm("template", "shop", str(chart), "--namespace", "shop", *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)
+def test_scenario_lints_renders_and_validates(scenario: Path, tmp_path: Path) -> None:
+    """`helm lint --strict` passes and every rendered object passes kubernetes-validate --strict on two versions."""
+    lint = helm("lint", "--strict", ".", "-f", str(scenario))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    done = helm("template", "shop", ".", "--namespace", "shop", "-f", str(scenario))
+    assert done.returncode == 0, done.stderr
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(done.stdout)
+    validator = Path(sys.executable).with_name("kubernetes-validate")
+    for version in KUBERNETES_VERSIONS:
+        check = subprocess.run(
+            [str(validator), "--strict", "-k", version, str(manifest)], capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 0, f"Kubernetes {version}: {check.stdout}{check.stderr}"
+
+
+def test_pod_failure_policy_follows_the_exit_code_table() -> None:
+    """Non-retryable exit codes fail the Job at once; disruptions are ignored; the rest use backoffLimit."""
+    job = only(render("--set", "database.existingSecret=app-db"), "Job")
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+
+    fail_job = [r for r in rules if r["action"] == "FailJob"]
+    assert len(fail_job) == 1 and fail_job[0]["onExitCodes"]["containerName"] == "migrate"
+    non_retryable = {int(code) for code in MEANINGS} - {int(code) for code in RETRYABLE} - {ExitCode.OK}
+    assert set(fail_job[0]["onExitCodes"]["values"]) == non_retryable
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_hook_mode_makes_every_dependency_a_hook_with_a_lower_weight() -> None:
+    """A first install into an empty namespace works: ServiceAccount, Secret and ConfigMap come before the Job."""
+    objects = render("--set", "database.url=postgresql://u:p@db/app", "--set", "hook.weight=10")
+    job = only(objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    job_weight = int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    for kind in ("ServiceAccount", "Secret", "ConfigMap"):
+        annotations = only(objects, kind)["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade", kind
+        assert int(annotations["helm.sh/hook-weight"]) < job_weight, kind
+
+
+def test_job_spec_is_safe_by_default() -> None:
+    """Restricted security context, no service links, no API token, Istio sidecar off, Downward API env."""
+    job = only(render("--set", "database.existingSecret=app-db"), "Job")
+    pod = job["spec"]["template"]
+    spec = pod["spec"]
+    container = spec["containers"][0]
+
+    assert spec["enableServiceLinks"] is False
+    assert spec["automountServiceAccountToken"] is False
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 65532
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+    assert fields == {
+        "MIGRATION_POD_NAME": "metadata.name",
+        "MIGRATION_POD_NAMESPACE": "metadata.namespace",
+        "MIGRATION_NODE_NAME": "spec.nodeName",
+    }
+    assert {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"} <= set(job["spec"])
+
+
+def test_job_mode_names_the_job_after_its_pod_template() -> None:
+    """In `job` mode an unchanged release keeps its Job; a new image gets a new Job (Jobs are immutable)."""
+    base = ("--set", "mode=job", "--set", "database.existingSecret=app-db")
+    first = only(render(*base, "--set", "image.tag=1.0.0"), "Job")["metadata"]["name"]
+    again = only(render(*base, "--set", "image.tag=1.0.0"), "Job")["metadata"]["name"]
+    newer = only(render(*base, "--set", "image.tag=1.0.1"), "Job")["metadata"]["name"]
+
+    assert first == again != newer
+    assert first.startswith("shop-migration-runner-") and len(first) <= 63
+
+
+def test_values_schema_rejects_unknown_keys_and_bad_modes() -> None:
+    """values.schema.json has additionalProperties: false, so a typo in values fails the render."""
+    typo = helm("template", "shop", ".", "--set", "database.existingSecret=app-db", "--set", "job.backofLimit=3")
+    assert typo.returncode != 0 and "backofLimit" in typo.stderr
+    mode = helm("template", "shop", ".", "--set", "database.existingSecret=app-db", "--set", "mode=cron")
+    assert mode.returncode != 0
+
+
+def documented_values() -> dict[str, str]:
+    """Each value of values.yaml with its `# --` comment, by dotted path; fails on an undocumented leaf."""
+    documented: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    comment: list[str] = []
+    inside: int | None = None  # indent of a documented value whose body follows
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = [stripped.removeprefix("# --").strip()]
+            continue
+        if stripped.startswith("#") and comment:
+            comment.append(stripped.removeprefix("#").strip())
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if inside is not None and indent > inside:
+            continue
+        inside = None
+        key, _, rest = stripped.partition(":")
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, key)]
+        dotted = ".".join(k for _, k in stack)
+        if comment:
+            documented[dotted] = " ".join(comment)
+            inside = indent
+        else:
+            assert not rest.strip(), f"{dotted} has no `# --` comment"
+        comment = []
+    return documented
+
+
+def test_values_are_all_documented() -> None:
+    """Every value in values.yaml has a `# --` comment, and the chart README's table lists it."""
+    readme = (CHART / "README.md").read_text()
+    documented = documented_values()
+
+    assert len(documented) > 30
+    missing = [key for key in documented if f"| `{key}` |" not in readme]
+    assert not missing, f"not in helm/migration-runner/README.md: {missing}"
+
+
+def resolve_env(container: dict[str, Any], objects: list[dict[str, Any]], pod: dict[str, str]) -> dict[str, str]:
+    """The environment a kubelet would give this container, from the rendered objects."""
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]
+        if "secretKeyRef" in ref:
+            secret = secrets[ref["secretKeyRef"]["name"]]
+            data = secret.get("stringData") or {
+                k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()
+            }
+            env[item["name"]] = data[ref["secretKeyRef"]["key"]]
+        elif "configMapKeyRef" in ref:
+            env[item["name"]] = configmaps[ref["configMapKeyRef"]["name"]]["data"][ref["configMapKeyRef"]["key"]]
+        elif "fieldRef" in ref:
+            env[item["name"]] = pod[ref["fieldRef"]["fieldPath"]]
+        else:
+            raise AssertionError(f"unsupported valueFrom: {ref}")
+    return env
+
+
+def run_container(container: dict[str, Any], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run exactly the container's command and args; the image's ENTRYPOINT is `migration-runner`."""
+    argv = container.get("command") or [str(Path(sys.executable).with_name("migration-runner"))]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
+    return subprocess.run(
+        [*argv, *container.get("args", [])], cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+POD = {"metadata.name": "shop-migration-runner-x7k2p", "metadata.namespace": "shop", "spec.nodeName": "node-a"}
+
+
+def test_pod_simulation_runs_the_rendered_job_against_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """The rendered Job's args and env (Secret, ConfigMap, Downward API resolved) migrate a real database."""
+    objects = render("-f", str(CHART / "ci" / "hook-chart-secret-values.yaml"), "--set", f"database.url={pg_url}")
+    container = only(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    env = resolve_env(container, objects, POD)
+    migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
+
+    done = run_container(container, env, migrations)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    events = parse_events(done.stdout)
+    assert {e["event"] for e in events} >= {"run.started", "revision.applied", "run.finished"}
+    assert all(e.get("pod") == POD["metadata.name"] and e.get("namespace") == "shop" for e in events)
+    assert events[0]["environment"] == "production"
+    with psycopg.connect(pg_url) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+
+
+def test_init_container_template_in_an_application_chart(pg_url: str, tmp_path: Path) -> None:
+    """Another chart includes migration-runner.initContainer; its `wait` passes once the Job has migrated."""
+    app = shutil.copytree(REPO / "tests" / "fixtures" / "app-chart", tmp_path / "app-chart")
+    (app / "Chart.yaml").write_text(
+        (app / "Chart.yaml").read_text().replace("file://../../../helm/migration-runner", f"file://{CHART}")
+    )
+    build = helm("dependency", "build", str(app), cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    objects = render(chart=app)
+    assert [o["kind"] for o in objects] == ["Deployment"]  # mode none: no Job of its own
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(yaml.safe_dump_all(objects))
+    validator = Path(sys.executable).with_name("kubernetes-validate")
+    check = subprocess.run(
+        [str(validator), "--strict", "-k", KUBERNETES_VERSIONS[-1], str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout
+
+    init = objects[0]["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"] == ["wait"] and init["securityContext"]["readOnlyRootFilesystem"] is True
+    secret = {"kind": "Secret", "metadata": {"name": "app-db"}, "stringData": {"url": pg_url}}
+    env = resolve_env(init, [*objects, secret], POD)
+    migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
+    assert run_container({**init, "args": ["upgrade"]}, env, migrations).returncode == 0  # the Job's part
+    waited = run_container(init, env, migrations)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert any(e["event"] == "wait.finished" for e in parse_events(waited.stdout))
