@@ -11,19 +11,28 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ARG UV_VERSION=0.13.9
 # Compile bytecode at build time: the runtime filesystem may be read-only.
+# pip and uv trust the system CA bundle; behind a TLS-intercepting proxy, pass yours as a build
+# secret (--secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt): it is mounted only
+# while downloading and never stored in a layer.
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/opt/migration-runner \
+    UV_NATIVE_TLS=1 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}"
+RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
+    python3 -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}"
 WORKDIR /src
 # Locked dependencies first: this layer survives changes to the project's own code.
 COPY pyproject.toml uv.lock ./
-RUN /opt/uv/bin/uv sync --locked --no-dev --no-install-project --python python3
+RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
+    /opt/uv/bin/uv sync --locked --no-dev --no-install-project --python python3
 COPY README.md ./
 COPY runner ./runner
-RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable --python python3
+RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
+    /opt/uv/bin/uv sync --locked --no-dev --no-editable --python python3
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
