@@ -29,7 +29,7 @@ from typing import Any
 
 import filelock
 from sqlalchemy import text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 
 from runner import database
 from runner.errors import ConfigError, LockLost, LockTimeout
@@ -166,95 +166,102 @@ def _lost(key: int) -> LockLost:
     )
 
 
+class _PostgresAdvisoryLock:
+    """``pg_try_advisory_lock(bigint)`` on a session of its own, with keepalives."""
+
+    keepalives = True
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+        unsigned = key % (1 << 64)
+        self.where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
+        self.fields: dict[str, Any] = {"lock_key": key}
+        self.pid: int | None = None
+
+    def try_acquire(self, connection: Connection) -> bool:
+        row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": self.key}).one()
+        self.pid = row[1]
+        return bool(row[0])
+
+    def describe_holder(self, connection: Connection) -> dict[str, Any]:
+        row = connection.execute(_PG_HOLDER, self.where).mappings().first()
+        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} if row else {}
+
+    def holds(self, connection: Connection) -> bool:
+        # Same server session as when the lock was taken, and it still holds
+        # the lock: a transaction pooler may hand each statement to another.
+        return bool(connection.execute(_PG_MINE, {**self.where, "pid": self.pid}).scalar())
+
+    def release(self, connection: Connection) -> None:
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+
+
+class _MySQLNamedLock:
+    """``GET_LOCK(name, 0)``; names are server-wide, at most 64 characters (MySQL docs, "Locking Functions")."""
+
+    keepalives = False
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+        self.name = f"migration-runner.{key % (1 << 64):016x}"
+        self.fields: dict[str, Any] = {"lock_key": key, "lock_name": self.name}
+
+    def try_acquire(self, connection: Connection) -> bool:
+        return connection.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar() == 1
+
+    def describe_holder(self, connection: Connection) -> dict[str, Any]:
+        holder = connection.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": self.name}).scalar()
+        if holder is None:
+            return {}
+        row = connection.execute(_MYSQL_HOLDER, {"id": holder}).mappings().first()
+        found: dict[str, Any] = dict(row) if row else {"pid": holder}
+        with contextlib.suppress(Exception):  # performance_schema may be off
+            found["application_name"] = connection.execute(_MYSQL_PROGRAM, {"id": holder}).scalar()
+        return found
+
+    def holds(self, connection: Connection) -> bool:
+        return bool(connection.execute(text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": self.name}).scalar())
+
+    def release(self, connection: Connection) -> None:
+        connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+
+
 @contextlib.contextmanager
-def _postgres_lock(
+def _server_lock(
     url: URL,
+    lock: _PostgresAdvisoryLock | _MySQLNamedLock,
     *,
-    key: int,
     timeout: float,
     application_name: str,
     connect_for: float,
     on_connect_retry: Callable[[], None],
 ) -> Iterator[HeldLock]:
-    engine = database.make_engine(url, application_name=application_name, autocommit=True, keepalives=True)
-    unsigned = key % (1 << 64)
-    where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
+    """Take ``lock`` on a dedicated autocommit connection, hold it, and always release it."""
+    engine = database.make_engine(url, application_name=application_name, autocommit=True, keepalives=lock.keepalives)
     with database.connect(engine, retry_for=connect_for, on_retry=on_connect_retry) as connection:
-        backend: dict[str, int] = {}
-
-        def try_acquire() -> bool:
-            row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": key}).one()
-            backend["pid"] = row[1]
-            return bool(row[0])
-
-        def describe_holder() -> dict[str, Any]:
-            row = connection.execute(_PG_HOLDER, where).mappings().first()
-            return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} if row else {}
 
         def verify() -> None:
-            # Same server session as when the lock was taken, and it still holds
-            # the lock: a transaction pooler may hand each statement to another.
             with database.losing_connection_raises():
-                held = connection.execute(_PG_MINE, {**where, "pid": backend["pid"]}).scalar()
+                held = lock.holds(connection)
             if not held:
-                raise _lost(key)
+                raise _lost(lock.key)
 
         with database.losing_connection_raises():
-            waited = _poll(try_acquire, describe_holder, timeout=timeout, what={"lock_key": key})
+            waited = _poll(
+                lambda: lock.try_acquire(connection),
+                lambda: lock.describe_holder(connection),
+                timeout=timeout,
+                what=lock.fields,
+            )
         verify()  # behind a transaction pooler this already fails
-        get_logger().info("lock.acquired", lock_key=key, wait_seconds=round(waited, 3))
+        get_logger().info("lock.acquired", wait_seconds=round(waited, 3), **lock.fields)
         try:
-            yield HeldLock(key=key, wait_seconds=waited, verify=verify)
+            yield HeldLock(key=lock.key, wait_seconds=waited, verify=verify)
         finally:
             # If the connection is already gone the server has freed the lock.
             with contextlib.suppress(Exception):
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            get_logger().info("lock.released", lock_key=key)
-
-
-@contextlib.contextmanager
-def _mysql_lock(
-    url: URL,
-    *,
-    key: int,
-    timeout: float,
-    application_name: str,
-    connect_for: float,
-    on_connect_retry: Callable[[], None],
-) -> Iterator[HeldLock]:
-    # GET_LOCK names are server-wide and at most 64 characters (MySQL docs, "Locking Functions").
-    name = f"migration-runner.{key % (1 << 64):016x}"
-    engine = database.make_engine(url, application_name=application_name, autocommit=True)
-    with database.connect(engine, retry_for=connect_for, on_retry=on_connect_retry) as connection:
-
-        def try_acquire() -> bool:
-            return connection.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1
-
-        def describe_holder() -> dict[str, Any]:
-            holder = connection.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name}).scalar()
-            if holder is None:
-                return {}
-            row = connection.execute(_MYSQL_HOLDER, {"id": holder}).mappings().first()
-            found: dict[str, Any] = dict(row) if row else {"pid": holder}
-            with contextlib.suppress(Exception):  # performance_schema may be off
-                found["application_name"] = connection.execute(_MYSQL_PROGRAM, {"id": holder}).scalar()
-            return found
-
-        def verify() -> None:
-            with database.losing_connection_raises():
-                mine = connection.execute(text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": name}).scalar()
-            if not mine:
-                raise _lost(key)
-
-        with database.losing_connection_raises():
-            waited = _poll(try_acquire, describe_holder, timeout=timeout, what={"lock_key": key, "lock_name": name})
-        get_logger().info("lock.acquired", lock_key=key, lock_name=name, wait_seconds=round(waited, 3))
-        try:
-            yield HeldLock(key=key, wait_seconds=waited, verify=verify)
-        finally:
-            with contextlib.suppress(Exception):
-                connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
-            get_logger().info("lock.released", lock_key=key, lock_name=name)
+                lock.release(connection)
+            get_logger().info("lock.released", **lock.fields)
 
 
 @contextlib.contextmanager
@@ -310,10 +317,10 @@ def migration_lock(
     """
     backend = database.family(url)
     if backend in ("postgresql", "mysql"):
-        server_lock = _postgres_lock if backend == "postgresql" else _mysql_lock
-        with server_lock(
+        lock = _PostgresAdvisoryLock(key) if backend == "postgresql" else _MySQLNamedLock(key)
+        with _server_lock(
             url,
-            key=key,
+            lock,
             timeout=timeout,
             application_name=application_name,
             connect_for=connect_for,
