@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from support import Cli, advisory_locks_held, applied_counts, make_project, query, rev_id, version
 
@@ -20,6 +23,17 @@ SEED = 20261122  # fixed, so a failing trial can be replayed
 def tables(url: str) -> set[str]:
     rows = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename ~ '^t_[0-9]+$'")
     return {row[0] for row in rows}
+
+
+def wait_for_progress(url: str, runner: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Return once the first revision has committed (its side-effect row is visible)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and runner.poll() is None:
+        with contextlib.suppress(psycopg.Error):
+            if query(url, "SELECT count(*) FROM applied_log")[0][0] >= 1:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the runner applied nothing within 30 s")
 
 
 def wait_for_no_advisory_lock(url: str, timeout: float = 5) -> int:
@@ -42,8 +56,14 @@ def test_sigkill_at_random_moments(cli: Cli, pg_databases: Callable[[], str], tm
     for trial in range(TRIALS):
         url = pg_databases()
         env = {"MIGRATION_DATABASE_URL": url}
-        delay = rng.uniform(0.4, 2.6)  # start-up is ~0.8 s, applying all 50 ~1.5 s
         runner = cli.start(env=env)
+        # Kill relative to the migration itself, whatever the start-up takes on this machine:
+        # one trial in five during start-up or lock-taking, the rest while revisions apply.
+        if rng.random() < 0.2:
+            delay = rng.uniform(0.0, 0.8)
+        else:
+            wait_for_progress(url, runner)
+            delay = rng.uniform(0.0, 1.4)  # applying all 50 takes about 1.3 s
         time.sleep(delay)
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
