@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import socket
 import sys
 import time
@@ -22,18 +21,17 @@ import tenacity
 from alembic.script import Script
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import database, locks
+from runner import database, locks, polling
 from runner.errors import ConnectionLost, DatabaseUnavailable, ExitCode, MigrationFailed, UnknownRevision, WaitTimeout
 from runner.logs import get_logger
 from runner.migrations import Applied, Project, VersionTable
 from runner.report import RunReport
 from runner.settings import Settings
 
-WAIT_REPORT_INTERVAL_SECONDS = 5.0
 MAX_RECONNECTS = 10
 # Lock not available, deadlock detected, serialization failure (PostgreSQL docs, "Appendix A").
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
-_WAIT_MAX_DELAY_SECONDS = 2.0
+_WAIT_FIRST_DELAY_SECONDS = 0.1
 
 
 @dataclass
@@ -345,32 +343,33 @@ def wait(run: Run) -> ExitCode:
     settings = run.settings
     project = run.project()
     engine = database.make_engine(settings.url, application_name=run.application_name)
-    started = time.monotonic()
-    deadline = started + settings.wait_timeout
-    delay, next_report = 0.1, started
     state: dict[str, Any] = {}
-    while True:
+
+    def at_target() -> bool:
+        state.clear()
         try:
             with run.connect(engine, retry=False) as connection, database.losing_connection_raises():
                 revisions = run.read_heads(connection)
-            pending = _plan(run, project, revisions, allow_unknown=settings.allow_unknown_revision)
-            if not pending:
-                log.info("wait.finished", current=list(revisions), waited_seconds=round(time.monotonic() - started, 3))
-                return ExitCode.OK
-            state = {"current": list(revisions), "pending": [s.revision for s in pending]}
         except DatabaseUnavailable as error:
-            state = {"error": error.message}
-        now = time.monotonic()
-        if now >= deadline:
-            raise WaitTimeout(
-                f"database not at {settings.target} after {settings.wait_timeout:g} s ({json.dumps(state)}); "
-                "is the migration Job running? Raise MIGRATION_WAIT_TIMEOUT if it needs longer"
-            )
-        if now >= next_report:
-            log.info("wait.waiting", waited_seconds=round(now - started, 3), target=settings.target, **state)
-            next_report = now + WAIT_REPORT_INTERVAL_SECONDS
-        time.sleep(min(random.uniform(delay / 2, delay), deadline - now))
-        delay = min(delay * 2, _WAIT_MAX_DELAY_SECONDS)
+            state["error"] = error.message
+            return False
+        pending = _plan(run, project, revisions, allow_unknown=settings.allow_unknown_revision)
+        state.update(current=list(revisions), pending=[s.revision for s in pending])
+        return not pending
+
+    def report(waited: float) -> None:
+        log.info("wait.waiting", waited_seconds=round(waited, 3), target=settings.target, **state)
+
+    waited = polling.poll(
+        at_target, timeout=settings.wait_timeout, report=report, first_delay=_WAIT_FIRST_DELAY_SECONDS
+    )
+    if waited is None:
+        raise WaitTimeout(
+            f"database not at {settings.target} after {settings.wait_timeout:g} s ({json.dumps(state)}); "
+            "is the migration Job running? Raise MIGRATION_WAIT_TIMEOUT if it needs longer"
+        )
+    log.info("wait.finished", current=state["current"], waited_seconds=round(waited, 3))
+    return ExitCode.OK
 
 
 def show_config(run: Run) -> ExitCode:

@@ -13,15 +13,13 @@ SQLite: an OS file lock (``filelock``, ``fcntl.flock`` on Linux) beside the
 database file, freed by the kernel when the process dies.
 
 Both are polled with capped exponential backoff and jitter until the timeout;
-every few seconds the waiter logs who holds the lock.
+every 5 s the waiter logs who holds the lock (:mod:`runner.polling`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +29,11 @@ import filelock
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 
-from runner import database
+from runner import database, polling
 from runner.errors import ConfigError, LockLost, LockTimeout
 from runner.logs import get_logger
 
-HOLDER_LOG_INTERVAL_SECONDS = 5.0
 _FIRST_DELAY_SECONDS = 0.05
-_MAX_DELAY_SECONDS = 2.0
 _INT64 = 1 << 63
 
 # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low
@@ -128,34 +124,26 @@ def _poll(
     timeout: float,
     what: dict[str, Any],
 ) -> float:
-    """Call ``try_acquire`` with backoff and jitter until it returns True.
+    """Call ``try_acquire`` with backoff and jitter until it returns True, naming the holder while waiting.
 
     Returns:
         Seconds waited.
 
     Raises:
         LockTimeout: ``timeout`` seconds passed; the message names the holder.
-
     """
-    log = get_logger()
-    started = time.monotonic()
-    deadline = started + timeout
-    delay = _FIRST_DELAY_SECONDS
-    next_report = started
-    while not try_acquire():
-        now = time.monotonic()
-        if now >= next_report:
-            log.info("lock.waiting", waited_seconds=round(now - started, 3), holder=describe_holder(), **what)
-            next_report = now + HOLDER_LOG_INTERVAL_SECONDS
-        if now >= deadline:
-            holder = describe_holder()
-            raise LockTimeout(
-                f"lock still held after {timeout:g} s by {holder or 'a session that just released it'}; "
-                "another runner is migrating this database: let it finish, or raise MIGRATION_LOCK_TIMEOUT"
-            )
-        time.sleep(min(random.uniform(delay / 2, delay), max(deadline - now, 0.0)))
-        delay = min(delay * 2, _MAX_DELAY_SECONDS)
-    return time.monotonic() - started
+
+    def report(waited: float) -> None:
+        get_logger().info("lock.waiting", waited_seconds=round(waited, 3), holder=describe_holder(), **what)
+
+    waited = polling.poll(try_acquire, timeout=timeout, report=report, first_delay=_FIRST_DELAY_SECONDS)
+    if waited is None:
+        holder = describe_holder()
+        raise LockTimeout(
+            f"lock still held after {timeout:g} s by {holder or 'a session that just released it'}; "
+            "another runner is migrating this database: let it finish, or raise MIGRATION_LOCK_TIMEOUT"
+        )
+    return waited
 
 
 def _lost(key: int) -> LockLost:
