@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from runner import __version__, commands, database, logs, publish
 from runner.errors import MEANINGS, ExitCode, Interrupted, MigrationFailed, RunnerError, RunTimeout, exit_code_for
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _raise_interrupted)
     # Until the settings are loaded, the flag or the raw variable decides.
     wants_json = (args.output or os.environ.get("MIGRATION_OUTPUT", "")).lower() == "json"
-    stream = sys.stderr if args.command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
+    stream = _log_stream(args.command, wants_json=wants_json)
     logs.configure(stream=stream)
     log = logs.get_logger()
     report = RunReport(command=args.command, metrics=Metrics(version=__version__, command=args.command))
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
         wants_json = settings.output == "json"
-        stream = sys.stderr if args.command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
+        stream = _log_stream(args.command, wants_json=wants_json)
         logs.configure(level=settings.log_level, fmt=settings.log_format, stream=stream)
         if settings.metrics_port is not None:
             stop_serving = report.metrics.serve(port=settings.metrics_port, address=settings.metrics_bind_address)
@@ -179,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report(report, settings, wants_json=wants_json and args.command != "config")
     _linger(settings, stop_serving)
     return int(code)
+
+
+def _log_stream(command: str, *, wants_json: bool) -> TextIO:
+    """Stdout, unless stdout carries a document (``current``, ``config``, ``--output json``)."""
+    return sys.stderr if command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
 
 
 def _run(args: argparse.Namespace, settings: Settings, report: RunReport) -> ExitCode:

@@ -48,11 +48,19 @@ class Applied:
 
 
 class _CallbackFailed(Exception):
-    """A callback of the runner's own raised inside env.py's run: a bug, not a failed revision."""
+    """A callback of the runner's own raised inside env.py's run: not a failed revision."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _own(callback: Callable[..., None], *args: Any) -> None:
+    """Run one of the runner's callbacks so that what it raises passes env.py's run unchanged."""
+    try:
+        callback(*args)
+    except Exception as error:
+        raise _CallbackFailed(error) from error
 
 
 @dataclass(frozen=True)
@@ -227,17 +235,15 @@ class Project:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
             for step in self.script._upgrade_revs(target, _heads_arg(heads)):
-                before_each()  # its ConnectionLost / LockLost propagate as they are
+                _own(before_each)
                 running[:] = [step.revision]
                 started = time.monotonic()
                 yield step
                 running.clear()
                 script = step.revision
                 replaces = tuple(to_tuple(script.down_revision, default=()))
-                try:
-                    on_applied(Applied(script.revision, script.doc, time.monotonic() - started, replaces))
-                except Exception as error:
-                    raise _CallbackFailed(error) from error
+                applied = Applied(script.revision, script.doc, time.monotonic() - started, replaces)
+                _own(on_applied, applied)
 
         environment = EnvironmentContext(
             self.config, self.script, fn=steps, as_sql=False, starting_rev=None, destination_rev=target
@@ -256,10 +262,8 @@ class Project:
         try:
             with environment, logs.env_py_file_config_ignored():
                 self.script.run_env()
-        except (ConnectionLost, ConfigError):
-            raise  # from before_each: the lock check
         except _CallbackFailed as callback:
-            raise callback.error from None
+            raise callback.error from None  # the lock check's ConnectionLost / LockLost, or a bug of ours
         except Exception as error:
             failed = running[0] if running else None
             failure = database.classify(error)
