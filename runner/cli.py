@@ -1,38 +1,51 @@
-"""The ``migration-runner`` command line: parse, load settings, run, exit with the documented code."""
+"""The ``migration-runner`` command line: parse, load settings, run, exit with the documented code.
+
+Signal handlers are installed before anything heavy is imported, so a SIGTERM
+or SIGINT during start-up ends the run like any other: one line, 143 or 130.
+After a signal or the deadline, a watchdog gives rollback and lock release
+``MIGRATION_GRACE_PERIOD`` seconds, then exits with the same code
+(``os._exit``); the server rolls back and frees the lock when the connection
+dies. Reporting at the end (termination message, result document, metrics)
+has its own bound and never changes the exit code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from runner import __version__, commands, database, logs, publish
-from runner.errors import MEANINGS, ExitCode, Interrupted, MigrationFailed, RunnerError, RunTimeout, exit_code_for
-from runner.metrics import Metrics
-from runner.report import RunReport
-from runner.settings import PREFIX, Settings, load_settings
+from runner.errors import MEANINGS, ExitCode, Interrupted, RunTimeout, outcome_of
 
-COMMANDS: dict[str, tuple[Callable[[commands.Run], ExitCode], str]] = {
-    "upgrade": (commands.upgrade, "apply pending revisions under the advisory lock (default)"),
-    "check": (commands.check, "exit 0 if the database is at the target, 1 and list what is pending if not"),
-    "current": (commands.current, "print the current and head revisions (--output json for the result document)"),
-    "wait": (commands.wait, "poll read-only until the database is at the target (init-containers)"),
-    "config": (commands.show_config, "print the effective settings as JSON, secrets redacted"),
+if TYPE_CHECKING:
+    from runner.commands import Run
+    from runner.report import RunReport
+    from runner.settings import Settings
+
+COMMANDS: dict[str, str] = {
+    "upgrade": "apply pending revisions under the advisory lock (default)",
+    "check": "exit 0 if the database is at the target, 1 and list what is pending if not",
+    "current": "print the current and head revisions (--output json for the result document)",
+    "wait": "poll read-only until the database is at the target (init-containers)",
+    "resolve": "record what you found about an interrupted revision: --mark applied | not-applied",
+    "config": "print the effective settings as JSON, secrets redacted",
 }
 # Commands whose stdout is a document: their log lines go to stderr instead.
 _DOCUMENT_COMMANDS = {"current", "config"}
 _FLAGS = (
     "output",
     "environment",
+    "database_url",
     "target",
     "lock_timeout",
     "wait_timeout",
@@ -41,10 +54,15 @@ _FLAGS = (
     "alembic_config",
     "script_location",
 )
+DEFAULT_GRACE_SECONDS = 10.0
+# The whole of the reporting at the end of a run: push, textfile, termination message, document.
+REPORT_BOUND_SECONDS = 10.0
 
 
 def _epilog() -> str:
-    commands_text = "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+    from runner.settings import PREFIX, Settings  # noqa: PLC0415  (only --help needs the model)
+
+    commands_text = "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
     settings_text = "\n".join(
         f"  {PREFIX + name.upper():<36} {info.description or ''}" for name, info in Settings.model_fields.items()
     )
@@ -58,12 +76,12 @@ def _epilog() -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
     """The argument parser; ``--help`` lists commands, settings and exit codes."""
     parser = argparse.ArgumentParser(
         prog="migration-runner",
         description="Apply Alembic revisions under a database advisory lock.",
-        epilog=_epilog(),
+        epilog=_epilog() if with_epilog else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -74,14 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COMMAND",
         help=f"one of {', '.join(COMMANDS)} (default: upgrade)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--json", action="store_true", help="the same as --output json")
+    parser.add_argument(
+        "--mark", choices=["applied", "not-applied"], help="resolve: what the interrupted revision's changes are"
+    )
     for name in _FLAGS:
         metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
+        extra = " (visible in the process list: prefer the variable)" if name == "database_url" else ""
         parser.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar=metavar, help=f"overrides {PREFIX}{name.upper()}"
+            f"--{name.replace('_', '-')}", dest=name, metavar=metavar, help=f"overrides MIGRATION_{name.upper()}{extra}"
         )
     return parser
+
+
+def _version() -> str:
+    import runner  # noqa: PLC0415  (importlib.metadata only when asked)
+
+    return str(runner.__version__)
 
 
 def outcome(code: ExitCode) -> str:
@@ -89,10 +117,49 @@ def outcome(code: ExitCode) -> str:
     return "success" if code == ExitCode.OK else code.name.lower()
 
 
-def _raise_interrupted(signum: int, _: FrameType | None) -> None:
-    # Once: a second signal must not interrupt the rollback and lock release.
+class _Watchdog:
+    """Ends the process with a given code after a delay, whatever the main thread is stuck in."""
+
+    def __init__(self) -> None:
+        self._timer: threading.Timer | None = None
+        self.grace_seconds = DEFAULT_GRACE_SECONDS
+        self.on_expiry: Callable[[int], None] = lambda _: None
+
+    def arm(self, seconds: float, code: int, reason: str) -> None:
+        self.disarm()
+        self._timer = threading.Timer(seconds, self._expire, args=(code, reason, seconds))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, code: int, reason: str, seconds: float) -> None:
+        # No logging module here: the main thread may hold its locks.
+        line = {"level": "error", "event": "run.abandoned", "reason": reason, "after_seconds": seconds}
+        line["exit_code"] = code
+        with contextlib.suppress(Exception):
+            os.write(2, (json.dumps(line) + "\n").encode())
+        with contextlib.suppress(Exception):
+            self.on_expiry(code)
+        os._exit(code)
+
+
+_watchdog = _Watchdog()
+
+
+def _ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _raise_interrupted(signum: int, _: FrameType | None) -> None:
+    # Once: a second signal must not interrupt the rollback and lock release.
+    _ignore_signals()
+    code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
+    _watchdog.arm(_watchdog.grace_seconds, int(code), f"{signal.Signals(signum).name}: grace period over")
     raise Interrupted(signum)
 
 
@@ -103,10 +170,24 @@ def _start_deadline(seconds: float) -> None:
 
     def expire(_: int, __: FrameType | None) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        _ignore_signals()
+        _watchdog.arm(_watchdog.grace_seconds, int(ExitCode.TIMEOUT), "MIGRATION_TIMEOUT: grace period over")
         raise RunTimeout(seconds)
 
     signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def _claim_stdout() -> TextIO:
+    """Keep the real stdout for the document alone; fd 1 then points at stderr.
+
+    At the file-descriptor level, so that ``print()``, a subprocess or a C
+    extension in project code cannot add a byte to the document.
+    """
+    sys.stdout.flush()
+    document_fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(document_fd, "w", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,68 +199,95 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code.
     """
-    args = build_parser().parse_args(argv)
-    if args.json:
-        args.output = "json"
-    # As PID 1 in a container, SIGTERM is ignored unless a handler is installed.
+    # First of all: as PID 1 in a container, SIGTERM is ignored unless a handler is installed.
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser(with_epilog="-h" in arguments or "--help" in arguments).parse_args(arguments)
+    except (Interrupted, RunTimeout) as error:
+        return _startup_stopped(error)
+    if args.json:
+        args.output = "json"
     # Until the settings are loaded, the flag or the raw variable decides.
     wants_json = (args.output or os.environ.get("MIGRATION_OUTPUT", "")).lower() == "json"
+    document = _claim_stdout() if wants_json else sys.stdout
+    try:
+        return _main(args, document, wants_json=wants_json)
+    except (Interrupted, RunTimeout) as error:  # before the run's own handling was ready
+        return _startup_stopped(error)
+
+
+def _startup_stopped(error: Interrupted | RunTimeout) -> int:
+    result = outcome_of(error)
+    with contextlib.suppress(Exception):
+        sys.stderr.write(json.dumps({"level": "warning", "event": result.event, "error": result.message}) + "\n")
+    return int(result.code)
+
+
+def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> int:
+    from runner import logs  # noqa: PLC0415  (imported after the signal handlers: see the module docstring)
+    from runner.metrics import Metrics  # noqa: PLC0415
+    from runner.report import RunReport  # noqa: PLC0415
+
     stream = _log_stream(args.command, wants_json=wants_json)
     logs.configure(stream=stream)
     log = logs.get_logger()
-    report = RunReport(command=args.command, metrics=Metrics(version=__version__, command=args.command))
+    report = RunReport(command=args.command, metrics=Metrics(version=_version(), command=args.command))
     settings: Settings | None = None
     stop_serving: Callable[[], None] = lambda: None  # noqa: E731
+    failure: BaseException | None = None
+    code = ExitCode.OK
     try:
+        from runner.settings import load_settings  # noqa: PLC0415
+
         settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
+        _watchdog.grace_seconds = settings.grace_period
         wants_json = settings.output == "json"
-        stream = _log_stream(args.command, wants_json=wants_json)
-        logs.configure(level=settings.log_level, fmt=settings.log_format, stream=stream)
-        if settings.metrics_port is not None:
-            stop_serving = report.metrics.serve(port=settings.metrics_port, address=settings.metrics_bind_address)
-        code = _run(args, settings, report)
-    except RunnerError as error:
-        code = error.exit_code
-        report.failed(error, error.message)
-        details: dict[str, object] = {}
-        if isinstance(error, MigrationFailed):
-            details = {
-                "revision": error.revision,
-                "sqlstate": error.sqlstate,
-                "partially_applied": not error.transactional,
-            }
-        log.error(
-            error.event,
-            error=error.message,
-            exit_code=int(code),
-            **details,
-            exc_info=logging.getLogger().isEnabledFor(logging.DEBUG),
+        if wants_json and document is sys.stdout:
+            document = _claim_stdout()
+        _watchdog.on_expiry = lambda code: _abandoned(report, settings, code)
+        logs.configure(
+            level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
         )
-    except RunTimeout as error:
-        code = exit_code_for(error)
-        report.failed(error, f"{error}; the running revision was rolled back")
-        log.error("run.timeout", error=report.error and report.error["message"], exit_code=int(code))
-    except Interrupted as error:
-        code = exit_code_for(error)
-        report.failed(error, f"interrupted by {error}; the running revision was rolled back")
-        log.warning("run.interrupted", signal=str(error), exit_code=int(code))
-    except Exception as error:
-        code = ExitCode.INTERNAL_ERROR
-        report.failed(error, f"internal error: {type(error).__name__}: {error}")
-        log.exception("run.crashed", exit_code=int(code))
+        if settings.metrics_port is not None:
+            stop_serving = _serve_metrics(report, settings)
+        code = _run(args, settings, report, document)
+    except BaseException as error:  # every way out goes through outcome_of
+        failure = error
     signal.setitimer(signal.ITIMER_REAL, 0)  # the deadline covers the work, not the reporting
-    report.finish(int(code), outcome(code))
+    _ignore_signals()  # reporting: a signal now must not change the run's code
+    result = outcome_of(failure, code=code)
+    _watchdog.arm(REPORT_BOUND_SECONDS, int(result.code), "reporting took too long")
+    if failure is not None:
+        report.failed(failure, result.message, result.details)
+        fields: dict[str, Any] = {"error": result.message, "exit_code": int(result.code), **result.details}
+        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        getattr(log, result.level)(result.event, **fields, exc_info=failure if result.internal or debug else None)
+    report.finish(int(result.code), outcome(result.code))
     log.info(
         "run.finished",
-        exit_code=int(code),
+        exit_code=int(result.code),
         outcome=report.outcome,
         duration_seconds=round(report.duration_seconds or 0.0, 6),
     )
-    _report(report, settings, wants_json=wants_json and args.command != "config")
+    _report(report, settings, document=document if wants_json and args.command != "config" else None)
+    _watchdog.disarm()
     _linger(settings, stop_serving)
-    return int(code)
+    return int(result.code)
+
+
+def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
+    """The watchdog's last act: a termination message that says why the process ended."""
+    from runner import publish  # noqa: PLC0415
+
+    if report.exit_code is None:  # the work had not ended: say so
+        report.error = {"class": "GracePeriodOver", "sqlstate": None, "revision": None}
+        report.error["message"] = f"the run did not stop within MIGRATION_GRACE_PERIOD={_watchdog.grace_seconds:g} s"
+        report.finish(code, outcome(ExitCode(code)))
+    if settings is not None:
+        explicit = "termination_log" in settings.model_fields_set
+        publish.write_termination_message(report, settings.termination_log, explicit=explicit)
 
 
 def _log_stream(command: str, *, wants_json: bool) -> TextIO:
@@ -187,15 +295,30 @@ def _log_stream(command: str, *, wants_json: bool) -> TextIO:
     return sys.stderr if command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
 
 
-def _run(args: argparse.Namespace, settings: Settings, report: RunReport) -> ExitCode:
-    if settings.database_url is not None and settings.url.password:
-        password = str(settings.url.password)
-        for form in (password, urllib.parse.quote(password, safe=""), urllib.parse.quote_plus(password)):
-            logs.add_secret(form)  # as decoded and as it may stand %-encoded in a URL
-    for secret in (settings.pushgateway_password, settings.pushgateway_token):
-        logs.add_secret(secret.get_secret_value() if secret else None)
+def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
+    from runner.errors import ConfigError  # noqa: PLC0415
+
+    assert settings.metrics_port is not None  # noqa: S101  (checked by the caller)
+    try:
+        return report.metrics.serve(port=settings.metrics_port, address=settings.metrics_bind_address)
+    except (OSError, ValueError) as error:  # in use, no permission, or an address that does not parse
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError(
+            f"MIGRATION_METRICS_PORT={settings.metrics_port} / MIGRATION_METRICS_BIND_ADDRESS="
+            f"{settings.metrics_bind_address!r}: cannot serve metrics there ({reason})"
+        ) from None
+
+
+def _run(args: argparse.Namespace, settings: Settings, report: RunReport, document: TextIO) -> ExitCode:
+    from runner import commands, database, logs  # noqa: PLC0415
+
+    if settings.database_url is not None:
+        for secret in database.secrets_of(settings.url):
+            logs.add_secret(secret)
+    for pushgateway_secret in (settings.pushgateway_password, settings.pushgateway_token):
+        logs.add_secret(pushgateway_secret.get_secret_value() if pushgateway_secret else None)
     _start_deadline(settings.timeout)
-    run = commands.Run(settings=settings, cwd=Path.cwd(), report=report)
+    run: Run = commands.Run(settings=settings, cwd=Path.cwd(), report=report, stdout=document, resolution=args.mark)
     context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
     report.metrics.run_info.labels(run_id=run.run_id, **{k: v or "" for k, v in context.items()}).set(1)
     logs.bind_run(
@@ -207,35 +330,56 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport) -> Exi
     )
     logs.get_logger().info(
         "run.started",
-        version=__version__,
+        version=_version(),
         target=settings.target,
         database=database.redact(settings.url) if settings.database_url is not None else None,
+        database_source=settings.database_source or None,
     )
-    return COMMANDS[args.command][0](run)
+    handlers: dict[str, Callable[[Run], ExitCode]] = {
+        "upgrade": commands.upgrade,
+        "check": commands.check,
+        "current": commands.current,
+        "wait": commands.wait,
+        "resolve": commands.resolve,
+        "config": commands.show_config,
+    }
+    return handlers[args.command](run)
 
 
-def _report(report: RunReport, settings: Settings | None, *, wants_json: bool) -> None:
-    """Publish the metrics, write the termination message, print the result document."""
+def _report(report: RunReport, settings: Settings | None, *, document: TextIO | None) -> None:
+    """Write the termination message and the result document first (local, fast), then publish the metrics."""
+    from runner import publish  # noqa: PLC0415
+
     if settings is not None:
-        publish.publish_metrics(report, settings)
         explicit = "termination_log" in settings.model_fields_set
         publish.write_termination_message(report, settings.termination_log, explicit=explicit)
     else:  # the settings are invalid: honour the raw variable, best effort
         raw = os.environ.get("MIGRATION_TERMINATION_LOG")
         path = Path(raw) if raw else publish.DEFAULT_TERMINATION_LOG
         publish.write_termination_message(report, path, explicit=raw is not None)
-    if wants_json:
-        sys.stdout.write(json.dumps(report.document()) + "\n")
-        sys.stdout.flush()
+    if document is not None:
+        with contextlib.suppress(Exception):
+            document.write(json.dumps(report.document()) + "\n")
+            document.flush()
+    if settings is not None:
+        publish.publish_metrics(report, settings)
 
 
 def _linger(settings: Settings | None, stop_serving: Callable[[], None]) -> None:
     """Keep the metrics endpoint up for ``MIGRATION_METRICS_LINGER`` seconds; a signal cuts it short."""
+    from runner import logs  # noqa: PLC0415
+
+    def stop(_: int, __: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
     try:
         if settings is not None and settings.metrics_port is not None and settings.metrics_linger > 0:
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
             logs.get_logger().info("metrics.lingering", seconds=settings.metrics_linger)
             time.sleep(settings.metrics_linger)
     except KeyboardInterrupt:
         pass
     finally:
+        _ignore_signals()
         stop_serving()

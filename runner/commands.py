@@ -1,4 +1,4 @@
-"""The commands: ``upgrade``, ``check``, ``current``, ``wait`` and ``config``.
+"""The commands: ``upgrade``, ``check``, ``current``, ``wait``, ``resolve`` and ``config``.
 
 Each takes a :class:`Run` and returns an exit code, or raises one of the errors
 in :mod:`runner.errors`; :mod:`runner.cli` turns those into exit codes.
@@ -15,14 +15,26 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import tenacity
 from alembic.script import Script
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import database, locks, polling
-from runner.errors import ConnectionLost, DatabaseUnavailable, ExitCode, MigrationFailed, UnknownRevision, WaitTimeout
+from runner import __version__, database, ledger, locks, logs, polling
+from runner.errors import (
+    BrokenProject,
+    ConfigError,
+    ConnectionLost,
+    DatabaseUnavailable,
+    ExitCode,
+    InterruptedRevision,
+    MigrationFailed,
+    ReadOnlyDatabase,
+    Stopped,
+    UnknownRevision,
+    WaitTimeout,
+)
 from runner.logs import get_logger
 from runner.migrations import Applied, Project, VersionTable
 from runner.report import RunReport
@@ -43,12 +55,17 @@ class Run:
         cwd: the working directory (alembic.ini and relative paths).
         run_id: a random id, in every log event and in ``application_name``.
         report: the record of the run; also feeds the metrics.
+        stdout: where a command's document goes (the real stdout, even when
+            ``sys.stdout`` has been pointed at stderr).
+        resolution: ``resolve``'s ``--mark``: ``applied`` or ``not-applied``.
     """
 
     settings: Settings
     cwd: Path
     report: RunReport
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    resolution: str | None = None
 
     @property
     def host(self) -> str:
@@ -70,8 +87,8 @@ class Run:
         )
 
     def migration_url(self) -> URL:
-        """The database URL with each revision's session timeouts in it, so env.py's own engine gets them too."""
-        url = self.settings.url
+        """The database URL with each revision's session timeouts and TCP bounds, so env.py's own engine has them."""
+        url = database.with_network_bounds(self.settings.url)
         lock_ms = int(self.settings.ddl_lock_timeout * 1000)
         if database.family(url) == "postgresql":
             statement_ms = int(self.settings.statement_timeout * 1000)
@@ -110,14 +127,33 @@ class Run:
         self.report.database_at(revisions)
         return revisions
 
-    def lock_key(self) -> int:
-        """The advisory lock key: ``MIGRATION_LOCK_KEY`` or one derived from the database."""
+    def lock_key(self, connection: Connection) -> int:
+        """The advisory lock key: ``MIGRATION_LOCK_KEY``, or one derived from what the server reports.
+
+        The database and schema come from the server (:func:`database.server_identity`),
+        so two URL forms of one database share one key.
+        """
         if self.settings.lock_key is not None:
             return locks.parse_key(self.settings.lock_key)
+        name, default_schema = database.server_identity(connection)
         return locks.derive_key(
-            database_name=database.database_name(self.settings.url),
-            schema=self.settings.version_table_schema,
+            database_name=name,
+            schema=self.settings.version_table_schema or default_schema,
             version_table=self.settings.version_table,
+        )
+
+    def ledger(self) -> ledger.Ledger:
+        """The ledger of this run's database (``MIGRATION_HISTORY_TABLE``, in the version table's schema)."""
+        settings = self.settings
+        return ledger.Ledger(
+            table=ledger.history_table(settings.history_table, settings.version_table_schema),
+            family=database.family(settings.url),
+            tool="alembic",
+            run_id=self.run_id,
+            host=self.host,
+            namespace=settings.pod_namespace,
+            node=settings.node_name,
+            version=__version__,
         )
 
 
@@ -125,16 +161,34 @@ def _describe(scripts: Sequence[Script]) -> list[dict[str, str]]:
     return [{"revision": s.revision, "message": s.doc} for s in scripts]
 
 
-def _plan(run: Run, project: Project, current: Sequence[str], *, allow_unknown: bool) -> list[Script]:
+def _plan(
+    run: Run, project: Project, current: Sequence[str], *, allow_unknown: bool, upgrading: bool = False
+) -> list[Script]:
     """The pending revisions, or none when the database is at a revision we lack and that is allowed.
+
+    Args:
+        run: this run.
+        project: the loaded project.
+        current: the database's revisions.
+        allow_unknown: ``MIGRATION_ALLOW_UNKNOWN_REVISION`` applies (upgrade, wait).
+        upgrading: for ``upgrade``, a database newer than the target is an error;
+            ``check`` and ``wait`` accept "at or past the target" (a rolled-back
+            application must still start).
 
     Raises:
         UnknownRevision: the database has revisions the script directory lacks.
+        ConfigError: ``upgrading`` and the target is older than the database.
 
     """
     missing = project.unknown(current)
     if not missing:
-        pending = project.pending(current, run.settings.target)
+        target = run.settings.target
+        if upgrading and project.past_target(current, target):
+            raise ConfigError(
+                f"the database is at {', '.join(current)}, newer than the target {target!r}; "
+                "upgrade does not downgrade: set MIGRATION_TARGET to a newer revision or to heads"
+            )
+        pending = project.pending(current, target)
         run.report.planned(pending)
         return pending
     message = (
@@ -188,20 +242,29 @@ def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
         database.losing_connection_raises(),
     ):
         current = run.read_heads(connection)
-        if not _plan(run, project, current, allow_unknown=allow):
+        if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
             log.info("upgrade.noop", current=list(current), target=settings.target, reason="already at target")
             return
+        read_only = database.read_only_reason(connection)
+        if read_only:
+            raise ReadOnlyDatabase(
+                f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
+                "point MIGRATION_DATABASE_URL at the primary (during a failover, retrying finds the new one)"
+            )
         with locks.migration_lock(
             settings.url,
-            key=run.lock_key(),
+            key=run.lock_key(connection),
             timeout=settings.lock_timeout,
             application_name=run.application_name,
             connect_for=settings.connect_timeout,
             on_connect_retry=lambda: run.report.retried("connect"),
         ) as held:
             run.report.lock_acquired(held.wait_seconds)
+            book = run.ledger()
+            book.prepare(held.connection or connection)
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
-            pending = _plan(run, project, current, allow_unknown=allow)
+            _refuse_unfinished(project, book, current)
+            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
             if not pending:
                 reason = "another runner migrated while this one waited for the lock"
                 log.info("upgrade.noop", current=list(current), target=settings.target, reason=reason)
@@ -210,16 +273,55 @@ def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
                 "upgrade.started", current=list(current), target=settings.target, pending=[s.revision for s in pending]
             )
             started = time.monotonic()
-            _apply(run, project, connection, held)
+            _apply(run, project, connection, held, book)
+            after = run.read_heads(connection)
+            still_pending = project.pending(after, settings.target)
+            if still_pending:
+                raise BrokenProject(
+                    f"env.py returned, but {', '.join(s.revision for s in still_pending)} "
+                    f"{'is' if len(still_pending) == 1 else 'are'} still pending; "
+                    "does env.py call context.run_migrations() in online mode?"
+                )
             log.info(
                 "upgrade.finished",
-                current=list(run.read_heads(connection)),
+                current=list(after),
                 applied=len(pending),
                 duration_seconds=round(time.monotonic() - started, 6),
             )
 
 
-def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldLock) -> None:
+def _refuse_unfinished(project: Project, book: ledger.Ledger, current: Sequence[str]) -> None:
+    """Stop before running anything while the ledger shows a revision that may be partly applied.
+
+    A row whose revision the version table already records (someone ran
+    ``alembic stamp``) counts as resolved ``applied``.
+
+    Raises:
+        InterruptedRevision: the oldest such revision, with the way out.
+    """
+    for row in book.unfinished():
+        if project.is_applied(current, row.revision):
+            book.resolve(row.row_id, "applied")
+            get_logger().warning("ledger.resolved", revision=row.revision, resolution="applied", reason="stamped")
+            continue
+        how = "was interrupted" if row.outcome in ("started", "interrupted") else "failed"
+        raise InterruptedRevision(
+            f"revision {row.revision} {how} at {row.started_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"(run {row.run_id} on {row.host}); it ran outside a transaction (MySQL cannot roll back DDL), "
+            "so it may be partly applied. Inspect the schema, then run `migration-runner resolve --mark applied` "
+            "if its changes are all there, or undo them and run `migration-runner resolve --mark not-applied` "
+            "so that the next upgrade runs it again",
+            revision=row.revision,
+        )
+
+
+def _apply(
+    run: Run,
+    project: Project,
+    connection: Connection,
+    held: locks.HeldLock,
+    book: ledger.Ledger,
+) -> None:
     """Run the upgrade, retrying it while a revision fails with a retryable SQLSTATE."""
     log = get_logger()
 
@@ -231,6 +333,13 @@ def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldL
             message=revision.message,
             duration_seconds=round(revision.duration_seconds, 6),
         )
+
+    def before_each(revision: str) -> None:
+        held.verify()
+        book.starting(revision)
+
+    def in_transaction(revision_connection: Connection, revision: str) -> None:
+        book.applied(revision_connection, revision, transactional=not database.transaction_watch.ended)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_worth_retrying),
@@ -248,7 +357,8 @@ def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldL
                     target=run.settings.target,
                     version_table=run.version_table,
                     on_applied=applied,
-                    before_each=held.verify,
+                    before_each=before_each,
+                    in_transaction=in_transaction,
                 )
     except MigrationFailed as error:
         if _worth_retrying(error):  # the retries are used up
@@ -256,7 +366,24 @@ def _apply(run: Run, project: Project, connection: Connection, held: locks.HeldL
                 f" (gave up after {run.settings.revision_retries + 1} attempts: something holds a conflicting lock; "
                 "find it, or raise MIGRATION_DDL_LOCK_TIMEOUT or MIGRATION_REVISION_RETRIES)"
             )
+        if error.revision is not None:
+            _record_end(book, error.revision, "failed", transactional=error.transactional, message=error.message)
         raise
+    except Stopped as stopped:
+        if stopped.revision is not None:
+            held.cancel_running()  # MySQL: the statement must be gone before the row says so
+            _record_end(
+                book, stopped.revision, "interrupted", transactional=stopped.transactional, message=str(stopped)
+            )
+        raise
+
+
+def _record_end(book: ledger.Ledger, revision: str, outcome: str, *, transactional: bool, message: str) -> None:
+    """Write the ledger row of a revision that did not finish; best effort (the run's error matters more)."""
+    try:
+        book.ended(revision, outcome, transactional=transactional, error=logs.redact_text(message))
+    except Exception as error:
+        get_logger().warning("ledger.write_failed", revision=revision, error=database.error_message(error))
 
 
 def _worth_retrying(error: BaseException) -> bool:
@@ -317,11 +444,12 @@ def current(run: Run) -> ExitCode:
     unknown = project.unknown(revisions)
     pending = [] if unknown else _plan(run, project, revisions, allow_unknown=False)
     if run.settings.output == "text":
-        print(f"current: {' '.join(revisions) or '(empty)'}")
-        print(f"heads:   {' '.join(run.report.heads)}")
+        out = run.stdout
+        print(f"current: {' '.join(revisions) or '(empty)'}", file=out)
+        print(f"heads:   {' '.join(run.report.heads)}", file=out)
         if unknown:
-            print(f"unknown: {' '.join(unknown)} (not in the script directory)")
-        print(f"pending: {len(pending)}" + "".join(f"\n  {s.revision}  {s.doc}" for s in pending))
+            print(f"unknown: {' '.join(unknown)} (not in the script directory)", file=out)
+        print(f"pending: {len(pending)}" + "".join(f"\n  {s.revision}  {s.doc}" for s in pending), file=out)
     return ExitCode.OK
 
 
@@ -374,6 +502,54 @@ def wait(run: Run) -> ExitCode:
 
 def show_config(run: Run) -> ExitCode:
     """Print the effective settings as JSON; the database password is redacted."""
-    json.dump(run.settings.redacted(), sys.stdout, indent=2)
-    print()
+    json.dump(logs.redact_value(run.settings.redacted()), run.stdout, indent=2)
+    print(file=run.stdout)
+    return ExitCode.OK
+
+
+def resolve(run: Run) -> ExitCode:
+    """Record what the operator found about a revision the ledger shows as unfinished, under the lock.
+
+    ``--mark applied``: its changes are all there; the version table is stamped
+    with it (Alembic's ``MigrationContext.stamp``). ``--mark not-applied``: its
+    changes were undone; the next upgrade runs it again.
+
+    Returns:
+        ``ExitCode.OK``, also when nothing is unfinished.
+
+    Raises:
+        ConfigError: no ``--mark``, or several unfinished revisions.
+    """
+    log = get_logger()
+    if run.resolution not in ledger.RESOLUTIONS:
+        raise ConfigError(f"resolve needs --mark {' or --mark '.join(ledger.RESOLUTIONS)}")
+    project = run.project()
+    engine = database.make_engine(run.settings.url, application_name=run.application_name)
+    settings = run.settings
+    with run.connect(engine) as connection, database.losing_connection_raises():
+        lock = locks.migration_lock(
+            settings.url,
+            key=run.lock_key(connection),
+            timeout=settings.lock_timeout,
+            application_name=run.application_name,
+            connect_for=settings.connect_timeout,
+        )
+        with lock as held:
+            book = run.ledger()
+            book.prepare(held.connection or connection)
+            rows = book.unfinished()
+            if not rows:
+                log.info("resolve.nothing", reason="no unfinished revision in the ledger")
+                return ExitCode.OK
+            if len(rows) > 1:
+                raise ConfigError(
+                    f"several unfinished revisions in the ledger ({', '.join(r.revision for r in rows)}); "
+                    f"resolve them in {settings.history_table} by hand"
+                )
+            row = rows[0]
+            if run.resolution == "applied":
+                project.stamp(connection, row.revision, run.version_table)
+            book.resolve(row.row_id, run.resolution)
+            run.read_heads(connection)
+            log.info("resolve.recorded", revision=row.revision, resolution=run.resolution)
     return ExitCode.OK

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,18 @@ _BACKENDS = {
     "sqlite": ("sqlite", ""),
 }
 SUPPORTED_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
+# The drivers the runner's own connections use (psycopg2 URLs are served by psycopg 3).
+_SUPPORTED_DRIVERS = {"postgresql": ("", "psycopg", "psycopg2"), "mysql": ("", "pymysql"), "sqlite": ("", "pysqlite")}
+# Query parameters that carry a secret: dropped from every rendered URL, their values redacted.
+SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key"}
+)
+# Where a URL may name its database instead of the path (libpq dbname; PyMySQL database/db).
+_DATABASE_QUERY_KEYS = {"postgresql": ("dbname",), "mysql": ("database", "db"), "sqlite": ()}
+# TCP keepalives (seconds) on every PostgreSQL connection, and tcp_user_timeout (ms): unacknowledged
+# data for that long ends the connection (libpq docs, "34.1.2 Parameter Key Words").
+_PG_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
+_PG_TCP_USER_TIMEOUT_MS = "30000"
 ATTEMPT_TIMEOUT_SECONDS = 10
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 # PostgreSQL truncates application_name to NAMEDATALEN - 1 = 63 bytes
@@ -43,6 +57,10 @@ _CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 _LIBPQ_STARTUP_FAILURES = (
     (re.compile(r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"), "28000", False),
     (re.compile(r"database \".*\" does not exist"), "3D000", False),
+    # Settings the server or libpq refuses: the same every time (options=-c..., sslmode, port).
+    (re.compile(r"unrecognized configuration parameter|invalid value for parameter"), "22023", False),
+    (re.compile(r"server does not support SSL|SSL was required|invalid sslmode|invalid port number"), "08P01", False),
+    (re.compile(r"invalid (connection option|integer value|.* value for)"), "22023", False),
     (re.compile(r"the database system is (starting up|shutting down|in recovery mode|not yet)"), "57P03", True),
 )
 # MySQL client and server error numbers (MySQL docs, "Error Messages and Common Problems").
@@ -82,15 +100,26 @@ def parse_url(raw: str) -> URL:
     """
     try:
         url = sqlalchemy.make_url(raw.strip())
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: an unencoded @ or : makes the port unparsable
         raise ValueError(
-            "not a valid SQLAlchemy URL; expected dialect+driver://user:password@host:port/database"
+            "not a valid SQLAlchemy URL; expected dialect+driver://user:password@host:port/database "
+            "(percent-encode @, : and / in the password)"
         ) from None
     # Split the text: get_driver_name() would import the dialect, and "postgres" has none.
     backend, _, driver = url.drivername.partition("+")
     if backend not in _BACKENDS:
         raise ValueError(f"database dialect {backend!r} is not supported; use one of {', '.join(SUPPORTED_DIALECTS)}")
     family, default_driver = _BACKENDS[backend]
+    if driver not in _SUPPORTED_DRIVERS[family]:
+        usable = ", ".join(f"{backend}+{name}" for name in _SUPPORTED_DRIVERS[family] if name)
+        raise ValueError(f"driver {driver!r} is not supported for {backend}; use {backend}:// or {usable}")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError(f"port {url.port} is out of range (1-65535)")
+    if family != "sqlite" and not url.database and not any(url.query.get(k) for k in _DATABASE_QUERY_KEYS[family]):
+        raise ValueError(
+            "the URL names no database (e.g. postgresql://host/ or mysql://host/); "
+            "add it: dialect://user:password@host:port/DATABASE"
+        )
     if family == "postgresql" and driver in ("", "psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
     elif family == "mysql" and not driver:
@@ -104,13 +133,47 @@ def family(url: URL) -> str:
 
 
 def redact(url: URL) -> str:
-    """Render a URL for logs: the password, if any, becomes ``***``."""
-    return url.render_as_string(hide_password=True)
+    """Render a URL for logs: the password becomes ``***`` and secret query parameters are dropped.
+
+    SQLAlchemy's ``render_as_string(hide_password=True)`` hides only the
+    password of the user-info part; ``?password=`` and its kin
+    (:data:`SECRET_QUERY_KEYS`) are removed before rendering.
+    """
+    secret_keys = [key for key in url.query if key.lower() in SECRET_QUERY_KEYS]
+    return url.difference_update_query(secret_keys).render_as_string(hide_password=True)
+
+
+def secrets_of(url: URL) -> list[str]:
+    """Every secret a URL carries, in each form it may take in a message.
+
+    The password as given, percent-encoded, form-encoded and as SQLAlchemy
+    renders it (which leaves ``+`` and spaces alone), and the values of the
+    secret query parameters.
+
+    Returns:
+        The strings to redact, longest first; empty strings left out.
+    """
+    values = [str(url.password)] if url.password else []
+    for key, value in url.query.items():
+        if key.lower() in SECRET_QUERY_KEYS:
+            values.extend([value] if isinstance(value, str) else list(value))
+    forms: set[str] = set()
+    for value in filter(None, values):
+        rendered = URL.create("x", username="u", password=value, host="h").render_as_string(hide_password=False)
+        as_sqlalchemy_renders = rendered[len("x://u:") : -len("@h")]
+        forms |= {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), as_sqlalchemy_renders}
+    return sorted(forms, key=len, reverse=True)
 
 
 def database_name(url: URL) -> str:
-    """The database a URL points at: the database name or the SQLite path."""
-    return url.database or ""
+    """The database a URL points at: the database name (or its ``dbname`` parameter) or the SQLite path."""
+    if url.database:
+        return url.database
+    for key in _DATABASE_QUERY_KEYS[family(url)]:
+        value = url.query.get(key)
+        if isinstance(value, str):
+            return value
+    return ""
 
 
 def with_session_settings(url: URL, settings: Mapping[str, str]) -> URL:
@@ -138,6 +201,19 @@ def with_session_settings(url: URL, settings: Mapping[str, str]) -> URL:
         assignments = ", ".join(f"{name} = {value}" for name, value in settings.items())
         return url.update_query_dict({"init_command": f"SET SESSION {assignments}"})
     return url
+
+
+def with_network_bounds(url: URL) -> URL:
+    """Give a PostgreSQL URL client-side TCP keepalives and ``tcp_user_timeout``, unless it sets its own.
+
+    In the URL rather than in ``connect_args``, so that an ``env.py`` building
+    its own engine from ``sqlalchemy.url`` gets them too: a dead peer or a
+    blackholed path then ends the connection instead of hanging the run.
+    """
+    if family(url) != "postgresql":
+        return url
+    wanted = {**_PG_KEEPALIVES, "tcp_user_timeout": _PG_TCP_USER_TIMEOUT_MS}
+    return url.update_query_dict({k: v for k, v in wanted.items() if k not in url.query})
 
 
 @functools.cache
@@ -178,9 +254,9 @@ def make_engine(
             or as ``program_name`` (MySQL), so a waiting runner can name the holder.
         autocommit: run every statement outside a transaction (for the lock
             connection, which must never sit inside a transaction).
-        keepalives: TCP keepalives every 5 s after 10 s idle, 3 probes, on both
-            ends (libpq ``keepalives*``; server ``tcp_keepalives_*``), so the server
-            drops the session of a dead node, and its advisory lock, within ~25 s.
+        keepalives: also ask the server for TCP keepalives (``tcp_keepalives_*``),
+            so it drops the session of a dead node, and its advisory lock, within
+            ~25 s. The client side always has them (:func:`with_network_bounds`).
         attempt_timeout: seconds one connection attempt may take.
 
     Returns:
@@ -188,11 +264,12 @@ def make_engine(
     """
     connect_args: dict[str, object] = {}
     timeout = max(2, int(attempt_timeout))  # libpq treats 1 as 2 and 0 as forever
+    _track_connections()
     if family(url) == "postgresql":
         name = application_name.encode()[:_APPLICATION_NAME_MAX].decode(errors="ignore")
         connect_args = {"application_name": name, "connect_timeout": timeout}
+        url = with_network_bounds(url)
         if keepalives:
-            connect_args |= {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
             url = with_session_settings(
                 url, {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
             )
@@ -205,6 +282,62 @@ def make_engine(
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
     return sqlalchemy.create_engine(url, **options)
+
+
+# MySQL connection ids of this process's connections: the lock connection cancels
+# what they still run on the server before it releases the lock (locks.py).
+mysql_connection_ids: set[int] = set()
+
+
+class _TransactionWatch:
+    """Notices when a revision's own transaction ends early (a ``COMMIT`` in the revision, an autocommit block)."""
+
+    watching = False
+    ended = False
+
+    def start(self) -> None:
+        self.watching, self.ended = True, False
+
+    def stop(self) -> None:
+        self.watching = False
+
+
+transaction_watch = _TransactionWatch()
+
+
+def _dbapi_in_transaction(dbapi_connection: Any) -> bool | None:
+    """What the driver itself says: inside a transaction, or ``None`` if it cannot tell."""
+    info = getattr(dbapi_connection, "info", None)
+    status = getattr(info, "transaction_status", None)
+    if status is not None:  # psycopg 3 (psycopg docs, "ConnectionInfo.transaction_status")
+        return int(status) != 0  # 0 is IDLE: no transaction open
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        return dbapi_connection.in_transaction
+    return None
+
+
+@functools.cache
+def _track_connections() -> None:
+    """Install the process-wide connection listeners: MySQL connection ids, and the transaction watch."""
+
+    def connected(dbapi_connection: Any, _: Any) -> None:
+        thread_id = getattr(dbapi_connection, "thread_id", None)  # PyMySQL's CONNECTION_ID()
+        if callable(thread_id):
+            mysql_connection_ids.add(int(thread_id()))
+
+    def executed(connection: Connection, *_: Any) -> None:
+        if not transaction_watch.watching or not connection.in_transaction():
+            return
+        if _dbapi_in_transaction(connection.connection.dbapi_connection) is False:
+            transaction_watch.ended = True  # the server's transaction is over while SQLAlchemy's is open
+
+    def committed(_: Connection) -> None:
+        if transaction_watch.watching:
+            transaction_watch.ended = True
+
+    event.listen(Pool, "connect", connected)
+    event.listen(Engine, "after_cursor_execute", executed)
+    event.listen(Engine, "commit", committed)
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -359,3 +492,57 @@ def read_heads(connection: Connection, *, version_table: str, schema: str | None
     finally:
         if connection.in_transaction():
             connection.rollback()
+
+
+def _end_read(connection: Connection) -> None:
+    if connection.in_transaction():
+        connection.rollback()
+
+
+def server_identity(connection: Connection) -> tuple[str, str | None]:
+    """The database and default schema as the server names them, for the lock key.
+
+    Two URL forms of one database (``/db`` and ``/?dbname=db``, or two host
+    names) must give one lock key, so the key comes from what the server
+    reports, not from the URL text.
+
+    Returns:
+        PostgreSQL: ``(current_database(), current_schema())``; MySQL:
+        ``(DATABASE(), None)``; SQLite: ``(the database file's real path, None)``.
+    """
+    try:
+        if connection.dialect.name == "postgresql":
+            row = connection.exec_driver_sql("SELECT current_database(), current_schema()").one()
+            return str(row[0]), None if row[1] is None else str(row[1])
+        if connection.dialect.name in ("mysql", "mariadb"):
+            return str(connection.exec_driver_sql("SELECT DATABASE()").scalar()), None
+    finally:
+        _end_read(connection)
+    path = connection.engine.url.database or ""
+    return (os.path.realpath(path) if path not in ("", ":memory:") else path), None
+
+
+def read_only_reason(connection: Connection) -> str | None:
+    """Why the server would refuse a migration's writes, or ``None`` if it accepts them.
+
+    PostgreSQL: ``pg_is_in_recovery()`` (a hot standby) and ``transaction_read_only``
+    (``default_transaction_read_only``; PostgreSQL docs, "9.27.4 Recovery Control
+    Functions", "20.11.1 Statement Behavior"). MySQL: ``@@GLOBAL.read_only``.
+    """
+    try:
+        if connection.dialect.name == "postgresql":
+            recovery, read_only = connection.exec_driver_sql(
+                "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')"
+            ).one()
+            if recovery:
+                return "the server is a hot standby (pg_is_in_recovery() is true)"
+            if read_only == "on":
+                return "transactions are read-only (default_transaction_read_only is on)"
+        elif (
+            connection.dialect.name in ("mysql", "mariadb")
+            and connection.exec_driver_sql("SELECT @@GLOBAL.read_only").scalar()
+        ):
+            return "the server is read-only (@@GLOBAL.read_only is on)"
+    finally:
+        _end_read(connection)
+    return None

@@ -9,16 +9,22 @@ retrying (69, 75) from one that will fail the same way again (65, 66, 78)::
     ├── RunnerError                  exit_code on the class
     │   ├── ConfigError              78  EX_CONFIG
     │   │   ├── BrokenRevisionFiles  78  (import error, dangling down_revision, cycle)
+    │   │   ├── BrokenProject        78  (no env.py, no revisions, env.py fails before any revision)
     │   │   └── LockLost             78  (transaction-pooling PgBouncer, failover)
     │   ├── DatabaseUnavailable      69  EX_UNAVAILABLE
-    │   │   └── ConnectionLost       69  (the runner reconnects before giving up)
+    │   │   ├── ConnectionLost       69  (the runner reconnects before giving up)
+    │   │   └── ReadOnlyDatabase     69  (a hot standby, or default_transaction_read_only)
     │   ├── LockTimeout              75  EX_TEMPFAIL
     │   ├── WaitTimeout              75  EX_TEMPFAIL
     │   ├── MigrationFailed          65  EX_DATAERR
+    │   │   └── InterruptedRevision  65  (the ledger shows a revision that never finished)
     │   └── UnknownRevision          66  EX_NOINPUT
     └── KeyboardInterrupt
         ├── Interrupted              130 (SIGINT) / 143 (SIGTERM)
         └── RunTimeout               75  MIGRATION_TIMEOUT ran out
+
+:func:`outcome_of` is the one function that turns whatever ended a run into
+its exit code, event name and one-line message; the CLI calls nothing else.
 
 ``Interrupted`` and ``RunTimeout`` derive from ``KeyboardInterrupt`` on
 purpose: psycopg 3 cancels the running statement on the server when a
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import enum
 import signal
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -53,16 +61,18 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success: revisions applied, or nothing to do",
     ExitCode.NOT_AT_TARGET: "check: database not at target",
     ExitCode.USAGE: "command-line usage error",
-    ExitCode.MIGRATION_FAILED: "a migration failed: the revision, SQLSTATE if any, and message are logged",
+    ExitCode.MIGRATION_FAILED: "a migration failed, or an earlier one was interrupted where it cannot be rolled "
+    "back (MySQL): the revision, SQLSTATE if any, and message are logged",
     ExitCode.UNKNOWN_REVISION: "the database is at a revision the script directory does not have "
     "(e.g. after an application rollback); MIGRATION_ALLOW_UNKNOWN_REVISION=true makes "
     "upgrade and wait exit 0",
-    ExitCode.DATABASE_UNAVAILABLE: "database unreachable",
+    ExitCode.DATABASE_UNAVAILABLE: "database unreachable, or read-only (a hot standby during a failover)",
     ExitCode.INTERNAL_ERROR: "internal error (a bug: please report it with the log)",
     ExitCode.TIMEOUT: "the lock, wait or MIGRATION_TIMEOUT timed out; a later retry may succeed",
-    ExitCode.CONFIG_INVALID: "configuration invalid: a bad or missing setting, a rejected login, a missing script "
-    "directory, broken revision files, an unknown target, several heads when one target is required, "
-    "or an advisory lock lost to a pooler",
+    ExitCode.CONFIG_INVALID: "configuration invalid: a bad or missing setting, a rejected login, a URL without a "
+    "database, a script directory without env.py or revisions, an env.py or revision file that fails to load, "
+    "an unknown target or one older than the database (upgrade never downgrades), several heads when one "
+    "target is required, or an advisory lock lost to a pooler",
     ExitCode.SIGINT: "interrupted by SIGINT",
     ExitCode.SIGTERM: "interrupted by SIGTERM",
 }
@@ -105,6 +115,12 @@ class BrokenRevisionFiles(ConfigError):
     event = "revisions.broken"
 
 
+class BrokenProject(ConfigError):
+    """The project cannot run: no ``env.py``, no revisions, or ``env.py`` fails before any revision runs."""
+
+    event = "project.broken"
+
+
 class LockLost(ConfigError):
     """This session no longer holds the advisory lock it took.
 
@@ -126,6 +142,15 @@ class ConnectionLost(DatabaseUnavailable):
     """An open connection died mid-run; ``upgrade`` reconnects and resumes."""
 
     event = "database.connection_lost"
+
+
+class ReadOnlyDatabase(DatabaseUnavailable):
+    """The URL reaches a server that accepts no writes: a hot standby, or ``default_transaction_read_only``.
+
+    Retryable on purpose: during a failover, DNS may still point at the demoted primary.
+    """
+
+    event = "database.read_only"
 
 
 class LockTimeout(RunnerError):
@@ -179,7 +204,32 @@ class MigrationFailed(RunnerError):
         self.transactional = transactional
 
 
-class Interrupted(KeyboardInterrupt):
+class InterruptedRevision(MigrationFailed):
+    """The ledger records a revision that started and never finished on a database without transactional DDL.
+
+    Its changes may be partly applied; the runner never guesses and never runs it again
+    until ``migration-runner resolve`` records what the operator found.
+    """
+
+    event = "revision.interrupted"
+
+    def __init__(self, message: str, *, revision: str) -> None:
+        super().__init__(message, revision=revision, sqlstate=None, transactional=False)
+
+
+class Stopped(KeyboardInterrupt):
+    """The runner itself stopped the run (a signal or the deadline), possibly in a revision.
+
+    Attributes:
+        revision: the revision that was running when it arrived, set by the driver.
+        transactional: that revision ran in a transaction, which was rolled back.
+    """
+
+    revision: str | None = None
+    transactional: bool = True
+
+
+class Interrupted(Stopped):
     """The process received SIGTERM or SIGINT.
 
     Args:
@@ -192,7 +242,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-class RunTimeout(KeyboardInterrupt):
+class RunTimeout(Stopped):
     """``MIGRATION_TIMEOUT`` seconds passed; the run stops as on SIGTERM, with exit 75.
 
     Args:
@@ -205,21 +255,87 @@ class RunTimeout(KeyboardInterrupt):
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
-    """Map an exception that ended a run to the process exit code.
+    """The exit code of an exception that ended a run: ``outcome_of(error).code``."""
+    return outcome_of(error).code
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, as the CLI reports it.
+
+    Attributes:
+        code: the process exit code.
+        event: the log event that says so (``run.interrupted``, ``revision.failed``, ...).
+        message: one actionable line, or ``""`` on success; never a password.
+        level: the log level of the event: ``info``, ``warning`` or ``error``.
+        details: extra fields for the event and the result document
+            (``revision``, ``sqlstate``, ``partially_applied``).
+        internal: a bug of the runner's own: the log carries the traceback.
+    """
+
+    code: ExitCode
+    event: str
+    message: str = ""
+    level: str = "error"
+    details: dict[str, Any] = field(default_factory=dict)
+    internal: bool = False
+
+
+def _stopped_message(error: Stopped, what: str) -> str:
+    if error.revision is None:
+        return what
+    if error.transactional:
+        return f"{what} while applying revision {error.revision}; its transaction was rolled back"
+    return (
+        f"{what} while applying revision {error.revision}, which runs outside a transaction: "
+        "its changes may be partly applied; the next run refuses to go on until `migration-runner resolve`"
+    )
+
+
+def outcome_of(error: BaseException | None, *, code: ExitCode = ExitCode.OK) -> Outcome:
+    """Turn whatever ended a run into its exit code, event and one-line message.
+
+    This is the only place that decides the exit code of a run (README, "Exit codes").
 
     Args:
-        error: what propagated to the top of the command.
+        error: what propagated out of the command, or ``None`` when it returned.
+        code: what the command returned, when ``error`` is ``None`` (0 or 1).
 
     Returns:
-        The documented code; ``ExitCode.INTERNAL_ERROR`` (70) for anything unforeseen.
-
+        The outcome. A :class:`RunnerError` keeps its own code, event and message;
+        a signal gives 130 or 143, the deadline 75; anything else is a bug of the
+        runner's own (70): project code's exceptions reach here only as
+        :class:`MigrationFailed` or :class:`ConfigError`.
     """
+    if error is None:
+        return Outcome(code, "run.succeeded" if code == ExitCode.OK else "run.not_at_target", level="info")
+    if isinstance(error, MigrationFailed):
+        details = {
+            "revision": error.revision,
+            "sqlstate": error.sqlstate,
+            "partially_applied": not error.transactional,
+        }
+        return Outcome(error.exit_code, error.event, error.message, details=details)
     if isinstance(error, RunnerError):
-        return error.exit_code
+        return Outcome(error.exit_code, error.event, error.message)
     if isinstance(error, RunTimeout):
-        return ExitCode.TIMEOUT
-    if isinstance(error, Interrupted):
-        return ExitCode.SIGTERM if error.signum == signal.SIGTERM else ExitCode.SIGINT
-    if isinstance(error, KeyboardInterrupt):
-        return ExitCode.SIGINT
-    return ExitCode.INTERNAL_ERROR
+        details = {"revision": error.revision, "partially_applied": not error.transactional}
+        return Outcome(ExitCode.TIMEOUT, "run.timeout", _stopped_message(error, str(error)), details=details)
+    if isinstance(error, Interrupted | KeyboardInterrupt):
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        stopped = error if isinstance(error, Stopped) else Stopped()
+        details = {"signal": name, "revision": stopped.revision, "partially_applied": not stopped.transactional}
+        return Outcome(
+            ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT,
+            "run.interrupted",
+            _stopped_message(stopped, f"interrupted by {name}"),
+            level="warning",
+            details=details,
+        )
+    return Outcome(
+        ExitCode.INTERNAL_ERROR,
+        "run.crashed",
+        f"internal error: {type(error).__name__}: {error} (a bug in migration-runner: please report it with the log)",
+        internal=True,
+    )

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, polling
@@ -34,6 +34,8 @@ from runner.errors import ConfigError, LockLost, LockTimeout
 from runner.logs import get_logger
 
 _FIRST_DELAY_SECONDS = 0.05
+# How long the lock connection waits for a cancelled MySQL statement to end before it lets go.
+_CANCEL_WAIT_SECONDS = 10.0
 _INT64 = 1 << 63
 
 # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low
@@ -75,11 +77,17 @@ class HeldLock:
         wait_seconds: how long acquiring it took, in seconds.
         verify: raises :class:`LockLost` if this session no longer holds the
             lock, or :class:`ConnectionLost` if the lock connection died.
+        connection: the lock's own autocommit connection (``None`` for a file
+            lock); the ledger writes through it.
+        cancel_running: cancels whatever this process's other connections
+            still run on the server, and waits (bounded) until it is gone.
     """
 
     key: int
     wait_seconds: float
     verify: Callable[[], None] = lambda: None
+    connection: Connection | None = None
+    cancel_running: Callable[[], None] = lambda: None
 
 
 def derive_key(*, database_name: str, schema: str | None, version_table: str) -> int:
@@ -183,6 +191,9 @@ class _PostgresAdvisoryLock:
     def release(self, connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
 
+    def cancel_running(self, connection: Connection) -> None:
+        """Nothing to do: psycopg cancels a statement on the server when the run is interrupted."""
+
 
 class _MySQLNamedLock:
     """``GET_LOCK(name, 0)``; names are server-wide, at most 64 characters (MySQL docs, "Locking Functions")."""
@@ -212,6 +223,34 @@ class _MySQLNamedLock:
 
     def release(self, connection: Connection) -> None:
         connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+
+    def cancel_running(self, connection: Connection) -> None:
+        """``KILL QUERY`` every statement this process's other connections still run, then wait until gone.
+
+        A client that stops reading (a signal, a deadline) does not stop the
+        server: MySQL goes on with the statement, DDL included, and the next
+        runner would take the lock while it runs (MySQL docs, "KILL Statement").
+        """
+        ours = database.mysql_connection_ids - {connection.execute(text("SELECT CONNECTION_ID()")).scalar()}
+        if not ours:
+            return
+        busy = text("SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN :ids AND COMMAND <> 'Sleep'").bindparams(
+            bindparam("ids", expanding=True)
+        )
+        running = [row[0] for row in connection.execute(busy, {"ids": sorted(ours)})]
+        for thread_id in running:
+            with contextlib.suppress(Exception):  # it may have ended meanwhile
+                connection.execute(text(f"KILL QUERY {int(thread_id)}"))
+        if not running:
+            return
+        get_logger().warning("statement.cancelled", connection_ids=running)
+
+        def gone() -> bool:
+            return not connection.execute(busy, {"ids": running}).first()
+
+        waited = polling.poll(gone, timeout=_CANCEL_WAIT_SECONDS, report=lambda _: None, first_delay=0.05)
+        if waited is None:
+            get_logger().error("statement.still_running", connection_ids=running, waited_seconds=_CANCEL_WAIT_SECONDS)
 
 
 @contextlib.contextmanager
@@ -243,9 +282,17 @@ def _server_lock(
             )
         verify()  # behind a transaction pooler this already fails
         get_logger().info("lock.acquired", wait_seconds=round(waited, 3), **lock.fields)
+
+        def cancel_running() -> None:
+            with contextlib.suppress(Exception):  # best effort: the connection may be gone too
+                lock.cancel_running(connection)
+
         try:
-            yield HeldLock(key=lock.key, wait_seconds=waited, verify=verify)
+            yield HeldLock(
+                key=lock.key, wait_seconds=waited, verify=verify, connection=connection, cancel_running=cancel_running
+            )
         finally:
+            cancel_running()  # never hand the lock on while one of our statements still runs
             # If the connection is already gone the server has freed the lock.
             with contextlib.suppress(Exception):
                 lock.release(connection)

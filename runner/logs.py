@@ -4,7 +4,10 @@ Every event has ``timestamp`` (UTC ISO-8601), ``level``, a dotted ``event``
 name and the run-wide fields bound by :func:`bind_run`. Records of the
 standard library (Alembic, SQLAlchemy) go through the same renderer; their
 ``event`` is the logger's dotted name and their text is in ``message``.
-Known secrets are replaced by ``***`` in every string value, at every level.
+Every string value, at every level, passes :func:`redact_text`: the run's
+known secrets, and anything shaped like a secret (a URL's password, a DSN's
+``password=``), become ``***``. The result document, the termination message
+and the metrics use the same function.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.config
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -23,17 +27,46 @@ _secrets: set[str] = set()
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+# scheme://user:PASSWORD@ (greedy to the last @, so an unencoded @ in the password is covered too).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):\S*@", re.IGNORECASE)
+# key=value pairs of libpq DSNs and URL queries: password=..., sslpassword='...'.
+_KEY_VALUE_SECRET = re.compile(
+    r"\b(?P<key>password|passwd|pwd|sslpassword|secret|token|access_token|api_key)(?P<eq>\s*=\s*)"
+    r"(?:'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&'\",;)]+)",
+    re.IGNORECASE,
+)
+
+
 def add_secret(secret: str | None) -> None:
-    """Register a value (a password) that must never appear in any log line."""
+    """Register a value (a password) that must never appear in any output."""
     if secret:
         _secrets.add(secret)
 
 
+def redact_text(text: str) -> str:
+    """``text`` with every known secret and every secret-shaped part replaced by ``***``.
+
+    Args:
+        text: any message: ours, a driver's, a server's.
+
+    Returns:
+        The redacted text.
+    """
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    return _KEY_VALUE_SECRET.sub(r"\g<key>\g<eq>***", text)
+
+
+def redact_value(value: Any) -> Any:
+    """:func:`redact_text` applied to every string inside ``value`` (dicts and lists included)."""
+    return _redact_value(value)
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in _secrets:
-            value = value.replace(secret, "***")
-    elif isinstance(value, dict):
+        return redact_text(value)
+    if isinstance(value, dict):
         return {key: _redact_value(item) for key, item in value.items()}
     elif isinstance(value, list | tuple):
         return [_redact_value(item) for item in value]
@@ -41,7 +74,7 @@ def _redact_value(value: Any) -> Any:
 
 
 def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    return {key: _redact_value(value) for key, value in event_dict.items()} if _secrets else event_dict
+    return {key: _redact_value(value) for key, value in event_dict.items()}
 
 
 def _name_foreign_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

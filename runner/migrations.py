@@ -3,12 +3,20 @@
 It runs the project's own, unmodified ``env.py``. Three defaults are passed
 into that env.py's ``context.configure()`` unless it sets them itself:
 ``transaction_per_migration=True`` (so a failure at revision k leaves 1..k-1
-applied and recorded), ``version_table`` and ``version_table_schema``.
+applied and recorded), ``version_table`` and ``version_table_schema``; and an
+``on_version_apply`` callback is added to the env.py's own, so that the
+runner's ledger row commits in the revision's transaction.
+
+Project code (env.py, revision files) runs with ``sys.stdout`` pointed at
+stderr, so its ``print()`` never mixes with a document on stdout, and
+whatever it raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is a
+failed revision or a broken project, never the runner's own exit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import traceback
 import warnings
@@ -19,7 +27,7 @@ from typing import Any, cast
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationStep
+from alembic.runtime.migration import MigrationContext, MigrationStep
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads, ResolutionError, RevisionError
 from alembic.util import to_tuple
@@ -27,7 +35,38 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, logs
-from runner.errors import BrokenRevisionFiles, ConfigError, ConnectionLost, MigrationFailed
+from runner.errors import (
+    BrokenProject,
+    BrokenRevisionFiles,
+    ConfigError,
+    ConnectionLost,
+    MigrationFailed,
+    RunnerError,
+    Stopped,
+)
+
+
+def ini_database_url(path: Path) -> str | None:
+    """The ``sqlalchemy.url`` of an Alembic ini file, as ``alembic -c FILE`` would read it.
+
+    Alembic's own ``Config.get_main_option`` (so ``%(here)s`` and ``%%`` mean
+    what they mean to Alembic).
+
+    Returns:
+        The URL text, or ``None`` when the file has none.
+
+    Raises:
+        ConfigError: the file is not a readable ini file.
+    """
+    try:
+        return Config(str(path)).get_main_option("sqlalchemy.url")
+    except Exception as error:  # configparser's errors have no common base but Exception
+        raise ConfigError(f"{path}: not a readable Alembic ini file ({type(error).__name__}: {error})") from None
+
+
+def _project_code() -> contextlib.AbstractContextManager[Any]:
+    """While project code runs, its ``print()`` goes to stderr: stdout may carry a document."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -99,12 +138,32 @@ class Project:
         self.config = Config(str(cwd / alembic_config)) if alembic_config is not None else Config()
         if script_location is not None:
             self.config.set_main_option("script_location", script_location)
+        setting = "MIGRATION_SCRIPT_LOCATION" if script_location else "script_location in alembic.ini"
         try:
             self.script = ScriptDirectory.from_config(self.config)
         except CommandError as error:
-            setting = "MIGRATION_SCRIPT_LOCATION" if script_location else "script_location in alembic.ini"
             raise ConfigError(f"{setting}: {error}") from None
-        self._load_history()
+        self._require_env_py(setting)
+        with _project_code():
+            self._load_history()
+        if not self.script.revision_map.heads:
+            # _version_locations is private; Alembic has no public accessor for where it looked.
+            looked = ", ".join(map(str, self.script._version_locations))
+            raise BrokenProject(
+                f"{setting}: the script directory {self.script.dir} has no revisions (looked in {looked}); "
+                "are the revision files in the image?"
+            )
+
+    def _require_env_py(self, setting: str) -> None:
+        """A script directory without ``env.py`` would report "already at target" forever."""
+        directory = Path(self.script.dir)
+        if (directory / "env.py").is_file():
+            return
+        found = sorted(str(p.parent) for p in directory.glob("*/env.py")) + sorted(
+            str(p.parent) for p in directory.glob("*/*/env.py")
+        )
+        hint = f"; did you mean {found[0]}?" if found else ""
+        raise BrokenProject(f"{setting}: {directory} has no env.py, so it is not an Alembic script directory{hint}")
 
     def _load_history(self) -> None:
         """Import every revision file now, so a broken one is named before any connection.
@@ -175,6 +234,43 @@ class Project:
                 missing.append(revision)
         return missing
 
+    def past_target(self, current: Sequence[str], target: str) -> bool:
+        """Whether the database is newer than ``target``: reaching it would take a downgrade.
+
+        True when a target revision is an ancestor of, but not one of, the
+        current revisions, or when the target is ``base`` and the database is not.
+
+        Raises:
+            ConfigError: the target cannot be resolved.
+        """
+        wanted = self.target_revisions(target)
+        if not current:
+            return False
+        if not wanted:
+            return True  # "base"
+        with _history_errors(target):
+            applied = {s.revision for s in self.script.iterate_revisions(tuple(current), "base")}
+        return any(revision in applied and revision not in current for revision in wanted)
+
+    def is_applied(self, current: Sequence[str], revision: str) -> bool:
+        """Whether ``revision`` is one of ``current`` or an ancestor of one (an unknown one is not)."""
+        if not current or self.unknown([revision]):
+            return False
+        with _history_errors():
+            return revision in {s.revision for s in self.script.iterate_revisions(tuple(current), "base")}
+
+    def stamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as applied without running it (``MigrationContext.stamp``, Alembic API).
+
+        Raises:
+            ConfigError: the revision cannot be resolved.
+        """
+        context = MigrationContext.configure(
+            connection, opts={"version_table": version_table.name, "version_table_schema": version_table.schema}
+        )
+        with _history_errors(revision), connection.begin():
+            context.stamp(self.script, revision)
+
     def pending(self, current: Sequence[str], target: str) -> list[Script]:
         """The revisions an upgrade from ``current`` to ``target`` applies, in order.
 
@@ -203,7 +299,8 @@ class Project:
         target: str,
         version_table: VersionTable,
         on_applied: Callable[[Applied], None],
-        before_each: Callable[[], None] = lambda: None,
+        before_each: Callable[[str], None] = lambda _: None,
+        in_transaction: Callable[[Connection, str], None] = lambda _, __: None,
     ) -> None:
         """Run the project's env.py to upgrade the database to ``target``.
 
@@ -217,12 +314,18 @@ class Project:
             target: the revision(s) to upgrade to.
             version_table: where the revisions are recorded.
             on_applied: called after each revision's transaction has committed.
-            before_each: called before each revision (the lock liveness check);
-                whatever it raises ends the upgrade.
+            before_each: called with each revision id before it runs (the lock
+                liveness check, the ledger's "started" row); whatever it raises
+                ends the upgrade.
+            in_transaction: called with the revision's connection and id after
+                its version-table update, inside its transaction (Alembic's
+                ``on_version_apply``): the ledger row commits with the revision.
 
         Raises:
-            MigrationFailed: a revision raised; the message names it.
+            MigrationFailed: a revision raised (``BaseException`` included); the message names it.
+            BrokenProject: env.py failed before any revision ran.
             ConnectionLost: the connection was lost while migrating.
+            Stopped: the runner's own signal or deadline, with the running revision attached.
 
         """
         # configparser interpolation: a literal % must be doubled (Alembic docs,
@@ -230,20 +333,29 @@ class Project:
         self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
         self.config.attributes["connection"] = connection
         running: list[Script] = []
+        started_any: list[bool] = []
 
         def steps(heads: tuple[str, ...], _: Any) -> Iterator[MigrationStep]:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
             for step in self.script._upgrade_revs(target, _heads_arg(heads)):
-                _own(before_each)
+                _own(before_each, step.revision.revision)
                 running[:] = [step.revision]
+                started_any.append(True)
                 started = time.monotonic()
+                database.transaction_watch.start()
                 yield step
+                database.transaction_watch.stop()
                 running.clear()
                 script = step.revision
                 replaces = tuple(to_tuple(script.down_revision, default=()))
                 applied = Applied(script.revision, script.doc, time.monotonic() - started, replaces)
                 _own(on_applied, applied)
+
+        def version_applied(*, ctx: MigrationContext, step: Any, **_: Any) -> None:
+            database.transaction_watch.stop()  # Alembic's own commit of this step follows
+            assert ctx.connection is not None  # noqa: S101  (online mode always has one)
+            _own(in_transaction, ctx.connection, step.up_revision_id)
 
         environment = EnvironmentContext(
             self.config, self.script, fn=steps, as_sql=False, starting_rev=None, destination_rev=target
@@ -254,44 +366,64 @@ class Project:
             kwargs.setdefault("transaction_per_migration", True)
             kwargs.setdefault("version_table", version_table.name)
             kwargs.setdefault("version_table_schema", version_table.schema)
+            theirs = kwargs.get("on_version_apply") or ()
+            kwargs["on_version_apply"] = [*(theirs if isinstance(theirs, list | tuple) else [theirs]), version_applied]
             configure(*args, **kwargs)
 
         # An instance attribute, not a subclass: alembic.context proxies only
         # the EnvironmentContext class itself.
         environment.configure = configure_with_defaults  # type: ignore[method-assign]
         try:
-            with environment, logs.env_py_file_config_ignored():
+            with environment, logs.env_py_file_config_ignored(), _project_code():
                 self.script.run_env()
         except _CallbackFailed as callback:
             raise callback.error from None  # the lock check's ConnectionLost / LockLost, or a bug of ours
-        except Exception as error:
-            failed = running[0] if running else None
-            failure = database.classify(error)
-            if failure.connection:
-                raise ConnectionLost(
-                    f"connection lost while applying revision {failed.revision if failed else None} "
-                    f"(SQLSTATE {failure.code}): {database.error_message(error)}"
-                ) from error
-            message = database.error_message(error)
-            if failure.code is None and not message.startswith(type(error).__name__):
-                message = f"{type(error).__name__}: {message}"
-            transactional = database.family(url) != "mysql" and not (failed and _uses_autocommit_block(failed))
-            if not transactional:
-                message += "; this revision ran outside a transaction, so its changes may be partly applied"
-            raise MigrationFailed(
-                message,
-                revision=failed.revision if failed else None,
-                sqlstate=failure.code,
-                transactional=transactional,
-            ) from error
+        except Stopped as stopped:  # our own signal or deadline: the code stays 130/143/75
+            if running:
+                stopped.revision = running[0].revision
+                stopped.transactional = self._transactional(url)
+            raise
+        except BaseException as error:  # project code: SystemExit, KeyboardInterrupt and GeneratorExit too
+            raise self._failure(error, running[0] if running else None, url, started=bool(started_any)) from error
         finally:
+            database.transaction_watch.stop()
             self.config.attributes.pop("connection", None)
 
+    def _transactional(self, url: URL) -> bool:
+        # MySQL commits DDL as it goes; a revision that ended its own transaction
+        # (a COMMIT, an autocommit_block) has committed what came before.
+        return database.family(url) != "mysql" and not database.transaction_watch.ended
 
-def _uses_autocommit_block(script: Script) -> bool:
-    # Statements in an autocommit_block() commit one by one: such a revision can
-    # be partly applied, and is never retried.
-    return "autocommit_block" in Path(script.path).read_text(errors="replace")
+    def _failure(self, error: BaseException, failed: Script | None, url: URL, *, started: bool) -> RunnerError:
+        """What a project-code exception means: a lost connection, a broken env.py, or a failed revision."""
+        failure = database.classify(error)
+        if failure.connection:
+            return ConnectionLost(
+                f"connection lost while applying revision {failed.revision if failed else None} "
+                f"(SQLSTATE {failure.code}): {database.error_message(error)}"
+            )
+        message = database.error_message(error)
+        if isinstance(error, SystemExit | KeyboardInterrupt | GeneratorExit):
+            message = f"{type(error).__name__}({error.args[0] if error.args else ''}) raised by project code"
+        elif failure.code is None and not message.startswith(type(error).__name__):
+            message = f"{type(error).__name__}: {message}"
+        if not started and failure.code is None:
+            return BrokenProject(f"env.py {self.script.env_py_location}: {message}{_where(error)}")
+        if failed is None:
+            return MigrationFailed(message, revision=None, sqlstate=failure.code)
+        transactional = self._transactional(url)
+        if not transactional:
+            message += "; this revision ran outside a transaction, so its changes may be partly applied"
+        return MigrationFailed(message, revision=failed.revision, sqlstate=failure.code, transactional=transactional)
+
+
+def _where(error: BaseException) -> str:
+    """`` (file:line)`` of the innermost project frame of a traceback, or ``""``."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" ({error.filename}:{error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+    frames = [f for f in frames if "/runner/" not in f.filename] or frames
+    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _heads_arg(heads: Sequence[str]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from alembic.script import Script
 
 from runner.errors import MigrationFailed
+from runner.logs import redact_text
 from runner.metrics import Metrics
 from runner.migrations import Applied
 
@@ -91,16 +92,23 @@ class RunReport:
         """Something was retried: ``connect``, ``reconnect`` or ``revision``."""
         self.metrics.retries.labels(reason=reason).inc()
 
-    def failed(self, error: BaseException, message: str) -> None:
-        """The run ends with ``error``; ``message`` is the one line the log shows."""
+    def failed(self, error: BaseException, message: str, details: dict[str, Any] | None = None) -> None:
+        """The run ends with ``error``.
+
+        Args:
+            error: what ended it.
+            message: the one line the log shows; redacted here again, as every output is.
+            details: ``revision``, ``sqlstate``, ``partially_applied`` where they apply.
+        """
+        details = details or {}
         self.error = {
             "class": type(error).__name__,
-            "sqlstate": getattr(error, "sqlstate", None),
-            "revision": getattr(error, "revision", None),
-            "message": message,
+            "sqlstate": details.get("sqlstate"),
+            "revision": details.get("revision"),
+            "message": redact_text(message),
         }
-        if isinstance(error, MigrationFailed):
-            self.error["partially_applied"] = not error.transactional
+        if "partially_applied" in details and (details.get("revision") or isinstance(error, MigrationFailed)):
+            self.error["partially_applied"] = details["partially_applied"]
 
     def finish(self, exit_code: int, outcome: str) -> None:
         """The run is over: record its exit code, outcome and duration."""

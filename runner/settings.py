@@ -5,7 +5,13 @@ Precedence, highest first (README, "Settings")::
     CLI flag > environment variable > secret file > .env.<environment> > .env
              > environment defaults > built-in defaults
 
-``DATABASE_URL`` is read only when ``MIGRATION_DATABASE_URL`` is set nowhere.
+The database URL has a longer chain, because a wrong database that exits 0 is
+the worst outcome there is (README, "Which database")::
+
+    --database-url > MIGRATION_DATABASE_URL (variable, secret file, .env files)
+                   > DATABASE_URL > the Alembic ini's sqlalchemy.url
+                   > the development SQLite default
+
 Every setting is validated before any connection is made; a problem raises
 :class:`runner.errors.ConfigError` with one line naming the variable.
 """
@@ -15,13 +21,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, StringConstraints, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -31,7 +38,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL
 
 from runner import database
-from runner.errors import ConfigError
+from runner.errors import ConfigError, ExitCode
 
 PREFIX = "MIGRATION_"
 ENVIRONMENTS = ("development", "test", "staging", "production")
@@ -42,7 +49,6 @@ SQLITE_DEFAULT_URL = "sqlite:///./migration-runner.db"
 # of its own, so a newcomer needs no server; elsewhere a missing URL is an error.
 ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "development": {
-        "database_url": SQLITE_DEFAULT_URL,
         "lock_timeout": 30.0,
         "wait_timeout": 60.0,
         "connect_timeout": 10.0,
@@ -61,7 +67,13 @@ _SERVICE_LINK = re.compile(
     r"^MIGRATION(_RUNNER)?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
 )
 
-Seconds = float
+# The largest duration any setting takes: PostgreSQL's lock_timeout and statement_timeout
+# are at most INT_MAX milliseconds (PostgreSQL docs, "20.11 Client Connection Defaults").
+MAX_SECONDS = 2_147_483.0
+Seconds = Annotated[float, Field(allow_inf_nan=False, le=MAX_SECONDS)]
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# `alembic init` writes this URL into alembic.ini; it means "not configured".
+ALEMBIC_PLACEHOLDER_URL = "driver://user:pass@localhost/dbname"
 
 
 class Settings(BaseSettings):
@@ -84,24 +96,34 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr | None = Field(
         None,
-        description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. Falls back to DATABASE_URL.",
+        description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. Falls back to "
+        "DATABASE_URL, then the Alembic ini's sqlalchemy.url, then (development only) SQLite.",
     )
     alembic_config: Path | None = Field(None, description="Path to alembic.ini. Default: ./alembic.ini when it exists.")
     script_location: str | None = Field(
         None, description="Alembic script directory; overrides the ini's script_location."
     )
-    target: str = Field("heads", description="Revision to upgrade to; 'heads' means every head.")
-    version_table: str = Field("alembic_version", description="Alembic version table name.")
-    version_table_schema: str | None = Field(None, description="Schema of the version table.")
+    target: NonEmpty = Field(
+        "heads", description="Revision to upgrade to; 'heads' means every head. upgrade never downgrades."
+    )
+    version_table: NonEmpty = Field("alembic_version", description="Alembic version table name.")
+    version_table_schema: NonEmpty | None = Field(None, description="Schema of the version table.")
+    history_table: NonEmpty = Field(
+        "migration_runner_history",
+        description="The runner's ledger of revision steps, beside the version table.",
+    )
     lock_timeout: Seconds = Field(300.0, gt=0, description="Seconds to wait for the advisory lock.")
     lock_key: str | None = Field(
         None,
         description="Advisory lock key: a 64-bit integer or any text (hashed). "
         "Default: derived from the database and version table.",
     )
-    wait_timeout: Seconds = Field(300.0, gt=0, description="Seconds 'wait' polls before exit 75.")
+    wait_timeout: Seconds = Field(300.0, gt=0, description=f"Seconds 'wait' polls before exit {int(ExitCode.TIMEOUT)}.")
     connect_timeout: Seconds = Field(
-        60.0, ge=0, description="Seconds to keep retrying a failing connection (refused, starting up) before exit 69."
+        60.0,
+        ge=0,
+        description="Seconds to keep retrying a failing connection (refused, starting up) "
+        f"before exit {int(ExitCode.DATABASE_UNAVAILABLE)}.",
     )
     ddl_lock_timeout: Seconds = Field(
         2.0,
@@ -116,7 +138,15 @@ class Settings(BaseSettings):
         5, ge=0, description="Retries of a revision that failed with 55P03, 40P01 or 40001, with backoff."
     )
     timeout: Seconds = Field(
-        3600.0, ge=0, description="Deadline for the whole run, seconds (0: none); exit 75 when it passes."
+        3600.0,
+        ge=0,
+        description=f"Deadline for the whole run, seconds (0: none); exit {int(ExitCode.TIMEOUT)} when it passes.",
+    )
+    grace_period: Seconds = Field(
+        10.0,
+        ge=0,
+        description="After a signal or the deadline, seconds allowed for rollback and lock release "
+        "before the process exits anyway (the server rolls back when the connection dies).",
     )
     allow_unknown_revision: bool = Field(
         False,
@@ -174,6 +204,21 @@ class Settings(BaseSettings):
             database.parse_url(value.get_secret_value())  # raises ValueError, no URL echoed
         return value
 
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _regular_file(cls, value: Path | None) -> Path | None:
+        # write_to_textfile renames over the target: a device or a symlink would be replaced.
+        if value is not None and os.path.lexists(value) and not stat.S_ISREG(os.lstat(value).st_mode):
+            raise ValueError("exists and is not a regular file (a device, a symlink or a directory)")
+        return value
+
+    _database_source: str = PrivateAttr("")
+
+    @property
+    def database_source(self) -> str:
+        """Which source the database URL came from, e.g. ``DATABASE_URL`` (README, "Which database")."""
+        return self._database_source
+
     @property
     def url(self) -> URL:
         """The normalised database URL (``postgres://`` → ``postgresql+psycopg://``).
@@ -217,7 +262,9 @@ class Settings(BaseSettings):
         values = self.model_dump(mode="json")  # SecretStr dumps as "**********"
         if self.database_url is not None:
             values["database_url"] = database.redact(self.url)
-        return {PREFIX + name.upper(): value for name, value in values.items()}
+        redacted = {PREFIX + name.upper(): value for name, value in values.items()}
+        redacted["database_source"] = self.database_source
+        return redacted
 
 
 class _EnvironmentDefaults(PydanticBaseSettingsSource):
@@ -236,15 +283,78 @@ def known_variables() -> list[str]:
     return sorted([PREFIX + name.upper() for name in Settings.model_fields] + list(META_VARIABLES))
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions that turn ``a`` into ``b``."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def _misspelt_prefix(name: str, known: list[str]) -> str | None:
+    """The setting a variable like ``MIGRATON_DATABASE_URL`` was meant to be, if any.
+
+    Only a name whose start is at most two edits from ``MIGRATION_`` and whose
+    whole is at most two edits from a known setting counts, so an
+    application's own ``MIGRATIONS_PATH`` is left alone.
+    """
+    if name.startswith(PREFIX) or _edits(name[: len(PREFIX)], PREFIX) > 2:
+        return None
+    close = [k for k in known if abs(len(k) - len(name)) <= 2 and _edits(name, k) <= 2]
+    return close[0] if close else None
+
+
 def _check_unknown(names: list[str], where: str) -> None:
-    known = set(known_variables())
+    known = known_variables()
     for name in names:
         upper = name.upper()
+        meant = _misspelt_prefix(upper, known)
+        if meant:
+            raise ConfigError(f"unknown setting {upper} in {where}; did you mean {meant}?")
         if not upper.startswith(PREFIX) or upper in known or _SERVICE_LINK.match(upper):
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else f"; valid settings: {', '.join(sorted(known))}"
         raise ConfigError(f"unknown setting {upper} in {where}{hint}")
+
+
+def _read_dotenv(path: Path) -> dict[str, str | None]:
+    """The variables of one ``.env`` file; unreadable or binary is a one-line ConfigError."""
+    try:
+        path.read_text(encoding="utf-8")
+        return dict(dotenv_values(path, encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read it as a UTF-8 .env file ({_reason(error)})") from None
+
+
+def _reason(error: OSError | UnicodeDecodeError) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 at byte {error.start}"
+    return error.strerror or type(error).__name__
+
+
+def _check_secret_files(directory: Path) -> None:
+    """Every secret file named like a setting must be readable UTF-8 text.
+
+    pydantic-settings would otherwise raise mid-validation (a traceback) or,
+    for a dangling symlink, silently skip the file.
+    """
+    known = {name.lower() for name in known_variables()}
+    try:
+        entries = list(directory.iterdir())
+    except OSError as error:
+        raise ConfigError(f"MIGRATION_SECRETS_DIR={str(directory)!r}: {_reason(error)}") from None
+    for entry in entries:
+        if entry.name.lower() not in known:
+            continue
+        try:
+            entry.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            what = "a dangling symlink" if entry.is_symlink() and not entry.exists() else _reason(error)
+            raise ConfigError(f"secret file {entry}: cannot read it as UTF-8 text ({what})") from None
 
 
 def _resolve_environment(flag: str | None, environ: Mapping[str, str], dotenv: Mapping[str, Any]) -> str:
@@ -256,12 +366,15 @@ def _resolve_environment(flag: str | None, environ: Mapping[str, str], dotenv: M
     return value
 
 
+_SECRET_FIELDS = frozenset({"database_url", "pushgateway_password", "pushgateway_token"})
+
+
 def _one_line(error: pydantic.ValidationError, cli: Mapping[str, Any]) -> str:
     problems = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "?"
         name = f"--{field.replace('_', '-')}" if field in cli else PREFIX + field.upper()
-        shown = "" if field == "database_url" else f"={item.get('input')!r}"
+        shown = "" if field in _SECRET_FIELDS else f"={item.get('input')!r}"
         message = str(item["msg"]).removeprefix("Value error, ")
         problems.append(f"{name}{shown}: {message}")
     return "invalid setting " + "; ".join(problems)
@@ -290,16 +403,18 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
 
     _check_unknown(list(environ), "the environment")
     dotenv_file = cwd / ".env"
-    dotenv = dotenv_values(dotenv_file) if dotenv_file.is_file() else {}
+    dotenv = _read_dotenv(dotenv_file) if dotenv_file.exists() else {}
     _check_unknown(list(dotenv), str(dotenv_file))
     environment = _resolve_environment(flags.get("environment"), environ, dotenv)
     env_specific = cwd / f".env.{environment}"
-    if env_specific.is_file():
-        _check_unknown(list(dotenv_values(env_specific)), str(env_specific))
+    env_specific_values = _read_dotenv(env_specific) if env_specific.exists() else {}
+    _check_unknown(list(env_specific_values), str(env_specific))
 
     secrets_dir = environ.get("MIGRATION_SECRETS_DIR", DEFAULT_SECRETS_DIR)
     if "MIGRATION_SECRETS_DIR" in environ and not Path(secrets_dir).is_dir():
         raise ConfigError(f"MIGRATION_SECRETS_DIR={secrets_dir!r} is not a directory")
+    if Path(secrets_dir).is_dir():
+        _check_secret_files(Path(secrets_dir))
 
     flags["environment"] = environment
     try:
@@ -311,10 +426,40 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     except pydantic.ValidationError as error:
         raise ConfigError(_one_line(error, flags)) from None
 
-    if settings.database_url is None and environ.get("DATABASE_URL"):
-        try:
-            database.parse_url(environ["DATABASE_URL"])
-        except ValueError as error:
-            raise ConfigError(f"invalid setting DATABASE_URL: {error}") from None
-        settings.database_url = SecretStr(environ["DATABASE_URL"])
+    sources = {
+        "--database-url": "database_url" in flags,
+        "MIGRATION_DATABASE_URL": any(k.upper() == "MIGRATION_DATABASE_URL" for k in environ),
+        f"secret file {Path(secrets_dir) / 'migration_database_url'}": Path(secrets_dir).is_dir()
+        and any(e.name.lower() == "migration_database_url" for e in Path(secrets_dir).iterdir()),
+        str(env_specific): any(k.upper() == "MIGRATION_DATABASE_URL" for k in env_specific_values),
+        str(dotenv_file): any(k.upper() == "MIGRATION_DATABASE_URL" for k in dotenv),
+    }
+    if settings.database_url is not None:
+        settings._database_source = next((name for name, used in sources.items() if used), "MIGRATION_DATABASE_URL")
+    else:
+        _fall_back(settings, environ, cwd)
     return settings
+
+
+def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> None:
+    """Take the URL from ``DATABASE_URL``, the Alembic ini, or the development default, in that order."""
+    candidates: list[tuple[str, str | None]] = [("DATABASE_URL", environ.get("DATABASE_URL") or None)]
+    ini = settings.alembic_config or (Path("alembic.ini") if (cwd / "alembic.ini").is_file() else None)
+    if ini is not None and (cwd / ini).is_file():
+        from runner.migrations import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
+
+        found = ini_database_url(cwd / ini)
+        if found and found.strip() != ALEMBIC_PLACEHOLDER_URL:
+            candidates.append((f"sqlalchemy.url in {ini}", found))
+    if settings.environment == "development":
+        candidates.append(("the development default", SQLITE_DEFAULT_URL))
+    for source, raw in candidates:
+        if raw is None:
+            continue
+        try:
+            database.parse_url(raw)
+        except ValueError as error:
+            raise ConfigError(f"invalid setting {source}: {error}") from None
+        settings.database_url = SecretStr(raw)
+        settings._database_source = source
+        return

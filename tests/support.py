@@ -19,6 +19,8 @@ import psycopg
 import pymysql
 import sqlalchemy
 
+from runner import locks
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart"
 TEMPLATE_ENV_PY = QUICKSTART / "migrations" / "env.py"  # as `alembic init` wrote it
@@ -240,3 +242,14 @@ def mysql_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
     with contextlib.closing(mysql_connect(url)) as connection, connection.cursor() as cursor:
         cursor.execute(sql, params)
         return list(cursor.fetchall())
+
+
+def lock_key_for(url: str) -> int:
+    """The key the runner derives for this PostgreSQL database's default version table.
+
+    The database and schema are what the server reports (``current_database()``,
+    ``current_schema()``), so every URL form of one database gives this key.
+    """
+    return locks.derive_key(
+        database_name=sqlalchemy.make_url(url).database or "", schema="public", version_table="alembic_version"
+    )

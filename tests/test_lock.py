@@ -8,17 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import sqlalchemy
-from support import Cli, advisory_locks_held, applied_counts, make_project, rev_id, version
-
-from runner import locks
-
-
-def lock_key_for(url: str) -> int:
-    """The key the runner derives for this database's default version table."""
-    return locks.derive_key(
-        database_name=sqlalchemy.make_url(url).database or "", schema=None, version_table="alembic_version"
-    )
+from support import Cli, advisory_locks_held, applied_counts, lock_key_for, make_project, rev_id, version
 
 
 @pytest.mark.timeout(30)

@@ -1,0 +1,277 @@
+"""The ledger: one row per revision step, in a runner-owned table beside the version table.
+
+Alembic's version table says where the database is; the ledger says how it got
+there, and whether a step was left unfinished. It is what makes an interrupted
+revision on MySQL explainable: MySQL commits DDL statement by statement
+(MySQL docs, "Statements That Cause an Implicit Commit"), so a revision killed
+half-way leaves its first tables behind while the version table still names
+the revision before it.
+
+How a row is written depends on whether the database has transactional DDL:
+
+- PostgreSQL and SQLite: the ``applied`` row is inserted inside the revision's
+  own transaction (Alembic's ``on_version_apply``), so it commits or rolls back
+  with the revision and the version-table update: the two never disagree.
+- MySQL: a ``started`` row is committed on the lock connection before the
+  revision runs; the revision's transaction turns it into ``applied`` with the
+  version-table update. A row still ``started`` means the runner died inside
+  the revision.
+
+A row that is ``started``, or ``interrupted`` or ``failed`` outside a
+transaction, and not resolved, makes the next ``upgrade`` exit 65 until
+``migration-runner resolve`` records what the operator found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+
+DEFAULT_TABLE = "migration_runner_history"
+OUTCOMES = ("started", "applied", "failed", "interrupted")
+RESOLUTIONS = ("applied", "not-applied")
+_ERROR_MAX_CHARS = 2000
+
+
+def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Table:
+    """The ledger's table definition.
+
+    Columns: ``id``; ``tool`` (``alembic``); ``revision``; ``direction``
+    (``up``); ``outcome`` (one of :data:`OUTCOMES`); ``transactional`` (the step
+    ran inside one transaction, so a failure left nothing behind);
+    ``started_at`` and ``finished_at`` (server time, UTC); ``duration_seconds``;
+    ``run_id``; ``host`` (the pod or host name); ``namespace``; ``node``;
+    ``runner_version``; ``error``; ``resolution`` (one of :data:`RESOLUTIONS`),
+    ``resolved_at`` and ``resolved_by``.
+    """
+    timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("tool", sa.String(32), nullable=False),
+        sa.Column("revision", sa.String(255), nullable=False),
+        sa.Column("direction", sa.String(8), nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("transactional", sa.Boolean(), nullable=False),
+        sa.Column("started_at", timestamp, nullable=False),
+        sa.Column("finished_at", timestamp),
+        sa.Column("duration_seconds", sa.Float()),
+        sa.Column("run_id", sa.String(32), nullable=False),
+        sa.Column("host", sa.String(255)),
+        sa.Column("namespace", sa.String(255)),
+        sa.Column("node", sa.String(255)),
+        sa.Column("runner_version", sa.String(64)),
+        sa.Column("error", sa.Text()),
+        sa.Column("resolution", sa.String(16)),
+        sa.Column("resolved_at", timestamp),
+        sa.Column("resolved_by", sa.String(255)),
+        schema=schema,
+    )
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A ledger row that blocks the next upgrade.
+
+    Attributes:
+        row_id: the row's ``id``.
+        revision: the revision it records.
+        outcome: ``started`` (the runner died in it), ``interrupted`` or ``failed``.
+        started_at: when it started, server time (UTC).
+        run_id: the run that started it.
+        host: the pod or host of that run.
+        error: the error recorded with it, if any.
+    """
+
+    row_id: int
+    revision: str
+    outcome: str
+    started_at: dt.datetime
+    run_id: str
+    host: str | None
+    error: str | None
+
+
+@dataclass
+class Ledger:
+    """Writes and reads the ledger for one run.
+
+    Args:
+        table: from :func:`history_table`.
+        family: ``postgresql``, ``sqlite`` (rows written in the revision's
+            transaction) or ``mysql`` (a ``started`` row first).
+        tool: the migration system, e.g. ``alembic``.
+        run_id, host, namespace, node, version: where this run runs.
+    """
+
+    table: sa.Table
+    family: str
+    tool: str
+    run_id: str
+    host: str
+    namespace: str | None
+    node: str | None
+    version: str
+    connection: Connection | None = None
+    _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours
+    _open_rows: dict[str, int] = field(default_factory=dict)
+    _started: dict[str, dt.datetime] = field(default_factory=dict)
+
+    def prepare(self, connection: Connection) -> None:
+        """Create the table if it is missing and read the server's clock; call it under the lock.
+
+        Args:
+            connection: the ledger connection from now on (the lock connection,
+                or SQLite's own), for every method but :meth:`applied`.
+        """
+        self.connection = connection
+        with _transaction(connection):
+            self.table.create(connection, checkfirst=True)
+            self._clock_offset = _server_now(connection) - _utcnow()
+
+    def now(self) -> dt.datetime:
+        """The server's time now (UTC), from the offset read by :meth:`prepare`."""
+        return _utcnow() + self._clock_offset
+
+    def _bound(self) -> Connection:
+        if self.connection is None:
+            raise RuntimeError("Ledger.prepare() was not called")
+        return self.connection
+
+    def unfinished(self) -> list[Unfinished]:
+        """The rows that block an upgrade, oldest first."""
+        connection = self._bound()
+        t = self.table.c
+        blocking = sa.or_(
+            t.outcome == "started", sa.and_(t.outcome.in_(("interrupted", "failed")), t.transactional.is_(False))
+        )
+        query = sa.select(t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error).where(
+            t.tool == self.tool, t.resolution.is_(None), blocking
+        )
+        with _transaction(connection):
+            rows = connection.execute(query.order_by(t.id)).all()
+        return [Unfinished(*row) for row in rows]
+
+    def _row(self, revision: str, outcome: str, *, transactional: bool) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "revision": revision,
+            "direction": "up",
+            "outcome": outcome,
+            "transactional": transactional,
+            "started_at": self._stored(self._started.get(revision) or self.now()),
+            "run_id": self.run_id,
+            "host": self.host,
+            "namespace": self.namespace,
+            "node": self.node,
+            "runner_version": self.version,
+        }
+
+    @property
+    def transactional_ddl(self) -> bool:
+        """DDL rolls back with its transaction here (PostgreSQL, SQLite), so no ``started`` row is needed."""
+        return self.family != "mysql"
+
+    def _stored(self, moment: dt.datetime) -> dt.datetime:
+        # timestamptz keeps the zone; DATETIME (MySQL) and SQLite's text do not: store UTC without one there.
+        return moment if self.family == "postgresql" else moment.replace(tzinfo=None)
+
+    def starting(self, revision: str) -> None:
+        """A revision is about to run. Without transactional DDL, commit a ``started`` row first."""
+        self._started[revision] = self.now()
+        if self.transactional_ddl:
+            return
+        connection = self._bound()
+        with _transaction(connection):
+            row = self._row(revision, "started", transactional=False)
+            result = connection.execute(self.table.insert().values(row))
+        key = result.inserted_primary_key
+        assert key is not None  # noqa: S101  (an INSERT of one row)
+        self._open_rows[revision] = int(key[0])
+
+    def applied(self, connection: Connection, revision: str, *, transactional: bool) -> None:
+        """Record ``revision`` as applied, inside its own transaction (``connection`` is the revision's)."""
+        finished = self.now()
+        duration = (finished - self._started.get(revision, finished)).total_seconds()
+        done = {"outcome": "applied", "finished_at": self._stored(finished), "duration_seconds": duration}
+        if revision in self._open_rows:
+            row_id = self._open_rows.pop(revision)
+            connection.execute(self.table.update().where(self.table.c.id == row_id).values(done))
+        else:
+            row = {**self._row(revision, "applied", transactional=transactional), **done}
+            connection.execute(self.table.insert().values(row))
+
+    def ended(self, revision: str, outcome: str, *, transactional: bool, error: str) -> None:
+        """Record that ``revision`` ``failed`` or was ``interrupted``, after its transaction ended.
+
+        Args:
+            revision: the revision that was running.
+            outcome: ``failed`` or ``interrupted``.
+            transactional: it ran in one transaction, which was rolled back.
+            error: the redacted message.
+        """
+        finished = self.now()
+        duration = (finished - self._started.get(revision, finished)).total_seconds()
+        done = {
+            "outcome": outcome,
+            "finished_at": self._stored(finished),
+            "duration_seconds": duration,
+            "transactional": transactional,
+            "error": error[:_ERROR_MAX_CHARS],
+        }
+        connection = self._bound()
+        with _transaction(connection):
+            if revision in self._open_rows:
+                row_id = self._open_rows.pop(revision)
+                connection.execute(self.table.update().where(self.table.c.id == row_id).values(done))
+            else:
+                row = {**self._row(revision, outcome, transactional=transactional), **done}
+                connection.execute(self.table.insert().values(row))
+
+    def resolve(self, row_id: int, resolution: str) -> None:
+        """Record the operator's finding on a blocking row (``applied`` or ``not-applied``)."""
+        values = {"resolution": resolution, "resolved_at": self._stored(self.now()), "resolved_by": self.host}
+        connection = self._bound()
+        with _transaction(connection):
+            connection.execute(self.table.update().where(self.table.c.id == row_id).values(values))
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _server_now(connection: Connection) -> dt.datetime:
+    """The server's clock, UTC (SQLite: this machine's)."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        value = connection.exec_driver_sql("SELECT now()").scalar()
+        assert isinstance(value, dt.datetime)  # noqa: S101  (timestamptz)
+        return value.astimezone(dt.UTC)
+    if name in ("mysql", "mariadb"):
+        value = connection.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar()
+        assert isinstance(value, dt.datetime)  # noqa: S101
+        return value.replace(tzinfo=dt.UTC)
+    return _utcnow()
+
+
+@contextlib.contextmanager
+def _transaction(connection: Connection) -> Iterator[None]:
+    """Commit what runs inside, unless the connection is already in a transaction (autocommit or the caller's)."""
+    if connection.in_transaction():
+        yield
+        return
+    connection.begin()
+    try:
+        yield
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
