@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from runner.errors import MEANINGS, ExitCode, Interrupted, RunTimeout, outcome_of
+from runner.errors import MEANINGS, ExitCode, Interrupted, Outcome, RunTimeout, outcome_of
 
 if TYPE_CHECKING:
     from runner.commands import Run
@@ -256,9 +256,48 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
     except BaseException as error:  # every way out goes through outcome_of
         failure = error
     signal.setitimer(signal.ITIMER_REAL, 0)  # the deadline covers the work, not the reporting
-    _ignore_signals()  # reporting: a signal now must not change the run's code
     result = outcome_of(failure, code=code)
     _watchdog.arm(REPORT_BOUND_SECONDS, int(result.code), "reporting took too long")
+    signal.signal(signal.SIGTERM, _cut_reporting)  # a signal now cuts the reporting short; the code stays
+    signal.signal(signal.SIGINT, _cut_reporting)
+    with contextlib.suppress(ReportingCut):
+        _finish(
+            log,
+            report,
+            settings,
+            command=args.command,
+            failure=failure,
+            result=result,
+            document=document if wants_json else None,
+        )
+    _watchdog.disarm()
+    _linger(settings, stop_serving)
+    return int(result.code)
+
+
+class ReportingCut(Exception):
+    """A signal arrived while the run reported; what is left of the reporting is skipped.
+
+    An ``Exception``, so each publishing step's best-effort handler catches it too.
+    """
+
+
+def _cut_reporting(_: int, __: FrameType | None) -> None:
+    _ignore_signals()
+    raise ReportingCut
+
+
+def _finish(
+    log: Any,
+    report: RunReport,
+    settings: Settings | None,
+    *,
+    command: str,
+    failure: BaseException | None,
+    result: Outcome,
+    document: TextIO | None,
+) -> None:
+    """Log the outcome, then the termination message, the result document and the metrics."""
     if failure is not None:
         report.failed(failure, result.message, result.details)
         fields: dict[str, Any] = {"error": result.message, "exit_code": int(result.code), **result.details}
@@ -271,10 +310,7 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         outcome=report.outcome,
         duration_seconds=round(report.duration_seconds or 0.0, 6),
     )
-    _report(report, settings, document=document if wants_json and args.command != "config" else None)
-    _watchdog.disarm()
-    _linger(settings, stop_serving)
-    return int(result.code)
+    _report(report, settings, document=document if command != "config" else None)
 
 
 def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:

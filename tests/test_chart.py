@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,23 @@ def test_pod_failure_policy_follows_the_exit_code_table() -> None:
     assert set(fail_job[0]["onExitCodes"]["values"]) == non_retryable
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_exit_codes_written_in_the_chart_comments_match_the_table() -> None:
+    """values.yaml and job.yaml repeat the codes in comments: they must say what runner.errors says."""
+    retryable = {int(code) for code in RETRYABLE}
+    non_retryable = {int(code) for code in MEANINGS} - retryable - {int(ExitCode.OK)}
+    values = (CHART / "values.yaml").read_text()
+    job = (CHART / "templates" / "job.yaml").read_text()
+
+    def numbers(pattern: str, text: str) -> set[int]:
+        found = re.search(pattern, text)
+        assert found, pattern
+        return {int(n) for n in re.findall(r"\d+", found.group(1))}
+
+    assert numbers(r"retryable exit codes \(([\d, ]+)\)", values) == retryable
+    assert numbers(r"codes ([\d, ]+) fail the Job", values) == non_retryable
+    assert numbers(r"# (.*) are retried", job) == retryable
 
 
 def test_hook_mode_makes_every_dependency_a_hook_with_a_lower_weight() -> None:
