@@ -46,14 +46,20 @@ class ThrowawayPostgres:
     Not under pytest's tmp_path: that is private to root, and the server runs as ``postgres``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, standby_of: ThrowawayPostgres | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="mr-pg-"))
         self.data = self.directory / "data"
         self.port = free_port()
         self.bin = postgres_bin()
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+        if standby_of is None:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+        else:  # a hot standby streaming from the primary: -R writes standby.signal and primary_conninfo
+            self._run(
+                "pg_basebackup", "-h", "127.0.0.1", "-p", str(standby_of.port), "-U", "postgres",
+                "-D", str(self.data), "-R", "--no-sync",
+            )  # fmt: skip
 
     @property
     def url(self) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy
+from faults import ThrowawayPostgres
 from support import Cli, lock_key_for, make_project, query, rev_id, version
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:9/nowhere"
@@ -381,6 +382,28 @@ def test_a_read_only_database_is_69_before_the_lock(cli: Cli, pg_url: str) -> No
 
     assert result.code == 69, result.stdout
     assert "read-only server" in result.one("database.read_only")["error"]
+    assert result.named("lock.acquired") == []
+
+
+@pytest.mark.timeout(90)
+def test_a_hot_standby_is_69_before_the_lock(cli: Cli) -> None:
+    """A URL that reaches a streaming replica (pg_is_in_recovery()): 69, naming it a standby; the lock never taken."""
+    primary = ThrowawayPostgres()
+    primary.start()
+    standby = None
+    try:
+        standby = ThrowawayPostgres(standby_of=primary)
+        standby.start()
+        make_project(cli.cwd, revisions=1)
+
+        result = cli(env={"MIGRATION_DATABASE_URL": standby.url, "MIGRATION_CONNECT_TIMEOUT": "5"})
+    finally:
+        if standby is not None:
+            standby.stop()
+        primary.stop()
+
+    assert result.code == 69, result.stdout
+    assert "hot standby" in result.one("database.read_only")["error"]
     assert result.named("lock.acquired") == []
 
 

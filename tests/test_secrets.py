@@ -80,18 +80,21 @@ def test_a_failing_revision_that_repeats_the_url_leaks_nothing(
 
 
 @pytest.mark.parametrize("where", ["userinfo", "query"])
-def test_a_rejected_connection_leaks_nothing(cli: Cli, tmp_path: Path, where: str) -> None:
-    """A connection error names the URL: redacted in logs, document and termination message."""
+@pytest.mark.parametrize("refusal", ["unreachable", "sslmode"])
+def test_a_rejected_connection_leaks_nothing(cli: Cli, pg_url: str, tmp_path: Path, where: str, refusal: str) -> None:
+    """database.unavailable and config.invalid name the URL: redacted in logs, document and termination message."""
     make_project(cli.cwd, revisions=1)
-    env = {
-        "MIGRATION_DATABASE_URL": url_with("postgresql://postgres@127.0.0.1:9/nowhere", where=where),
-        "MIGRATION_CONNECT_TIMEOUT": "0",
-    }
+    if refusal == "unreachable":
+        url = url_with("postgresql://postgres@127.0.0.1:9/nowhere", where=where)
+    else:  # the server has no SSL: refused at once, as a configuration error
+        url = sqlalchemy.make_url(url_with(pg_url, where=where)).update_query_dict({"sslmode": "require"})
+        url = url.render_as_string(hide_password=False)
+    env = {"MIGRATION_DATABASE_URL": url, "MIGRATION_CONNECT_TIMEOUT": "0"}
 
     code, text = outputs(cli, tmp_path, env, "--json")
 
-    assert code == 69
-    assert "127.0.0.1:9" in text
+    assert code == {"unreachable": 69, "sslmode": 78}[refusal]
+    assert "127.0.0.1" in text
     for form in forms(SECRET):
         assert form not in text, f"{form!r} leaked"
 
