@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 DEFAULT_TABLE = "migration_runner_history"
@@ -51,6 +50,8 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
     ``runner_version``; ``error``; ``resolution`` (one of :data:`RESOLUTIONS`),
     ``resolved_at`` and ``resolved_by``.
     """
+    from sqlalchemy.dialects import mysql  # noqa: PLC0415  (only when a ledger is used, not on every no-op run)
+
     timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     return sa.Table(
         name,

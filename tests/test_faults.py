@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from faults import PgBouncer, ResettingProxy, ThrowawayPostgres, free_port
-from support import Cli, advisory_locks_held, applied_counts, make_project, query, rev_id, version
+from support import Cli, advisory_locks_held, applied_counts, make_project, query, rev_id, version, wait_until
 
 
 def slow_bodies(revisions: int, seconds: float) -> dict[int, str]:
@@ -21,15 +21,6 @@ def slow_bodies(revisions: int, seconds: float) -> dict[int, str]:
         n: f'op.create_table("t_{rev_id(n)}", sa.Column("id", sa.Integer))\nop.execute("SELECT pg_sleep({seconds})")'
         for n in range(1, revisions + 1)
     }
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def applied_so_far(url: str) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from faults import ThrowawayPostgres
-from support import Cli, advisory_locks_held, applied_counts, make_project, mysql_query, query, rev_id
+from support import Cli, advisory_locks_held, applied_counts, make_project, mysql_query, query, rev_id, wait_until
 
 # The long statement runs only while the variable SLOW is set: a re-run after recovery is quick.
 LONG_MYSQL_REVISION = (
@@ -27,15 +27,6 @@ LONG_MYSQL_REVISION = (
     'if os.environ.get("SLOW"):\n'
     '    op.execute("SELECT SLEEP(60)")'
 )
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def mysql_sleeping(url: str) -> list[int]:
