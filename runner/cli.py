@@ -17,10 +17,13 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -32,13 +35,58 @@ if TYPE_CHECKING:
     from runner.report import RunReport
     from runner.settings import Settings
 
-COMMANDS: dict[str, str] = {
-    "upgrade": "apply pending revisions under the advisory lock (default)",
-    "check": "exit 0 if the database is at the target, 1 and list what is pending if not",
-    "current": "print the current and head revisions (--output json for the result document)",
-    "wait": "poll read-only until the database is at the target (init-containers)",
-    "resolve": "record what you found about an interrupted revision: --mark applied | not-applied",
-    "config": "print the effective settings as JSON, secrets redacted",
+
+@dataclass(frozen=True)
+class Command:
+    """One command: what it does, the settings of its own it reads, and the exit codes it can return."""
+
+    summary: str
+    settings: tuple[str, ...]
+    codes: tuple[int, ...]
+    takes_target: bool = False
+
+
+_STOPPED = (130, 143)
+_UPGRADE_SETTINGS = (
+    "target",
+    "lock_timeout",
+    "lock_key",
+    "ddl_lock_timeout",
+    "statement_timeout",
+    "revision_retries",
+    "allow_unknown_revision",
+    "history_table",
+    "timeout",
+    "grace_period",
+)
+COMMANDS: dict[str, Command] = {
+    "upgrade": Command(
+        "apply pending revisions under the advisory lock (default)",
+        _UPGRADE_SETTINGS,
+        (0, 65, 66, 69, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
+    "check": Command(
+        "exit 0 if the database is at (or past) the target, 1 and list what is pending if not",
+        ("target",),
+        (0, 1, 66, 69, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
+    "current": Command(
+        "print the current and head revisions (--output json for the result document)", (), (0, 69, 75, 78, *_STOPPED)
+    ),
+    "wait": Command(
+        "poll read-only until the database is at the target (init-containers)",
+        ("target", "wait_timeout", "allow_unknown_revision"),
+        (0, 66, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
+    "resolve": Command(
+        "record what you found about an interrupted revision: --mark applied | not-applied",
+        ("lock_timeout", "lock_key", "history_table"),
+        (0, 69, 75, 78, *_STOPPED),
+    ),
+    "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
 }
 # Commands whose stdout is a document: their log lines go to stderr instead.
 _DOCUMENT_COMMANDS = {"current", "config"}
@@ -59,51 +107,98 @@ DEFAULT_GRACE_SECONDS = 10.0
 REPORT_BOUND_SECONDS = 10.0
 
 
-def _epilog() -> str:
+def _settings_help(names: Sequence[str] | None = None) -> str:
     from runner.settings import PREFIX, Settings  # noqa: PLC0415  (only --help needs the model)
 
-    commands_text = "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
-    settings_text = "\n".join(
-        f"  {PREFIX + name.upper():<36} {info.description or ''}" for name, info in Settings.model_fields.items()
-    )
-    codes = "\n".join(f"  {int(code):>3}  {text}" for code, text in MEANINGS.items())
+    fields = Settings.model_fields
+    chosen = list(fields) if names is None else list(names)
+    return "\n".join(f"  {PREFIX + name.upper():<36} {fields[name].description or ''}" for name in chosen)
+
+
+def _codes_help(codes: Sequence[int] | None = None) -> str:
+    chosen = [ExitCode(code) for code in codes] if codes is not None else list(MEANINGS)
+    return "\n".join(f"  {int(code):>3}  {MEANINGS[code]}" for code in chosen)
+
+
+def _epilog() -> str:
+    commands_text = "\n".join(f"  {name:<9} {command.summary}" for name, command in COMMANDS.items())
     return (
-        f"commands:\n{commands_text}\n\n"
-        f"settings (environment variables; flags above override them):\n{settings_text}\n"
+        f"commands (migration-runner COMMAND --help for each):\n{commands_text}\n\n"
+        f"settings (environment variables; flags above override them):\n{_settings_help()}\n"
         f"  {'MIGRATION_SECRETS_DIR':<36} directory of secret files (default /run/secrets), "
         "e.g. migration_database_url\n\n"
-        f"exit codes:\n{codes}\n"
+        f"exit codes:\n{_codes_help()}\n"
     )
+
+
+def _command_epilog(command: Command) -> str:
+    own = f"settings of its own:\n{_settings_help(command.settings)}\n\n" if command.settings else ""
+    return (
+        f"{own}and the settings every command reads (migration-runner --help).\n\n"
+        f"exit codes:\n{_codes_help(command.codes)}\n"
+    )
+
+
+def _options() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (absent ones set nothing)."""
+    options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    options.add_argument("--json", action="store_true", help="the same as --output json")
+    for name in _FLAGS:
+        metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
+        extra = " (visible in the process list: prefer the variable)" if name == "database_url" else ""
+        options.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, metavar=metavar, help=f"overrides MIGRATION_{name.upper()}{extra}"
+        )
+    return options
 
 
 def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
-    """The argument parser; ``--help`` lists commands, settings and exit codes."""
+    """The argument parser: ``migration-runner [COMMAND] [TARGET] [options]``; ``COMMAND --help`` describes each."""
+    options = _options()
     parser = argparse.ArgumentParser(
         prog="migration-runner",
         description="Apply Alembic revisions under a database advisory lock.",
         epilog=_epilog() if with_epilog else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="upgrade",
-        choices=list(COMMANDS),
-        metavar="COMMAND",
-        help=f"one of {', '.join(COMMANDS)} (default: upgrade)",
+        parents=[options],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--json", action="store_true", help="the same as --output json")
-    parser.add_argument(
-        "--mark", choices=["applied", "not-applied"], help="resolve: what the interrupted revision's changes are"
-    )
-    for name in _FLAGS:
-        metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
-        extra = " (visible in the process list: prefer the variable)" if name == "database_url" else ""
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar=metavar, help=f"overrides MIGRATION_{name.upper()}{extra}"
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands (default: upgrade)")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(
+            name,
+            parents=[options],
+            help=command.summary,
+            description=command.summary,
+            epilog=_command_epilog(command) if with_epilog else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        if command.takes_target:
+            sub.add_argument(
+                "revision",
+                nargs="?",
+                metavar="TARGET",
+                help="revision to reach, as Alembic takes it: heads, head, an id or prefix, +N (upgrade only); "
+                "the same as --target",
+            )
+        if name == "resolve":
+            sub.add_argument(
+                "--mark", required=True, choices=["applied", "not-applied"], help="what the revision's changes are"
+            )
     return parser
+
+
+def _parse(arguments: list[str]) -> argparse.Namespace:
+    wants_help = "-h" in arguments or "--help" in arguments
+    args = build_parser(with_epilog=wants_help).parse_args(arguments)
+    args.command = getattr(args, "command", None) or "upgrade"
+    if getattr(args, "revision", None) is not None:
+        args.target = args.revision
+    for name in (*_FLAGS, "mark"):
+        setattr(args, name, getattr(args, name, None))
+    if getattr(args, "json", False):
+        args.output = "json"
+    return args
 
 
 def _version() -> str:
@@ -203,12 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
-        arguments = list(sys.argv[1:] if argv is None else argv)
-        args = build_parser(with_epilog="-h" in arguments or "--help" in arguments).parse_args(arguments)
+        args = _parse(list(sys.argv[1:] if argv is None else argv))
     except (Interrupted, RunTimeout) as error:
         return _startup_stopped(error)
-    if args.json:
-        args.output = "json"
     # Until the settings are loaded, the flag or the raw variable decides.
     wants_json = (args.output or os.environ.get("MIGRATION_OUTPUT", "")).lower() == "json"
     document = _claim_stdout() if wants_json else sys.stdout
@@ -233,6 +325,15 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
     stream = _log_stream(args.command, wants_json=wants_json)
     logs.configure(stream=stream)
     log = logs.get_logger()
+    # Every line carries the run's fields, even an error about the settings themselves: until they
+    # are loaded, the raw variables stand in.
+    run_id = uuid.uuid4().hex[:12]
+    logs.bind_run(
+        run_id=run_id,
+        command=args.command,
+        environment=(args.environment or os.environ.get("MIGRATION_ENVIRONMENT") or "development").lower(),
+        host=os.environ.get("MIGRATION_POD_NAME") or socket.gethostname(),
+    )
     report = RunReport(command=args.command, metrics=Metrics(version=_version(), command=args.command))
     settings: Settings | None = None
     stop_serving: Callable[[], None] = lambda: None  # noqa: E731
@@ -252,7 +353,7 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         )
         if settings.metrics_port is not None:
             stop_serving = _serve_metrics(report, settings)
-        code = _run(args, settings, report, document)
+        code = _run(args, settings, report, document, run_id=run_id)
     except BaseException as error:  # every way out goes through outcome_of
         failure = error
     signal.setitimer(signal.ITIMER_REAL, 0)  # the deadline covers the work, not the reporting
@@ -345,7 +446,7 @@ def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
         ) from None
 
 
-def _run(args: argparse.Namespace, settings: Settings, report: RunReport, document: TextIO) -> ExitCode:
+def _run(args: argparse.Namespace, settings: Settings, report: RunReport, document: TextIO, *, run_id: str) -> ExitCode:
     from runner import commands, database, logs  # noqa: PLC0415
 
     if settings.database_url is not None:
@@ -354,7 +455,9 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
     for pushgateway_secret in (settings.pushgateway_password, settings.pushgateway_token):
         logs.add_secret(pushgateway_secret.get_secret_value() if pushgateway_secret else None)
     _start_deadline(settings.timeout)
-    run: Run = commands.Run(settings=settings, cwd=Path.cwd(), report=report, stdout=document, resolution=args.mark)
+    run: Run = commands.Run(
+        settings=settings, cwd=Path.cwd(), report=report, run_id=run_id, stdout=document, resolution=args.mark
+    )
     context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
     report.metrics.run_info.labels(run_id=run.run_id, **{k: v or "" for k, v in context.items()}).set(1)
     logs.bind_run(

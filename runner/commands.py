@@ -183,6 +183,8 @@ def _plan(
     missing = project.unknown(current)
     if not missing:
         target = run.settings.target
+        if not upgrading and project.is_relative(target):
+            raise ConfigError(f"MIGRATION_TARGET={target!r}: a relative target applies to upgrade only")
         if upgrading and project.past_target(current, target):
             raise ConfigError(
                 f"the database is at {', '.join(current)}, newer than the target {target!r}; "
@@ -273,9 +275,11 @@ def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
                 "upgrade.started", current=list(current), target=settings.target, pending=[s.revision for s in pending]
             )
             started = time.monotonic()
-            _apply(run, project, connection, held, book)
+            # A relative target (+2) is fixed now, so a retry after revision 1 does not go 2 further.
+            target = pending[-1].revision if project.is_relative(settings.target) else settings.target
+            _apply(run, project, connection, held, book, target=target)
             after = run.read_heads(connection)
-            still_pending = project.pending(after, settings.target)
+            still_pending = [s for s in pending if not project.is_applied(after, s.revision)]
             if still_pending:
                 raise BrokenProject(
                     f"env.py returned, but {', '.join(s.revision for s in still_pending)} "
@@ -321,8 +325,10 @@ def _apply(
     connection: Connection,
     held: locks.HeldLock,
     book: ledger.Ledger,
+    *,
+    target: str,
 ) -> None:
-    """Run the upgrade, retrying it while a revision fails with a retryable SQLSTATE."""
+    """Run the upgrade to ``target``, retrying it while a revision fails with a retryable SQLSTATE."""
     log = get_logger()
 
     def applied(revision: Applied) -> None:
@@ -354,7 +360,7 @@ def _apply(
                 project.upgrade(
                     connection=connection,
                     url=run.migration_url(),
-                    target=run.settings.target,
+                    target=target,
                     version_table=run.version_table,
                     on_applied=applied,
                     before_each=before_each,

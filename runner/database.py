@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import re
 import sqlite3
@@ -32,8 +33,15 @@ _BACKENDS = {
     "sqlite": ("sqlite", ""),
 }
 SUPPORTED_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
-# The drivers the runner's own connections use (psycopg2 URLs are served by psycopg 3).
-_SUPPORTED_DRIVERS = {"postgresql": ("", "psycopg", "psycopg2"), "mysql": ("", "pymysql"), "sqlite": ("", "pysqlite")}
+# The drivers a URL may name. The runner's own connections always use the first sync one of the
+# family (psycopg 3 also serves psycopg2 URLs); env.py gets the URL as given, async drivers included.
+_SUPPORTED_DRIVERS = {
+    "postgresql": ("", "psycopg", "psycopg2", "asyncpg"),
+    "mysql": ("", "pymysql", "aiomysql", "asyncmy"),
+    "sqlite": ("", "pysqlite", "aiosqlite"),
+}
+# Async driver -> the module it needs. SQLAlchemy's asyncio extension needs greenlet on top.
+ASYNC_DRIVERS = {"asyncpg": "asyncpg", "aiomysql": "aiomysql", "asyncmy": "asyncmy", "aiosqlite": "aiosqlite"}
 # Query parameters that carry a secret: dropped from every rendered URL, their values redacted.
 SECRET_QUERY_KEYS = frozenset(
     {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key"}
@@ -113,6 +121,8 @@ def parse_url(raw: str) -> URL:
     if driver not in _SUPPORTED_DRIVERS[family]:
         usable = ", ".join(f"{backend}+{name}" for name in _SUPPORTED_DRIVERS[family] if name)
         raise ValueError(f"driver {driver!r} is not supported for {backend}; use {backend}:// or {usable}")
+    if driver in ASYNC_DRIVERS:
+        _require_async_driver(driver)
     if url.port is not None and not 1 <= url.port <= 65535:
         raise ValueError(f"port {url.port} is out of range (1-65535)")
     if family != "sqlite" and not url.database and not any(url.query.get(k) for k in _DATABASE_QUERY_KEYS[family]):
@@ -125,6 +135,31 @@ def parse_url(raw: str) -> URL:
     elif family == "mysql" and not driver:
         url = url.set(drivername=f"{backend}+{default_driver}")
     return url
+
+
+def _require_async_driver(driver: str) -> None:
+    """An async URL needs its driver and greenlet; say which package to install (never a crash later)."""
+    for module, package in ((ASYNC_DRIVERS[driver], ASYNC_DRIVERS[driver]), ("greenlet", "migration-runner[async]")):
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"env.py's URL needs the {module} package: pip install {package}")
+
+
+def is_async(url: URL) -> bool:
+    """The URL names an asyncio driver (asyncpg, aiomysql, asyncmy, aiosqlite)."""
+    return url.drivername.partition("+")[2] in ASYNC_DRIVERS
+
+
+def sync_url(url: URL) -> URL:
+    """The same database through the runner's own sync driver (psycopg, PyMySQL, pysqlite).
+
+    The lock, the version reads, ``check`` and ``wait`` never need the
+    project's async driver: only ``env.py`` gets the URL as the user gave it.
+    """
+    if not is_async(url):
+        return url
+    backend = url.drivername.partition("+")[0]
+    sync = {"postgresql": "psycopg", "mysql": "pymysql", "sqlite": "pysqlite"}[family(url)]
+    return url.set(drivername=f"{backend}+{sync}")
 
 
 def family(url: URL) -> str:
@@ -192,6 +227,10 @@ def with_session_settings(url: URL, settings: Mapping[str, str]) -> URL:
     """
     if not settings:
         return url
+    if url.drivername.endswith("+asyncpg"):
+        # asyncpg takes no libpq options: the settings are SET on each new connection instead.
+        _on_connect_settings.update(settings)
+        return url
     if family(url) == "postgresql":
         ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
         existing = url.query.get("options")
@@ -210,8 +249,8 @@ def with_network_bounds(url: URL) -> URL:
     its own engine from ``sqlalchemy.url`` gets them too: a dead peer or a
     blackholed path then ends the connection instead of hanging the run.
     """
-    if family(url) != "postgresql":
-        return url
+    if family(url) != "postgresql" or url.drivername.endswith("+asyncpg"):
+        return url  # asyncpg takes no libpq parameters
     wanted = {**_PG_KEEPALIVES, "tcp_user_timeout": _PG_TCP_USER_TIMEOUT_MS}
     return url.update_query_dict({k: v for k, v in wanted.items() if k not in url.query})
 
@@ -227,7 +266,9 @@ def _sqlite_transactional_ddl() -> None:
     """
 
     def no_implicit_transactions(dbapi_connection: Any, _: Any) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):
+        # pysqlite, or SQLAlchemy's adapter around aiosqlite (SQLAlchemy docs, "Serializable isolation /
+        # Savepoints / Transactional DDL (asyncio version)").
+        if isinstance(dbapi_connection, sqlite3.Connection) or _adapts(dbapi_connection, "aiosqlite"):
             dbapi_connection.isolation_level = None
 
     def begin(connection: Connection) -> None:
@@ -262,6 +303,7 @@ def make_engine(
     Returns:
         A SQLAlchemy engine; connecting is lazy.
     """
+    url = sync_url(url)
     connect_args: dict[str, object] = {}
     timeout = max(2, int(attempt_timeout))  # libpq treats 1 as 2 and 0 as forever
     _track_connections()
@@ -282,6 +324,19 @@ def make_engine(
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
     return sqlalchemy.create_engine(url, **options)
+
+
+# Session settings for drivers that take none in the URL (asyncpg), SET when each connection opens.
+_on_connect_settings: dict[str, str] = {}
+
+
+def _is_mysql(driver_connection: Any) -> bool:
+    return type(driver_connection).__module__.split(".")[0] in ("pymysql", "aiomysql", "asyncmy")
+
+
+def _adapts(dbapi_connection: Any, driver: str) -> bool:
+    """Whether ``dbapi_connection`` is SQLAlchemy's sync adapter around an asyncio driver."""
+    return type(dbapi_connection).__name__.startswith(f"AsyncAdapt_{driver}")
 
 
 # MySQL connection ids of this process's connections: the lock connection cancels
@@ -321,9 +376,17 @@ def _track_connections() -> None:
     """Install the process-wide connection listeners: MySQL connection ids, and the transaction watch."""
 
     def connected(dbapi_connection: Any, _: Any) -> None:
-        thread_id = getattr(dbapi_connection, "thread_id", None)  # PyMySQL's CONNECTION_ID()
-        if callable(thread_id):
+        # PyMySQL's CONNECTION_ID(), or aiomysql's behind SQLAlchemy's adapter (AdaptedConnection.driver_connection).
+        driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        thread_id = getattr(driver, "thread_id", None)
+        if callable(thread_id) and _is_mysql(driver):
             mysql_connection_ids.add(int(thread_id()))
+        if _on_connect_settings and _adapts(dbapi_connection, "asyncpg"):
+            cursor = dbapi_connection.cursor()
+            for name, value in _on_connect_settings.items():
+                cursor.execute(f"SET {name} = {int(value)}")  # our own integer settings (milliseconds)
+            cursor.close()
+            dbapi_connection.commit()  # the adapter opened a transaction: a rollback would undo the SETs
 
     def executed(connection: Connection, *_: Any) -> None:
         if not transaction_watch.watching or not connection.in_transaction():
@@ -378,7 +441,8 @@ def classify(error: BaseException, *, at_connect: bool = False) -> Failure:  # n
         return Failure(_MYSQL_LOGIN_ERRNOS[errno], False)
     if error.connection_invalidated:
         return Failure("08006", True)
-    if errno is None and isinstance(error, sa_exc.OperationalError):
+    # libpq (psycopg) reports connection failures as text only; sqlite3 raises OperationalError for SQL errors.
+    if errno is None and isinstance(error, sa_exc.OperationalError) and _from_libpq(error.orig):
         message = str(error.orig)
         for pattern, startup_code, retry in _LIBPQ_STARTUP_FAILURES:
             if pattern.search(message):
@@ -386,6 +450,10 @@ def classify(error: BaseException, *, at_connect: bool = False) -> Failure:  # n
         # psycopg: refused, unresolvable host, timed out, or closed by the server.
         return Failure("08001" if at_connect else "08006", True)
     return Failure(None, False)
+
+
+def _from_libpq(orig: BaseException | None) -> bool:
+    return type(orig).__module__.split(".")[0] == "psycopg"
 
 
 def error_message(error: BaseException) -> str:

@@ -16,8 +16,10 @@ failed revision or a broken project, never the runner's own exit.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
+import tomllib
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -46,22 +48,75 @@ from runner.errors import (
 )
 
 
-def ini_database_url(path: Path) -> str | None:
-    """The ``sqlalchemy.url`` of an Alembic ini file, as ``alembic -c FILE`` would read it.
+def config_files(alembic_config: Path | None, cwd: Path) -> tuple[Path | None, Path | None]:
+    """The ini file and ``pyproject.toml`` of a project, found as ``alembic`` finds them.
 
-    Alembic's own ``Config.get_main_option`` (so ``%(here)s`` and ``%%`` mean
-    what they mean to Alembic).
+    Alembic's command line (``alembic.config.CommandLine``) reads ``alembic.ini``
+    and ``pyproject.toml`` from the working directory; ``-c`` may name either.
+    ``MIGRATION_ALEMBIC_CONFIG`` plays the part of ``-c``. A ``pyproject.toml``
+    counts only when it has a ``[tool.alembic]`` table.
+
+    Args:
+        alembic_config: ``MIGRATION_ALEMBIC_CONFIG``, relative to ``cwd``, or ``None``.
+        cwd: the working directory.
 
     Returns:
-        The URL text, or ``None`` when the file has none.
+        ``(ini, pyproject)``, each ``None`` when absent.
+
+    Raises:
+        ConfigError: ``alembic_config`` names a file that does not exist.
+    """
+    ini, toml = cwd / "alembic.ini", cwd / "pyproject.toml"
+    if alembic_config is not None:
+        named = cwd / alembic_config
+        if not named.is_file():
+            raise ConfigError(f"MIGRATION_ALEMBIC_CONFIG={str(alembic_config)!r}: no such file")
+        if named.name == "pyproject.toml":
+            toml = named
+        else:
+            ini = named
+    return (ini if ini.is_file() else None), (toml if _has_tool_alembic(toml) else None)
+
+
+def _has_tool_alembic(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as file:
+            return "alembic" in tomllib.load(file).get("tool", {})
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable TOML file ({error})") from None
+
+
+def _config(ini: Path | None, toml: Path | None) -> Config:
+    """Alembic's own ``Config`` over both files, as ``alembic`` builds it."""
+    return Config(file_=str(ini) if ini else None, toml_file=str(toml) if toml else None)
+
+
+def ini_database_url(alembic_config: Path | None, cwd: Path) -> tuple[str, str] | None:
+    """The ``sqlalchemy.url`` of the project's ini file, as ``alembic -c FILE`` would read it.
+
+    Alembic's own ``Config.get_main_option`` (so ``%(here)s`` and ``%%`` mean
+    what they mean to Alembic). ``pyproject.toml`` holds no URL (Alembic docs,
+    "Using pyproject.toml for configuration").
+
+    Returns:
+        ``(the URL text, the ini file's name)``, or ``None`` when there is none.
 
     Raises:
         ConfigError: the file is not a readable ini file.
     """
+    ini, _ = config_files(alembic_config, cwd)
+    if ini is None:
+        return None
     try:
-        return Config(str(path)).get_main_option("sqlalchemy.url")
+        found = Config(str(ini)).get_main_option("sqlalchemy.url")
     except Exception as error:  # configparser's errors have no common base but Exception
-        raise ConfigError(f"{path}: not a readable Alembic ini file ({type(error).__name__}: {error})") from None
+        raise ConfigError(f"{ini}: not a readable Alembic ini file ({type(error).__name__}: {error})") from None
+    return (found, ini.name) if found else None
+
+
+_RELATIVE_UP = re.compile(r"^\+\d+$")
 
 
 def _project_code() -> contextlib.AbstractContextManager[Any]:
@@ -126,19 +181,24 @@ class Project:
     """
 
     def __init__(self, *, alembic_config: Path | None, script_location: str | None, cwd: Path) -> None:
-        if alembic_config is not None and not (cwd / alembic_config).is_file():
-            raise ConfigError(f"MIGRATION_ALEMBIC_CONFIG={str(alembic_config)!r}: no such file")
-        if alembic_config is None and (cwd / "alembic.ini").is_file():
-            alembic_config = Path("alembic.ini")
-        if alembic_config is None and script_location is None:
+        ini, toml = config_files(alembic_config, cwd)
+        if ini is None and toml is None and script_location is None:
             raise ConfigError(
-                f"no alembic.ini in {cwd} and MIGRATION_SCRIPT_LOCATION is not set; "
-                "set MIGRATION_ALEMBIC_CONFIG or MIGRATION_SCRIPT_LOCATION"
+                f"no alembic.ini and no pyproject.toml with [tool.alembic] in {cwd}, and MIGRATION_SCRIPT_LOCATION "
+                "is not set; set MIGRATION_ALEMBIC_CONFIG or MIGRATION_SCRIPT_LOCATION"
             )
-        self.config = Config(str(cwd / alembic_config)) if alembic_config is not None else Config()
+        self.config = _config(ini, toml)
+        self.config_files = [path for path in (ini, toml) if path is not None]
         if script_location is not None:
             self.config.set_main_option("script_location", script_location)
-        setting = "MIGRATION_SCRIPT_LOCATION" if script_location else "script_location in alembic.ini"
+        where = " or ".join(path.name for path in self.config_files) or "the configuration"
+        setting = "MIGRATION_SCRIPT_LOCATION" if script_location else f"script_location in {where}"
+        if self.config.get_main_option("databases"):
+            raise ConfigError(
+                f"{where} lists several databases (databases = ...: Alembic's multidb template); "
+                "the runner locks and reads one database per run: run it once per database, each with its "
+                "own script directory (README, 'Your Alembic project')"
+            )
         try:
             self.script = ScriptDirectory.from_config(self.config)
         except CommandError as error:
@@ -213,13 +273,23 @@ class Project:
         with _history_errors():
             return tuple(sorted(self.script.get_heads()))
 
+    @staticmethod
+    def is_relative(target: str) -> bool:
+        """``+N``: N revisions past the database's current one, as ``alembic upgrade +2`` takes it."""
+        return _RELATIVE_UP.match(target) is not None
+
     def target_revisions(self, target: str) -> tuple[str, ...]:
         """Resolve a target (``heads``, ``head``, a revision id or prefix) to revision ids.
+
+        A relative target (``+N``) resolves to none here: it depends on the
+        database, so :meth:`pending` resolves it.
 
         Raises:
             ConfigError: an unknown target, or ``head`` while there are several heads.
 
         """
+        if self.is_relative(target):
+            return ()
         with _history_errors(target):
             scripts = self.script.revision_map.get_revisions(target)
         return tuple(sorted(s.revision for s in scripts if s is not None and not isinstance(s, str)))
@@ -244,7 +314,7 @@ class Project:
             ConfigError: the target cannot be resolved.
         """
         wanted = self.target_revisions(target)
-        if not current:
+        if not current or self.is_relative(target):
             return False
         if not wanted:
             return True  # "base"
@@ -287,7 +357,7 @@ class Project:
         wanted = set(self.target_revisions(target))
         with _history_errors(target):
             applied = {s.revision for s in self.script.iterate_revisions(tuple(current), "base")} if current else set()
-            if wanted <= applied:
+            if wanted <= applied and not self.is_relative(target):
                 return []
             return [step.revision for step in self.script._upgrade_revs(target, _heads_arg(current))]
 

@@ -213,6 +213,9 @@ class Settings(BaseSettings):
         return value
 
     _database_source: str = PrivateAttr("")
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    _secrets_dir: tuple[str, str] = PrivateAttr((DEFAULT_SECRETS_DIR, "default"))
+    _cwd: Path = PrivateAttr(Path())
 
     @property
     def database_source(self) -> str:
@@ -262,8 +265,17 @@ class Settings(BaseSettings):
         values = self.model_dump(mode="json")  # SecretStr dumps as "**********"
         if self.database_url is not None:
             values["database_url"] = database.redact(self.url)
-        redacted = {PREFIX + name.upper(): value for name, value in values.items()}
-        redacted["database_source"] = self.database_source
+        sources = {PREFIX + name.upper(): self._sources.get(name, "default") for name in values}
+        sources[PREFIX + "DATABASE_URL"] = self.database_source or "not set"
+        if self.alembic_config is None:  # show the file in use, found as `alembic` finds it
+            from runner.migrations import config_files  # noqa: PLC0415  (only `config` asks)
+
+            found = [path.name for path in config_files(None, self._cwd) if path is not None]
+            values["alembic_config"] = " + ".join(found) or None
+            sources[PREFIX + "ALEMBIC_CONFIG"] = "found in the working directory" if found else "not set"
+        redacted: dict[str, Any] = {PREFIX + name.upper(): value for name, value in values.items()}
+        redacted["MIGRATION_SECRETS_DIR"], sources["MIGRATION_SECRETS_DIR"] = self._secrets_dir
+        redacted["sources"] = sources
         return redacted
 
 
@@ -416,6 +428,7 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     if Path(secrets_dir).is_dir():
         _check_secret_files(Path(secrets_dir))
 
+    given = dict(flags)  # what the command line said, before the resolved environment joins it
     flags["environment"] = environment
     try:
         settings = Settings(
@@ -426,6 +439,10 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     except pydantic.ValidationError as error:
         raise ConfigError(_one_line(error, flags)) from None
 
+    settings._cwd = cwd
+    settings._secrets_dir = (secrets_dir, "environment" if "MIGRATION_SECRETS_DIR" in environ else "default")
+    files = ((env_specific, env_specific_values), (dotenv_file, dotenv))
+    settings._sources = _sources_of(given, environ, Path(secrets_dir), files, environment)
     sources = {
         "--database-url": "database_url" in flags,
         "MIGRATION_DATABASE_URL": any(k.upper() == "MIGRATION_DATABASE_URL" for k in environ),
@@ -441,16 +458,35 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     return settings
 
 
+def _sources_of(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    secrets_dir: Path,
+    dotenv_files: tuple[tuple[Path, Mapping[str, Any]], ...],
+    environment: str,
+) -> dict[str, str]:
+    """Where each setting's value came from, in the documented precedence (for ``config``)."""
+    secret_files = {e.name.lower(): e for e in secrets_dir.iterdir()} if secrets_dir.is_dir() else {}
+    sources: dict[str, str] = {}
+    for name in Settings.model_fields:
+        variable = PREFIX + name.upper()
+        found = [f"--{name.replace('_', '-')}"] if name in flags else []
+        found += ["environment"] if any(key.upper() == variable for key in environ) else []
+        found += [f"secret file {secret_files[variable.lower()]}"] if variable.lower() in secret_files else []
+        found += [str(path) for path, values in dotenv_files if any(key.upper() == variable for key in values)]
+        found += [f"the {environment} default"] if name in ENVIRONMENT_DEFAULTS.get(environment, {}) else []
+        sources[name] = (found or ["default"])[0]
+    return sources
+
+
 def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> None:
     """Take the URL from ``DATABASE_URL``, the Alembic ini, or the development default, in that order."""
     candidates: list[tuple[str, str | None]] = [("DATABASE_URL", environ.get("DATABASE_URL") or None)]
-    ini = settings.alembic_config or (Path("alembic.ini") if (cwd / "alembic.ini").is_file() else None)
-    if ini is not None and (cwd / ini).is_file():
-        from runner.migrations import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
+    from runner.migrations import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
 
-        found = ini_database_url(cwd / ini)
-        if found and found.strip() != ALEMBIC_PLACEHOLDER_URL:
-            candidates.append((f"sqlalchemy.url in {ini}", found))
+    found = ini_database_url(settings.alembic_config, cwd)
+    if found and found[0].strip() != ALEMBIC_PLACEHOLDER_URL:
+        candidates.append((f"sqlalchemy.url in {found[1]}", found[0]))
     if settings.environment == "development":
         candidates.append(("the development default", SQLITE_DEFAULT_URL))
     for source, raw in candidates:

@@ -185,3 +185,41 @@ def test_password_never_appears_in_any_output_at_debug_level(cli: Cli, pg_url: s
         assert password not in everything
         assert quote(password, safe="") not in everything
     assert "postgres:***@" in outputs[0].stdout
+
+
+def test_config_shows_the_file_in_use_the_secrets_dir_and_every_source(cli: Cli, tmp_path: Path) -> None:
+    """`config` shows ./alembic.ini when it is in use, MIGRATION_SECRETS_DIR, and where each value came from."""
+    make_project(cli.cwd, revisions=1)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "migration_wait_timeout").write_text("33\n")
+    (cli.cwd / ".env").write_text("MIGRATION_TARGET=from-dotenv\n")
+    env = {"MIGRATION_SECRETS_DIR": str(secrets), "MIGRATION_DATABASE_URL": "sqlite:///x.db"}
+
+    settings = config_of(cli, "--lock-timeout", "5", env=env)
+
+    assert settings["MIGRATION_ALEMBIC_CONFIG"] == "alembic.ini"
+    assert settings["MIGRATION_SECRETS_DIR"] == str(secrets)
+    sources = settings["sources"]
+    assert isinstance(sources, dict)
+    assert sources["MIGRATION_LOCK_TIMEOUT"] == "--lock-timeout"
+    assert sources["MIGRATION_DATABASE_URL"] == "MIGRATION_DATABASE_URL"
+    assert sources["MIGRATION_WAIT_TIMEOUT"] == f"secret file {secrets / 'migration_wait_timeout'}"
+    assert sources["MIGRATION_TARGET"] == str(cli.cwd / ".env")
+    assert sources["MIGRATION_CONNECT_TIMEOUT"] == "the development default"
+    assert sources["MIGRATION_SECRETS_DIR"] == "environment"
+    assert sources["MIGRATION_ALEMBIC_CONFIG"] == "found in the working directory"
+    assert sources["MIGRATION_ENVIRONMENT"] == "default"
+
+
+def test_a_settings_error_carries_the_run_fields_too(cli: Cli) -> None:
+    """README promises run_id, command, environment and host on every line, config.invalid included."""
+    make_project(cli.cwd, revisions=1)
+
+    result = cli("check", env={"MIGRATION_LOCK_TIMOUT": "5", "MIGRATION_ENVIRONMENT": "staging"})
+
+    invalid = result.one("config.invalid")
+    assert result.code == 78
+    assert invalid["command"] == "check" and invalid["environment"] == "staging"
+    assert len(invalid["run_id"]) == 12 and invalid["host"]
+    assert result.one("run.finished")["run_id"] == invalid["run_id"]

@@ -162,12 +162,16 @@ def test_upgrade_to_an_older_target_is_78_but_check_and_wait_accept_it(cli: Cli,
 def test_a_url_without_a_database_name_is_78(cli: Cli, url: str) -> None:
     """libpq would connect to its default database and migrate it: refuse, naming the problem."""
     make_project(cli.cwd, revisions=1)
+    default_database = "postgresql://postgres@127.0.0.1:5432/postgres"  # libpq's default for user postgres
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    before = query(default_database, tables)
 
     result = cli(env={"MIGRATION_DATABASE_URL": url})
 
     assert result.code == 78
     assert "names no database" in result.one("config.invalid")["error"]
-    assert query("postgresql://postgres@127.0.0.1:5432/postgres", "SELECT to_regclass('alembic_version')") == [(None,)]
+    assert result.named("lock.acquired") == []
+    assert query(default_database, tables) == before
 
 
 def test_sqlite_in_memory_needs_no_database_name(cli: Cli) -> None:

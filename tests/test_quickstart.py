@@ -87,3 +87,15 @@ def test_readme_exit_code_table_matches_the_code() -> None:
     documented = {int(code) for code in re.findall(r"^\|\s*(\d+)\s*\|", section, re.MULTILINE)}
 
     assert documented == {int(code) for code in MEANINGS}
+
+
+def test_the_constraints_file_readme_installs_from_is_the_lock() -> None:
+    """README's quickstart installs with docs/constraints.txt: it must be uv.lock as `uv export` writes it."""
+    uv = shutil.which("uv") or str(REPO / ".tools" / "uv" / "bin" / "uv")
+    exported = subprocess.run(
+        [uv, "export", "--locked", "--no-dev", "--all-extras", "--no-hashes", "--no-emit-project", "--no-header",
+         "--quiet"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+
+    assert exported == (REPO / "docs" / "constraints.txt").read_text(), "run the uv export line in README"

@@ -14,7 +14,17 @@ fail() { say "FAIL: $*"; exit 1; }
 
 for tool in podman debootstrap runc psql; do command -v "$tool" >/dev/null || fail "$tool is not installed"; done
 
+# Remove what this test made (about 750 MB): the image, its build stage, and the base if it built it.
+made_base=0
+cleanup_images() {
+  podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  podman image prune -f >/dev/null 2>&1 || true
+  [ "$made_base" = 1 ] && [ -z "${KEEP_BASE_IMAGE:-}" ] && podman rmi -f "$BASE" >/dev/null 2>&1 || true
+}
+trap cleanup_images EXIT
+
 if ! podman image exists "$BASE"; then
+  made_base=1
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
   [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   [ -n "$mirror" ] || fail "no Debian mirror in the apt sources"
@@ -36,7 +46,7 @@ say "image size: $((size / 1024 / 1024)) MiB"
 
 db=mr_image_$RANDOM$RANDOM
 psql "$PG" -qc "CREATE DATABASE $db"
-trap 'psql "$PG" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+trap 'psql "$PG" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; cleanup_images' EXIT
 url=${PG%/*}/$db
 work=$(mktemp -d)
 cp -r examples/quickstart "$work/quickstart"

@@ -1,0 +1,66 @@
+"""The command line Alembic users already know: `upgrade [TARGET]`, `+N`, `COMMAND --help`, usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from support import Cli, make_project, rev_id, version
+
+from runner.cli import COMMANDS
+from runner.errors import MEANINGS
+
+
+def test_upgrade_takes_the_target_as_alembic_does(cli: Cli, pg_url: str) -> None:
+    """`upgrade 0001`, then `upgrade +1`, then `upgrade head`: each lands where Alembic's would."""
+    make_project(cli.cwd, revisions=4)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+
+    assert cli("upgrade", rev_id(1), env=env).code == 0
+    assert version(pg_url) == [rev_id(1)]
+    assert cli("upgrade", "+2", env=env).code == 0
+    assert version(pg_url) == [rev_id(3)]
+    assert cli("upgrade", "head", env=env).code == 0
+    assert version(pg_url) == [rev_id(4)]
+    too_far = cli("upgrade", "+1", env=env)
+    assert too_far.code == 78, too_far.stdout  # nothing is one past the head
+
+
+def test_a_relative_target_is_for_upgrade_only(cli: Cli, pg_url: str) -> None:
+    """`check +1` would move with the database: 78."""
+    make_project(cli.cwd, revisions=2)
+
+    result = cli("check", "+1", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 78
+    assert "relative target applies to upgrade only" in result.one("config.invalid")["error"]
+
+
+@pytest.mark.parametrize("command", ["upgrade", "check", "current", "wait", "resolve", "config"])
+def test_each_command_has_its_own_help(command: str) -> None:
+    """`COMMAND --help` names its arguments, its own settings and the exit codes it can return."""
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", command, "--help"], capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 0
+    assert COMMANDS[command].summary in result.stdout
+    for name in COMMANDS[command].settings:
+        assert f"MIGRATION_{name.upper()}" in result.stdout
+    listed = {int(line.split()[0]) for line in result.stdout.split("exit codes:", 1)[1].strip().splitlines()}
+    assert listed == set(COMMANDS[command].codes)
+    assert listed <= {int(code) for code in MEANINGS}
+    if COMMANDS[command].takes_target:
+        assert "TARGET" in result.stdout
+
+
+@pytest.mark.parametrize("arguments", [["bogus"], ["upgrade", "--frobnicate"], ["resolve"]])
+def test_unknown_arguments_are_a_usage_error_naming_the_valid_ones(arguments: list[str]) -> None:
+    """Exit 2, with argparse naming what is valid."""
+    result = subprocess.run([sys.executable, "-m", "runner", *arguments], capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 2
+    assert "usage: migration-runner" in result.stderr
+    if arguments == ["bogus"]:
+        assert "choose from 'upgrade', 'check', 'current', 'wait', 'resolve', 'config'" in result.stderr
