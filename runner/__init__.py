@@ -2,9 +2,9 @@
 
 The command line is the product (``migration-runner --help``); the modules are
 ``settings`` (configuration), ``locks`` (advisory and file locks),
-``migrations`` (the Alembic driver), ``ledger`` (the runner's history table),
-``commands`` (what each command does), ``errors`` (the exit-code contract),
-``logs`` and ``cli``.
+``drivers`` (one module per migration system behind one protocol:
+``drivers.alembic``), ``ledger`` (the runner's history table), ``commands``
+(what each command does), ``errors`` (the exit-code contract), ``logs`` and ``cli``.
 """
 
 from __future__ import annotations

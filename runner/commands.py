@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import tenacity
-from alembic.script import Script
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import __version__, database, ledger, locks, logs, polling
+from runner import __version__, database, drivers, ledger, locks, logs, polling
+from runner.drivers import Applied, Driver, Step, VersionTable
 from runner.errors import (
     BrokenProject,
     ConfigError,
@@ -36,7 +36,6 @@ from runner.errors import (
     WaitTimeout,
 )
 from runner.logs import get_logger
-from runner.migrations import Applied, Project, VersionTable
 from runner.report import RunReport
 from runner.settings import Settings
 
@@ -66,6 +65,7 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     resolution: str | None = None
+    _driver: Driver | None = field(default=None, init=False, repr=False)
 
     @property
     def host(self) -> str:
@@ -104,14 +104,17 @@ class Run:
         """The version table the settings name."""
         return VersionTable(self.settings.version_table, self.settings.version_table_schema)
 
-    def project(self) -> Project:
-        """Load the Alembic project and validate the target against it.
+    def project(self) -> Driver:
+        """Load the project with its driver and validate the target against it; later calls reuse it.
 
         Raises:
             ConfigError: the project or the target is unusable.
 
         """
-        project = Project(
+        if self._driver is not None:
+            return self._driver
+        project = self._driver = drivers.load(
+            "alembic",
             alembic_config=self.settings.alembic_config,
             script_location=self.settings.script_location,
             cwd=self.cwd,
@@ -122,23 +125,25 @@ class Run:
 
     def read_heads(self, connection: Connection) -> tuple[str, ...]:
         """The database's current revisions."""
-        table = self.version_table
-        revisions = database.read_heads(connection, version_table=table.name, schema=table.schema)
+        revisions = self.project().read_applied(connection, self.version_table)
         self.report.database_at(revisions)
         return revisions
 
     def lock_key(self, connection: Connection) -> int:
         """The advisory lock key: ``MIGRATION_LOCK_KEY``, or one derived from what the server reports.
 
-        The database and schema come from the server (:func:`database.server_identity`),
-        so two URL forms of one database share one key.
+        The database name comes from the server (:func:`database.server_identity`),
+        so two URL forms of one database share one key. The schema is the
+        configured one, as in every earlier version: for a database reached the
+        usual way the key is byte-for-byte the one older runners derive, so
+        both exclude each other during a rolling upgrade.
         """
         if self.settings.lock_key is not None:
             return locks.parse_key(self.settings.lock_key)
-        name, default_schema = database.server_identity(connection)
+        name, _ = database.server_identity(connection)
         return locks.derive_key(
             database_name=name,
-            schema=self.settings.version_table_schema or default_schema,
+            schema=self.settings.version_table_schema,
             version_table=self.settings.version_table,
         )
 
@@ -148,7 +153,7 @@ class Run:
         return ledger.Ledger(
             table=ledger.history_table(settings.history_table, settings.version_table_schema),
             family=database.family(settings.url),
-            tool="alembic",
+            tool=self.project().tool,
             run_id=self.run_id,
             host=self.host,
             namespace=settings.pod_namespace,
@@ -157,13 +162,13 @@ class Run:
         )
 
 
-def _describe(scripts: Sequence[Script]) -> list[dict[str, str]]:
-    return [{"revision": s.revision, "message": s.doc} for s in scripts]
+def _describe(steps: Sequence[Step]) -> list[dict[str, str]]:
+    return [{"revision": s.revision, "message": s.message} for s in steps]
 
 
 def _plan(
-    run: Run, project: Project, current: Sequence[str], *, allow_unknown: bool, upgrading: bool = False
-) -> list[Script]:
+    run: Run, project: Driver, current: Sequence[str], *, allow_unknown: bool, upgrading: bool = False
+) -> list[Step]:
     """The pending revisions, or none when the database is at a revision we lack and that is allowed.
 
     Args:
@@ -235,7 +240,7 @@ def upgrade(run: Run) -> ExitCode:
     return ExitCode.OK
 
 
-def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
+def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
     log = get_logger()
     settings = run.settings
     allow = settings.allow_unknown_revision
@@ -294,7 +299,7 @@ def _upgrade_once(run: Run, project: Project, engine: Engine) -> None:
             )
 
 
-def _refuse_unfinished(project: Project, book: ledger.Ledger, current: Sequence[str]) -> None:
+def _refuse_unfinished(project: Driver, book: ledger.Ledger, current: Sequence[str]) -> None:
     """Stop before running anything while the ledger shows a revision that may be partly applied.
 
     A row whose revision the version table already records (someone ran
@@ -321,7 +326,7 @@ def _refuse_unfinished(project: Project, book: ledger.Ledger, current: Sequence[
 
 def _apply(
     run: Run,
-    project: Project,
+    project: Driver,
     connection: Connection,
     held: locks.HeldLock,
     book: ledger.Ledger,
@@ -455,7 +460,7 @@ def current(run: Run) -> ExitCode:
         print(f"heads:   {' '.join(run.report.heads)}", file=out)
         if unknown:
             print(f"unknown: {' '.join(unknown)} (not in the script directory)", file=out)
-        print(f"pending: {len(pending)}" + "".join(f"\n  {s.revision}  {s.doc}" for s in pending), file=out)
+        print(f"pending: {len(pending)}" + "".join(f"\n  {s.revision}  {s.message}" for s in pending), file=out)
     return ExitCode.OK
 
 

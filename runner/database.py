@@ -15,7 +15,6 @@ from typing import Any
 
 import sqlalchemy
 import tenacity
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
@@ -535,31 +534,6 @@ def losing_connection_raises() -> Iterator[None]:
         if failure.connection:
             raise ConnectionLost(f"connection lost (SQLSTATE {failure.code}): {error_message(error)}") from error
         raise
-
-
-def read_heads(connection: Connection, *, version_table: str, schema: str | None) -> tuple[str, ...]:
-    """Read the revisions recorded in the version table, read-only.
-
-    Uses ``MigrationContext.get_current_heads()`` (Alembic API), which returns
-    an empty tuple when the version table does not exist yet. Ends the
-    transaction it opened, so the connection can be handed on.
-
-    Args:
-        connection: an open connection.
-        version_table: name of the Alembic version table.
-        schema: its schema, or ``None`` for the default.
-
-    Returns:
-        The revision ids, sorted.
-    """
-    context = MigrationContext.configure(
-        connection, opts={"version_table": version_table, "version_table_schema": schema}
-    )
-    try:
-        return tuple(sorted(context.get_current_heads()))
-    finally:
-        if connection.in_transaction():
-            connection.rollback()
 
 
 def _end_read(connection: Connection) -> None:

@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from alembic.script import Script
-
+from runner.drivers import Applied, Step
 from runner.errors import MigrationFailed
 from runner.logs import redact_text
 from runner.metrics import Metrics
-from runner.migrations import Applied
 
 SCHEMA_VERSION = 1
 # The kubelet keeps at most 4096 bytes of a termination message (Kubernetes
@@ -67,9 +65,9 @@ class RunReport:
         self.after = list(revisions)
         self.metrics.database_at(revisions)
 
-    def planned(self, pending: Sequence[Script]) -> None:
+    def planned(self, pending: Sequence[Step]) -> None:
         """These revisions are pending, in order."""
-        self.pending = [{"id": s.revision, "message": s.doc} for s in pending]
+        self.pending = [{"id": s.revision, "message": s.message} for s in pending]
         self.metrics.pending.set(len(self.pending))
 
     def lock_acquired(self, wait_seconds: float) -> None:

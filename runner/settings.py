@@ -268,7 +268,7 @@ class Settings(BaseSettings):
         sources = {PREFIX + name.upper(): self._sources.get(name, "default") for name in values}
         sources[PREFIX + "DATABASE_URL"] = self.database_source or "not set"
         if self.alembic_config is None:  # show the file in use, found as `alembic` finds it
-            from runner.migrations import config_files  # noqa: PLC0415  (only `config` asks)
+            from runner.drivers.alembic import config_files  # noqa: PLC0415  (only `config` asks)
 
             found = [path.name for path in config_files(None, self._cwd) if path is not None]
             values["alembic_config"] = " + ".join(found) or None
@@ -482,7 +482,7 @@ def _sources_of(
 def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> None:
     """Take the URL from ``DATABASE_URL``, the Alembic ini, or the development default, in that order."""
     candidates: list[tuple[str, str | None]] = [("DATABASE_URL", environ.get("DATABASE_URL") or None)]
-    from runner.migrations import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
+    from runner.drivers.alembic import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
 
     found = ini_database_url(settings.alembic_config, cwd)
     if found and found[0].strip() != ALEMBIC_PLACEHOLDER_URL:

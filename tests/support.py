@@ -247,11 +247,11 @@ def mysql_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
 def lock_key_for(url: str) -> int:
     """The key the runner derives for this PostgreSQL database's default version table.
 
-    The database and schema are what the server reports (``current_database()``,
-    ``current_schema()``), so every URL form of one database gives this key.
+    The database name is what the server reports (``current_database()``), so
+    every URL form of one database gives this key.
     """
     return locks.derive_key(
-        database_name=sqlalchemy.make_url(url).database or "", schema="public", version_table="alembic_version"
+        database_name=sqlalchemy.make_url(url).database or "", schema=None, version_table="alembic_version"
     )
 
 

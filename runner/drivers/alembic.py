@@ -23,9 +23,8 @@ import tomllib
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -37,6 +36,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, logs
+from runner.drivers import Applied, Driver, Step, VersionTable
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -124,23 +124,6 @@ def _project_code() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-@dataclass(frozen=True)
-class Applied:
-    """One revision that was applied and committed.
-
-    Attributes:
-        revision: the revision id.
-        message: the revision's message (its docstring's first line).
-        duration_seconds: wall time of its upgrade() and version update.
-        replaces: its ``down_revision`` ids: the heads it supersedes.
-    """
-
-    revision: str
-    message: str
-    duration_seconds: float
-    replaces: tuple[str, ...] = ()
-
-
 class _CallbackFailed(Exception):
     """A callback of the runner's own raised inside env.py's run: not a failed revision."""
 
@@ -157,16 +140,10 @@ def _own(callback: Callable[..., None], *args: Any) -> None:
         raise _CallbackFailed(error) from error
 
 
-@dataclass(frozen=True)
-class VersionTable:
-    """Where Alembic records the applied revisions."""
-
-    name: str = "alembic_version"
-    schema: str | None = None
-
-
 class Project:
-    """An Alembic project: its ``alembic.ini`` (optional) and script directory.
+    """An Alembic project: its ``alembic.ini`` and/or ``pyproject.toml``, and its script directory.
+
+    The :class:`runner.drivers.Driver` for Alembic.
 
     Args:
         alembic_config: path to ``alembic.ini``; ``None`` means ``./alembic.ini``
@@ -179,6 +156,8 @@ class Project:
             script directory that does not exist.
 
     """
+
+    tool = "alembic"
 
     def __init__(self, *, alembic_config: Path | None, script_location: str | None, cwd: Path) -> None:
         ini, toml = config_files(alembic_config, cwd)
@@ -341,7 +320,7 @@ class Project:
         with _history_errors(revision), connection.begin():
             context.stamp(self.script, revision)
 
-    def pending(self, current: Sequence[str], target: str) -> list[Script]:
+    def pending(self, current: Sequence[str], target: str) -> list[Step]:
         """The revisions an upgrade from ``current`` to ``target`` applies, in order.
 
         A database at or past the target has none pending.
@@ -359,7 +338,27 @@ class Project:
             applied = {s.revision for s in self.script.iterate_revisions(tuple(current), "base")} if current else set()
             if wanted <= applied and not self.is_relative(target):
                 return []
-            return [step.revision for step in self.script._upgrade_revs(target, _heads_arg(current))]
+            scripts = [step.revision for step in self.script._upgrade_revs(target, _heads_arg(current))]
+        return [Step(script.revision, script.doc) for script in scripts]
+
+    def read_applied(self, connection: Connection, version_table: VersionTable) -> tuple[str, ...]:
+        """Read the revisions recorded in the version table, read-only.
+
+        Uses ``MigrationContext.get_current_heads()`` (Alembic API), which returns
+        an empty tuple when the version table does not exist yet. Ends the
+        transaction it opened, so the connection can be handed on.
+
+        Returns:
+            The revision ids, sorted.
+        """
+        context = MigrationContext.configure(
+            connection, opts={"version_table": version_table.name, "version_table_schema": version_table.schema}
+        )
+        try:
+            return tuple(sorted(context.get_current_heads()))
+        finally:
+            if connection.in_transaction():
+                connection.rollback()
 
     def upgrade(
         self,
@@ -518,3 +517,7 @@ def _history_errors(target: str | None = None) -> Iterator[None]:
         raise ConfigError(f"MIGRATION_TARGET={target!r}: {error}") from None
     except (RevisionError, CommandError) as error:
         raise ConfigError(f"revision history: {error}") from None
+
+
+if TYPE_CHECKING:  # the Alembic project is a Driver (checked by mypy, not at run time)
+    _as_driver: Driver = Project(alembic_config=None, script_location=None, cwd=Path())
