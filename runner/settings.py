@@ -22,7 +22,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -481,17 +481,19 @@ def _sources_of(
 
 def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> None:
     """Take the URL from ``DATABASE_URL``, the Alembic ini, or the development default, in that order."""
-    candidates: list[tuple[str, str | None]] = [("DATABASE_URL", environ.get("DATABASE_URL") or None)]
-    from runner.drivers.alembic import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
 
-    found = ini_database_url(settings.alembic_config, cwd)
-    if found and found[0].strip() != ALEMBIC_PLACEHOLDER_URL:
-        candidates.append((f"sqlalchemy.url in {found[1]}", found[0]))
-    if settings.environment == "development":
-        candidates.append(("the development default", SQLITE_DEFAULT_URL))
-    for source, raw in candidates:
-        if raw is None:
-            continue
+    def candidates() -> Iterator[tuple[str, str]]:
+        if environ.get("DATABASE_URL"):
+            yield "DATABASE_URL", environ["DATABASE_URL"]
+        from runner.drivers.alembic import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
+
+        found = ini_database_url(settings.alembic_config, cwd)
+        if found and found[0].strip() != ALEMBIC_PLACEHOLDER_URL:
+            yield f"sqlalchemy.url in {found[1]}", found[0]
+        if settings.environment == "development":
+            yield "the development default", SQLITE_DEFAULT_URL
+
+    for source, raw in candidates():  # the first one wins; later sources are not even read
         try:
             database.parse_url(raw)
         except ValueError as error:
