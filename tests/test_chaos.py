@@ -36,6 +36,21 @@ def wait_for_progress(url: str, runner: subprocess.Popen[str], timeout: float = 
     raise AssertionError("the runner applied nothing within 30 s")
 
 
+def wait_for_other_sessions_to_end(url: str, timeout: float = 10) -> None:
+    """Wait until the killed runner's server sessions are gone.
+
+    A client killed right after sending COMMIT leaves the server to finish that
+    transaction on its own; reading before the session ends can see the
+    version table before the commit and the side effects after it.
+    """
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    deadline = time.monotonic() + timeout
+    while query(url, sql) != [(0,)]:
+        if time.monotonic() > deadline:
+            raise AssertionError("the killed runner's sessions outlived it by 10 s")
+        time.sleep(0.02)
+
+
 def wait_for_no_advisory_lock(url: str, timeout: float = 5) -> int:
     deadline = time.monotonic() + timeout
     while (held := advisory_locks_held(url)) and time.monotonic() < deadline:
@@ -67,6 +82,7 @@ def test_sigkill_at_random_moments(cli: Cli, pg_databases: Callable[[], str], tm
         time.sleep(delay)
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
+        wait_for_other_sessions_to_end(url)
 
         current = version(url) if query(url, "SELECT to_regclass('alembic_version')") != [(None,)] else []
         k = int(current[0]) if current else 0
