@@ -132,7 +132,7 @@ class Run:
     def lock_key(self, connection: Connection) -> int:
         """The advisory lock key: ``MIGRATION_LOCK_KEY``, or one derived from what the server reports.
 
-        The database name comes from the server (:func:`database.server_identity`),
+        The database name comes from the server (:func:`database.server_database_name`),
         so two URL forms of one database share one key. The schema is the
         configured one, as in every earlier version: for a database reached the
         usual way the key is byte-for-byte the one older runners derive, so
@@ -140,9 +140,8 @@ class Run:
         """
         if self.settings.lock_key is not None:
             return locks.parse_key(self.settings.lock_key)
-        name, _ = database.server_identity(connection)
         return locks.derive_key(
-            database_name=name,
+            database_name=database.server_database_name(connection),
             schema=self.settings.version_table_schema,
             version_table=self.settings.version_table,
         )

@@ -541,27 +541,26 @@ def _end_read(connection: Connection) -> None:
         connection.rollback()
 
 
-def server_identity(connection: Connection) -> tuple[str, str | None]:
-    """The database and default schema as the server names them, for the lock key.
+def server_database_name(connection: Connection) -> str:
+    """The database as the server names it, for the lock key.
 
     Two URL forms of one database (``/db`` and ``/?dbname=db``, or two host
-    names) must give one lock key, so the key comes from what the server
-    reports, not from the URL text.
+    names) must give one lock key, so the name comes from the server, not from
+    the URL text.
 
     Returns:
-        PostgreSQL: ``(current_database(), current_schema())``; MySQL:
-        ``(DATABASE(), None)``; SQLite: ``(the database file's real path, None)``.
+        PostgreSQL ``current_database()``; MySQL ``DATABASE()``; SQLite the
+        database file's real path (or ``""`` / ``:memory:``).
     """
     try:
         if connection.dialect.name == "postgresql":
-            row = connection.exec_driver_sql("SELECT current_database(), current_schema()").one()
-            return str(row[0]), None if row[1] is None else str(row[1])
+            return str(connection.exec_driver_sql("SELECT current_database()").scalar())
         if connection.dialect.name in ("mysql", "mariadb"):
-            return str(connection.exec_driver_sql("SELECT DATABASE()").scalar()), None
+            return str(connection.exec_driver_sql("SELECT DATABASE()").scalar())
     finally:
         _end_read(connection)
     path = connection.engine.url.database or ""
-    return (os.path.realpath(path) if path not in ("", ":memory:") else path), None
+    return os.path.realpath(path) if path not in ("", ":memory:") else path
 
 
 def read_only_reason(connection: Connection) -> str | None:

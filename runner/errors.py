@@ -254,11 +254,6 @@ class RunTimeout(Stopped):
         self.seconds = seconds
 
 
-def exit_code_for(error: BaseException) -> ExitCode:
-    """The exit code of an exception that ended a run: ``outcome_of(error).code``."""
-    return outcome_of(error).code
-
-
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, as the CLI reports it.
@@ -321,7 +316,7 @@ def outcome_of(error: BaseException | None, *, code: ExitCode = ExitCode.OK) -> 
     if isinstance(error, RunTimeout):
         details = {"revision": error.revision, "partially_applied": not error.transactional}
         return Outcome(ExitCode.TIMEOUT, "run.timeout", _stopped_message(error, str(error)), details=details)
-    if isinstance(error, Interrupted | KeyboardInterrupt):
+    if isinstance(error, KeyboardInterrupt):  # Interrupted, or a KeyboardInterrupt before our handler
         signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
         stopped = error if isinstance(error, Stopped) else Stopped()

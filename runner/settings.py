@@ -443,16 +443,9 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     settings._secrets_dir = (secrets_dir, "environment" if "MIGRATION_SECRETS_DIR" in environ else "default")
     files = ((env_specific, env_specific_values), (dotenv_file, dotenv))
     settings._sources = _sources_of(given, environ, Path(secrets_dir), files, environment)
-    sources = {
-        "--database-url": "database_url" in flags,
-        "MIGRATION_DATABASE_URL": any(k.upper() == "MIGRATION_DATABASE_URL" for k in environ),
-        f"secret file {Path(secrets_dir) / 'migration_database_url'}": Path(secrets_dir).is_dir()
-        and any(e.name.lower() == "migration_database_url" for e in Path(secrets_dir).iterdir()),
-        str(env_specific): any(k.upper() == "MIGRATION_DATABASE_URL" for k in env_specific_values),
-        str(dotenv_file): any(k.upper() == "MIGRATION_DATABASE_URL" for k in dotenv),
-    }
     if settings.database_url is not None:
-        settings._database_source = next((name for name, used in sources.items() if used), "MIGRATION_DATABASE_URL")
+        found = settings._sources["database_url"]
+        settings._database_source = "MIGRATION_DATABASE_URL" if found == "environment" else found
     else:
         _fall_back(settings, environ, cwd)
     return settings
