@@ -467,9 +467,12 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         host=run.host,
         **{k: v for k, v in context.items() if v},
     )
+    if settings.database_url is None and args.command != "config":
+        run.project()  # a project that configures its own database (Django's DATABASES) supplies the URL
     logs.get_logger().info(
         "run.started",
         version=_version(),
+        tool=settings.chosen_tool,
         target=settings.target,
         database=database.redact(settings.url) if settings.database_url is not None else None,
         database_source=settings.database_source or None,

@@ -101,11 +101,15 @@ class Run:
 
     @property
     def version_table(self) -> VersionTable:
-        """The version table the settings name."""
-        return VersionTable(self.settings.version_table, self.settings.version_table_schema)
+        """Where the project's tool records what is applied."""
+        return self.project().version_table
 
     def project(self) -> Driver:
         """Load the project with its driver and validate the target against it; later calls reuse it.
+
+        A project that configures its own database (Django's ``DATABASES``) gives
+        the URL here, unless the settings name one; its secrets are redacted from
+        then on.
 
         Raises:
             ConfigError: the project or the target is unusable.
@@ -113,21 +117,26 @@ class Run:
         """
         if self._driver is not None:
             return self._driver
-        project = self._driver = drivers.load(
-            "alembic",
-            alembic_config=self.settings.alembic_config,
-            script_location=self.settings.script_location,
-            cwd=self.cwd,
-        )
+        project = self._driver = drivers.load(self.settings.chosen_tool, settings=self.settings, cwd=self.cwd)
+        own_url = project.database_url()
+        if own_url is not None:
+            self.settings.use_project_url(*own_url)
+            for secret in database.secrets_of(self.settings.url):
+                logs.add_secret(secret)
         self.report.target = list(project.target_revisions(self.settings.target))
         self.report.heads = list(project.heads())
         return project
 
     def read_heads(self, connection: Connection) -> tuple[str, ...]:
-        """The database's current revisions."""
-        revisions = self.project().read_applied(connection, self.version_table)
-        self.report.database_at(revisions)
+        """The database's current revisions (Django: every applied migration)."""
+        project = self.project()
+        revisions = project.read_applied(connection, self.version_table)
+        self.report.database_at(project.summary(revisions))
         return revisions
+
+    def shown(self, current: Sequence[str]) -> list[str]:
+        """``current`` as logs show it (Django: the last applied migration per app)."""
+        return list(self.project().summary(current))
 
     def lock_key(self, connection: Connection) -> int:
         """The advisory lock key: ``MIGRATION_LOCK_KEY``, or one derived from what the server reports.
@@ -142,15 +151,15 @@ class Run:
             return locks.parse_key(self.settings.lock_key)
         return locks.derive_key(
             database_name=database.server_database_name(connection),
-            schema=self.settings.version_table_schema,
-            version_table=self.settings.version_table,
+            schema=self.version_table.schema,
+            version_table=self.version_table.name,
         )
 
     def ledger(self) -> ledger.Ledger:
         """The ledger of this run's database (``MIGRATION_HISTORY_TABLE``, in the version table's schema)."""
         settings = self.settings
         return ledger.Ledger(
-            table=ledger.history_table(settings.history_table, settings.version_table_schema),
+            table=ledger.history_table(settings.history_table, self.version_table.schema),
             family=database.family(settings.url),
             tool=self.project().tool,
             run_id=self.run_id,
@@ -191,7 +200,7 @@ def _plan(
             raise ConfigError(f"MIGRATION_TARGET={target!r}: a relative target applies to upgrade only")
         if upgrading and project.past_target(current, target):
             raise ConfigError(
-                f"the database is at {', '.join(current)}, newer than the target {target!r}; "
+                f"the database is at {', '.join(run.shown(current))}, newer than the target {target!r}; "
                 "upgrade does not downgrade: set MIGRATION_TARGET to a newer revision or to heads"
             )
         pending = project.pending(current, target)
@@ -202,7 +211,7 @@ def _plan(
         "was the application rolled back? Set MIGRATION_ALLOW_UNKNOWN_REVISION=true to accept it"
     )
     if allow_unknown:
-        get_logger().warning("revision.unknown_allowed", current=list(current), unknown=missing)
+        get_logger().warning("revision.unknown_allowed", current=run.shown(current), unknown=missing)
         return []
     raise UnknownRevision(message, missing)
 
@@ -249,7 +258,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
     ):
         current = run.read_heads(connection)
         if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
-            log.info("upgrade.noop", current=list(current), target=settings.target, reason="already at target")
+            log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
             return
         read_only = database.read_only_reason(connection)
         if read_only:
@@ -273,10 +282,13 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
             if not pending:
                 reason = "another runner migrated while this one waited for the lock"
-                log.info("upgrade.noop", current=list(current), target=settings.target, reason=reason)
+                log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason=reason)
                 return
             log.info(
-                "upgrade.started", current=list(current), target=settings.target, pending=[s.revision for s in pending]
+                "upgrade.started",
+                current=run.shown(current),
+                target=settings.target,
+                pending=[s.revision for s in pending],
             )
             started = time.monotonic()
             # A relative target (+2) is fixed now, so a retry after revision 1 does not go 2 further.
@@ -292,7 +304,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
                 )
             log.info(
                 "upgrade.finished",
-                current=list(after),
+                current=run.shown(after),
                 applied=len(pending),
                 duration_seconds=round(time.monotonic() - started, 6),
             )
@@ -348,8 +360,8 @@ def _apply(
         held.verify()
         book.starting(revision)
 
-    def in_transaction(revision_connection: Connection, revision: str) -> None:
-        book.applied(revision_connection, revision, transactional=not database.transaction_watch.ended)
+    def in_transaction(execute: drivers.Execute, revision: str, transactional: bool) -> None:
+        book.applied(execute, revision, transactional=transactional)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_worth_retrying),
@@ -438,10 +450,10 @@ def check(run: Run) -> ExitCode:
     pending = _plan(run, project, current, allow_unknown=False)
     if pending:
         get_logger().warning(
-            "check.pending", current=list(current), target=run.settings.target, pending=_describe(pending)
+            "check.pending", current=run.shown(current), target=run.settings.target, pending=_describe(pending)
         )
         return ExitCode.NOT_AT_TARGET
-    get_logger().info("check.ok", current=list(current), target=run.settings.target)
+    get_logger().info("check.ok", current=run.shown(current), target=run.settings.target)
     return ExitCode.OK
 
 
@@ -455,7 +467,7 @@ def current(run: Run) -> ExitCode:
     pending = [] if unknown else _plan(run, project, revisions, allow_unknown=False)
     if run.settings.output == "text":
         out = run.stdout
-        print(f"current: {' '.join(revisions) or '(empty)'}", file=out)
+        print(f"current: {' '.join(run.shown(revisions)) or '(empty)'}", file=out)
         print(f"heads:   {' '.join(run.report.heads)}", file=out)
         if unknown:
             print(f"unknown: {' '.join(unknown)} (not in the script directory)", file=out)
@@ -492,7 +504,7 @@ def wait(run: Run) -> ExitCode:
             state["error"] = error.message
             return False
         pending = _plan(run, project, revisions, allow_unknown=settings.allow_unknown_revision)
-        state.update(current=list(revisions), pending=[s.revision for s in pending])
+        state.update(current=run.shown(revisions), pending=[s.revision for s in pending])
         return not pending
 
     def report(waited: float) -> None:
@@ -511,7 +523,17 @@ def wait(run: Run) -> ExitCode:
 
 
 def show_config(run: Run) -> ExitCode:
-    """Print the effective settings as JSON; the database password is redacted."""
+    """Print the effective settings as JSON; the database password is redacted.
+
+    Without a URL in the settings, the project is loaded, so that one which
+    configures its own database (Django's ``DATABASES``) shows it; a project
+    that cannot load is shown as the URL's source.
+    """
+    if run.settings.database_url is None:
+        try:
+            run.project()
+        except ConfigError as error:
+            run.settings.note_database_problem(error.message)
     json.dump(logs.redact_value(run.settings.redacted()), run.stdout, indent=2)
     print(file=run.stdout)
     return ExitCode.OK

@@ -10,7 +10,8 @@ the revision before it.
 How a row is written depends on whether the database has transactional DDL:
 
 - PostgreSQL and SQLite: the ``applied`` row is inserted inside the revision's
-  own transaction (Alembic's ``on_version_apply``), so it commits or rolls back
+  own transaction (Alembic's ``on_version_apply``; for Django, right after its
+  ``django_migrations`` insert, on the same cursor), so it commits or rolls back
   with the revision and the version-table update: the two never disagree.
 - MySQL: a ``started`` row is committed on the lock connection before the
   revision runs; the revision's transaction turns it into ``applied`` with the
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,17 +199,17 @@ class Ledger:
         assert key is not None  # noqa: S101  (an INSERT of one row)
         self._open_rows[revision] = int(key[0])
 
-    def applied(self, connection: Connection, revision: str, *, transactional: bool) -> None:
-        """Record ``revision`` as applied, inside its own transaction (``connection`` is the revision's)."""
+    def applied(self, execute: Callable[[sa.Executable], object], revision: str, *, transactional: bool) -> None:
+        """Record ``revision`` as applied, inside its own transaction (``execute`` runs a statement there)."""
         finished = self.now()
         duration = (finished - self._started.get(revision, finished)).total_seconds()
         done = {"outcome": "applied", "finished_at": self._stored(finished), "duration_seconds": duration}
         if revision in self._open_rows:
             row_id = self._open_rows.pop(revision)
-            connection.execute(self.table.update().where(self.table.c.id == row_id).values(done))
+            execute(self.table.update().where(self.table.c.id == row_id).values(done))
         else:
             row = {**self._row(revision, "applied", transactional=transactional), **done}
-            connection.execute(self.table.insert().values(row))
+            execute(self.table.insert().values(row))
 
     def ended(self, revision: str, outcome: str, *, transactional: bool, error: str) -> None:
         """Record that ``revision`` ``failed`` or was ``interrupted``, after its transaction ended.

@@ -12,6 +12,10 @@ the worst outcome there is (README, "Which database")::
                    > DATABASE_URL > the Alembic ini's sqlalchemy.url
                    > the development SQLite default
 
+A Django project's URL is its ``DATABASES`` entry unless MIGRATION_DATABASE_URL
+(or --database-url) replaces it; the driver reads it once Django's settings
+are imported.
+
 Every setting is validated before any connection is made; a problem raises
 :class:`runner.errors.ConfigError` with one line naming the variable.
 """
@@ -99,6 +103,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. Falls back to "
         "DATABASE_URL, then the Alembic ini's sqlalchemy.url, then (development only) SQLite.",
     )
+    tool: Literal["auto", "alembic", "django"] = Field(
+        "auto",
+        description="Migration system: alembic, django, or auto (Django when DJANGO_SETTINGS_MODULE is set "
+        "and no Alembic configuration is found; Alembic when only that is found).",
+    )
+    django_database: NonEmpty = Field("default", description="Django: the DATABASES alias to migrate.")
     alembic_config: Path | None = Field(None, description="Path to alembic.ini. Default: ./alembic.ini when it exists.")
     script_location: str | None = Field(
         None, description="Alembic script directory; overrides the ini's script_location."
@@ -185,7 +195,7 @@ class Settings(BaseSettings):
         "auto", description="json, console, or auto (console on a TTY, JSON otherwise)."
     )
 
-    @field_validator("log_level", "log_format", "environment", "output", mode="before")
+    @field_validator("log_level", "log_format", "environment", "output", "tool", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -213,9 +223,32 @@ class Settings(BaseSettings):
         return value
 
     _database_source: str = PrivateAttr("")
+    _tool: str = PrivateAttr("alembic")
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _secrets_dir: tuple[str, str] = PrivateAttr((DEFAULT_SECRETS_DIR, "default"))
     _cwd: Path = PrivateAttr(Path())
+
+    @property
+    def chosen_tool(self) -> str:
+        """The migration system of this run: ``MIGRATION_TOOL``, or the one ``auto`` found."""
+        return self._tool
+
+    def use_project_url(self, url: str, source: str) -> None:
+        """Take the database URL a project configures itself (Django's ``DATABASES``), after loading it.
+
+        Raises:
+            ConfigError: the URL does not parse.
+        """
+        try:
+            database.parse_url(url)
+        except ValueError as error:
+            raise ConfigError(f"invalid database in {source}: {error}") from None
+        self.database_url = SecretStr(url)
+        self._database_source = source
+
+    def note_database_problem(self, problem: str) -> None:
+        """Why no URL is known (for ``config``: the project that would supply it did not load)."""
+        self._database_source = f"not set: {problem}"
 
     @property
     def database_source(self) -> str:
@@ -267,7 +300,11 @@ class Settings(BaseSettings):
             values["database_url"] = database.redact(self.url)
         sources = {PREFIX + name.upper(): self._sources.get(name, "default") for name in values}
         sources[PREFIX + "DATABASE_URL"] = self.database_source or "not set"
-        if self.alembic_config is None:  # show the file in use, found as `alembic` finds it
+        values["tool"] = self.chosen_tool
+        if self.tool == "auto":
+            sources[PREFIX + "TOOL"] = "auto: found in the working directory and environment"
+        # Show the file in use, found as `alembic` finds it.
+        if self.alembic_config is None and self.chosen_tool == "alembic":
             from runner.drivers.alembic import config_files  # noqa: PLC0415  (only `config` asks)
 
             found = [path.name for path in config_files(None, self._cwd) if path is not None]
@@ -443,10 +480,13 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     settings._secrets_dir = (secrets_dir, "environment" if "MIGRATION_SECRETS_DIR" in environ else "default")
     files = ((env_specific, env_specific_values), (dotenv_file, dotenv))
     settings._sources = _sources_of(given, environ, Path(secrets_dir), files, environment)
+    from runner import drivers  # noqa: PLC0415  (its modules import no tool until one is loaded)
+
+    settings._tool = drivers.choose(settings.tool, cwd=cwd, environ=environ, settings=settings)
     if settings.database_url is not None:
         found = settings._sources["database_url"]
         settings._database_source = "MIGRATION_DATABASE_URL" if found == "environment" else found
-    else:
+    elif settings.chosen_tool == "alembic":
         _fall_back(settings, environ, cwd)
     return settings
 

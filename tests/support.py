@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -164,7 +165,11 @@ class Cli:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         cwd.mkdir(parents=True, exist_ok=True)
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
+        self.base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MIGRATION_") and k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")
+        }
         self.base_env["MIGRATION_LOG_FORMAT"] = "json"
 
     def env(self, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -212,6 +217,32 @@ def applied_counts(url: str) -> dict[str, int]:
 def version(url: str) -> list[str]:
     """The revisions in the version table."""
     return sorted(row[0] for row in query(url, "SELECT version_num FROM alembic_version"))
+
+
+def applied(url: str, tool: str = "alembic") -> list[str]:
+    """What the tool records as applied, read straight from its table, on PostgreSQL, MariaDB or SQLite.
+
+    Alembic: the version table's revisions. Django: every ``django_migrations``
+    row as ``app.name``, duplicates kept (a migration recorded twice shows twice).
+    """
+    sql = {
+        "alembic": "SELECT version_num FROM alembic_version",
+        "django": "SELECT app || '.' || name FROM django_migrations",
+    }[tool]
+    parsed = sqlalchemy.make_url(url)
+    if parsed.get_backend_name() == "mysql":
+        return sorted(row[0] for row in mysql_query(url, sql.replace("app || '.' || name", "CONCAT(app, '.', name)")))
+    if parsed.get_backend_name() == "sqlite":
+        with contextlib.closing(sqlite3.connect(parsed.database or "")) as connection:
+            return sorted(row[0] for row in connection.execute(sql))
+    return sorted(row[0] for row in query(url, sql))
+
+
+def copy_django_example(destination: Path) -> Path:
+    """A copy of examples/django at ``destination`` (a fresh directory): the project a Django test migrates."""
+    ignored = shutil.ignore_patterns("__pycache__", "*.sqlite3")
+    shutil.copytree(REPO / "examples" / "django", destination, ignore=ignored)
+    return destination
 
 
 def advisory_locks_held(url: str) -> int:

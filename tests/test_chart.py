@@ -284,3 +284,17 @@ def test_init_container_template_in_an_application_chart(pg_url: str, tmp_path: 
     waited = run_container(init, env, migrations)
     assert waited.returncode == 0, waited.stdout + waited.stderr
     assert any(e["event"] == "wait.finished" for e in parse_events(waited.stdout))
+
+
+def test_a_django_app_image_with_its_own_databases_gets_no_url_and_the_runner_as_command() -> None:
+    """database.fromProject: no Secret, no MIGRATION_DATABASE_URL; image.entrypoint becomes the container's command."""
+    objects = render("-f", str(CHART / "ci" / "django-app-image-values.yaml"))
+
+    assert [o for o in objects if o["kind"] == "Secret"] == []
+    container = only(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["migration-runner"]
+    assert container["args"] == ["upgrade"]
+    names = [variable["name"] for variable in container["env"]]
+    assert "MIGRATION_DATABASE_URL" not in names
+    assert "DJANGO_SETTINGS_MODULE" in names
+    assert {"secretRef": {"name": "shop-env"}} in container["envFrom"]

@@ -354,7 +354,9 @@ def test_kubernetes_context_in_logs_and_application_name(cli: Cli, pg_url: str) 
     deadline = time.monotonic() + 15
     while not names and time.monotonic() < deadline:
         rows = query(
-            pg_url, "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'migration-runner%%'"
+            pg_url,
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE application_name LIKE 'migration-runner%%' AND datname = current_database()",
         )
         names = [row[0] for row in rows]
         time.sleep(0.1)

@@ -3,8 +3,16 @@
 :mod:`runner.commands` asks a :class:`Driver` for what it needs and never
 imports Alembic (or, later, Django) itself: the heads, what the database has
 applied, the pending steps to a target, and applying them with per-step
-callbacks. Each system is one module here, imported only when it is used
-(:func:`load`), so an Alembic run never imports another tool.
+callbacks. Each system is one module here that imports its tool only when
+it is used (:func:`choose`, :func:`load`), so an Alembic run never imports
+Django, and the reverse.
+
+A driver module provides:
+
+- ``detect(cwd, environ, settings) -> str | None``: what in the working
+  directory or the environment says a project of this tool is here (shown in
+  the error when two tools are), without importing the tool;
+- ``Project(settings=, cwd=)``: the loaded project, a :class:`Driver`.
 """
 
 from __future__ import annotations
@@ -14,10 +22,18 @@ import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sqlalchemy.engine import URL, Connection
+    from sqlalchemy.sql import Executable
+
+    from runner.settings import Settings
+
+    # Runs one SQLAlchemy statement in the transaction of the step being applied.
+    Execute = Callable[[Executable], object]
 
 
 def tools() -> list[str]:
@@ -30,7 +46,7 @@ class Step:
     """One pending migration step.
 
     Attributes:
-        revision: its id (an Alembic revision id).
+        revision: its id (an Alembic revision id; Django's ``app_label.migration_name``).
         message: its one-line description.
     """
 
@@ -47,7 +63,7 @@ class Applied:
         message: its one-line description.
         duration_seconds: wall time of the step and its version update.
         replaces: the ids it supersedes among the database's current ones
-            (Alembic: its ``down_revision`` ids).
+            (Alembic: its ``down_revision`` ids; Django: its parents in its app).
     """
 
     revision: str
@@ -58,7 +74,7 @@ class Applied:
 
 @dataclass(frozen=True)
 class VersionTable:
-    """Where the tool records what is applied."""
+    """Where the tool records what is applied (Alembic: ``alembic_version``; Django: ``django_migrations``)."""
 
     name: str = "alembic_version"
     schema: str | None = None
@@ -68,6 +84,21 @@ class Driver(Protocol):
     """What the orchestration asks of a migration system. Every error is one of :mod:`runner.errors`."""
 
     tool: str
+    version_table: VersionTable
+
+    def database_url(self) -> tuple[str, str] | None:
+        """The URL the project itself configures, and where it was found, when the settings give none.
+
+        Django: its ``DATABASES`` entry. Alembic: ``None`` (the ini's URL is in the settings chain).
+        """
+        ...
+
+    def summary(self, current: Sequence[str]) -> tuple[str, ...]:
+        """What the logs, metrics and result document show of ``current``.
+
+        Alembic: the version table's revisions. Django: the last applied migration of each app.
+        """
+        ...
 
     def heads(self) -> tuple[str, ...]:
         """The project's heads (leaf nodes), sorted."""
@@ -114,22 +145,72 @@ class Driver(Protocol):
         version_table: VersionTable,
         on_applied: Callable[[Applied], None],
         before_each: Callable[[str], None],
-        in_transaction: Callable[[Connection, str], None],
+        in_transaction: Callable[[Execute, str, bool], None],
     ) -> None:
         """Apply the pending steps; raises MigrationFailed, BrokenProject, ConnectionLost or Stopped."""
         ...
 
 
-def load(tool: str, *, alembic_config: Path | None, script_location: str | None, cwd: Path) -> Driver:
+def choose(requested: str, *, cwd: Path, environ: Mapping[str, str], settings: Settings) -> str:
+    """The tool of this run: ``MIGRATION_TOOL``, or for ``auto`` the one whose project is found here.
+
+    Args:
+        requested: ``MIGRATION_TOOL`` (``auto`` or a tool name).
+        cwd: the working directory.
+        environ: the process environment (``DJANGO_SETTINGS_MODULE``).
+        settings: the other settings (``MIGRATION_ALEMBIC_CONFIG``, ``MIGRATION_SCRIPT_LOCATION``).
+
+    Returns:
+        A name from :func:`tools`. With nothing found, ``alembic``, whose loader then says what is missing.
+
+    Raises:
+        ConfigError: an unknown tool, or ``auto`` found projects of two tools.
+    """
+    from runner.errors import ConfigError  # noqa: PLC0415
+
+    if requested != "auto":
+        if requested not in tools():
+            raise ConfigError(f"MIGRATION_TOOL={requested!r}: use one of auto, {', '.join(tools())}")
+        return requested
+    found = {}
+    for tool in tools():
+        evidence = importlib.import_module(f"runner.drivers.{tool}").detect(cwd, environ, settings)
+        if evidence:
+            found[tool] = evidence
+    if len(found) > 1:
+        raise ConfigError(
+            f"found both {' and '.join(f'a {tool} project ({why})' for tool, why in found.items())}; "
+            f"set MIGRATION_TOOL to {' or '.join(found)}"
+        )
+    return next(iter(found), "alembic")
+
+
+def load(tool: str, *, settings: Settings, cwd: Path) -> Driver:
     """Load the project with the driver of ``tool``, importing only that tool.
 
     Raises:
-        ConfigError: the tool is unknown, or the project cannot be loaded.
+        ConfigError: the project cannot be loaded (BrokenProject, BrokenRevisionFiles included).
     """
-    if tool not in tools():
-        from runner.errors import ConfigError  # noqa: PLC0415
-
-        raise ConfigError(f"MIGRATION_TOOL={tool!r}: use one of {', '.join(tools())}")
     module = importlib.import_module(f"runner.drivers.{tool}")
-    driver: Driver = module.Project(alembic_config=alembic_config, script_location=script_location, cwd=cwd)
+    driver: Driver = module.Project(settings=settings, cwd=cwd)
     return driver
+
+
+class CallbackFailed(Exception):
+    """A callback of the runner's own raised inside the tool's run: not a failed step.
+
+    Attributes:
+        error: what the callback raised; the driver re-raises it unchanged.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def own(callback: Callable[..., None], *args: Any) -> None:
+    """Run one of the runner's callbacks so that what it raises passes the tool's run as :class:`CallbackFailed`."""
+    try:
+        callback(*args)
+    except Exception as error:
+        raise CallbackFailed(error) from error

@@ -22,21 +22,14 @@ import time
 import tomllib
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext, MigrationStep
-from alembic.script import Script, ScriptDirectory
-from alembic.script.revision import MultipleHeads, ResolutionError, RevisionError
-from alembic.util import to_tuple
-from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, logs
-from runner.drivers import Applied, Driver, Step, VersionTable
+from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -46,6 +39,24 @@ from runner.errors import (
     RunnerError,
     Stopped,
 )
+
+# Alembic itself is imported where it is used, so that choosing the tool (`detect`) and a Django
+# run import none of it.
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext, MigrationStep
+    from alembic.script import Script
+
+    from runner.drivers import Execute
+    from runner.settings import Settings
+
+
+def detect(cwd: Path, environ: Mapping[str, str], settings: Settings) -> str | None:
+    """What says an Alembic project is here: an ini file, ``[tool.alembic]`` or ``MIGRATION_SCRIPT_LOCATION``."""
+    if settings.script_location is not None:
+        return "MIGRATION_SCRIPT_LOCATION"
+    found = [path.name for path in config_files(settings.alembic_config, cwd) if path is not None]
+    return " and ".join(found) or None
 
 
 def config_files(alembic_config: Path | None, cwd: Path) -> tuple[Path | None, Path | None]:
@@ -90,6 +101,8 @@ def _has_tool_alembic(path: Path) -> bool:
 
 def _config(ini: Path | None, toml: Path | None) -> Config:
     """Alembic's own ``Config`` over both files, as ``alembic`` builds it."""
+    from alembic.config import Config  # noqa: PLC0415
+
     return Config(file_=str(ini) if ini else None, toml_file=str(toml) if toml else None)
 
 
@@ -110,7 +123,7 @@ def ini_database_url(alembic_config: Path | None, cwd: Path) -> tuple[str, str] 
     if ini is None:
         return None
     try:
-        found = Config(str(ini)).get_main_option("sqlalchemy.url")
+        found = _config(ini, None).get_main_option("sqlalchemy.url")
     except Exception as error:  # configparser's errors have no common base but Exception
         raise ConfigError(f"{ini}: not a readable Alembic ini file ({type(error).__name__}: {error})") from None
     return (found, ini.name) if found else None
@@ -124,31 +137,15 @@ def _project_code() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-class _CallbackFailed(Exception):
-    """A callback of the runner's own raised inside env.py's run: not a failed revision."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _own(callback: Callable[..., None], *args: Any) -> None:
-    """Run one of the runner's callbacks so that what it raises passes env.py's run unchanged."""
-    try:
-        callback(*args)
-    except Exception as error:
-        raise _CallbackFailed(error) from error
-
-
 class Project:
     """An Alembic project: its ``alembic.ini`` and/or ``pyproject.toml``, and its script directory.
 
     The :class:`runner.drivers.Driver` for Alembic.
 
     Args:
-        alembic_config: path to ``alembic.ini``; ``None`` means ``./alembic.ini``
-            when it exists.
-        script_location: the script directory; overrides the ini's.
+        settings: ``MIGRATION_ALEMBIC_CONFIG`` (``None`` means ``./alembic.ini``
+            and ``./pyproject.toml`` when they exist), ``MIGRATION_SCRIPT_LOCATION``
+            (overrides the ini's), ``MIGRATION_VERSION_TABLE`` and ``_SCHEMA``.
         cwd: the working directory relative paths start from.
 
     Raises:
@@ -159,12 +156,18 @@ class Project:
 
     tool = "alembic"
 
-    def __init__(self, *, alembic_config: Path | None, script_location: str | None, cwd: Path) -> None:
-        ini, toml = config_files(alembic_config, cwd)
+    def __init__(self, *, settings: Settings, cwd: Path) -> None:
+        from alembic.script import ScriptDirectory  # noqa: PLC0415
+        from alembic.util.exc import CommandError  # noqa: PLC0415
+
+        script_location = settings.script_location
+        self.version_table = VersionTable(settings.version_table, settings.version_table_schema)
+        ini, toml = config_files(settings.alembic_config, cwd)
         if ini is None and toml is None and script_location is None:
             raise ConfigError(
                 f"no alembic.ini and no pyproject.toml with [tool.alembic] in {cwd}, and MIGRATION_SCRIPT_LOCATION "
-                "is not set; set MIGRATION_ALEMBIC_CONFIG or MIGRATION_SCRIPT_LOCATION"
+                "is not set; set MIGRATION_ALEMBIC_CONFIG or MIGRATION_SCRIPT_LOCATION "
+                "(for a Django project, set DJANGO_SETTINGS_MODULE)"
             )
         self.config = _config(ini, toml)
         self.config_files = [path for path in (ini, toml) if path is not None]
@@ -211,6 +214,8 @@ class Project:
             BrokenRevisionFiles: a file fails to import, a ``down_revision`` points
                 nowhere, or the revisions form a cycle.
         """
+        from alembic.script.revision import RevisionError  # noqa: PLC0415
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Alembic warns, then raises KeyError, for a dangling down_revision
@@ -229,6 +234,8 @@ class Project:
 
     def _explain_history(self, error: BaseException) -> str:
         """Name the files behind a dangling ``down_revision`` or a cycle."""
+        from alembic.util import to_tuple  # noqa: PLC0415
+
         scripts = list(self.script._load_revisions())  # each file once more, no map
         known = {script.revision for script in scripts}
         if isinstance(error, KeyError):
@@ -241,6 +248,14 @@ class Project:
         involved = set(getattr(error, "revisions", ()) or ())
         files = [script.path for script in scripts if script.revision in involved] or [self.script.dir]
         return f"revision history: {error}; files: {', '.join(files)}"
+
+    def database_url(self) -> None:
+        """None: an Alembic project's URL (the ini's ``sqlalchemy.url``) is already in the settings chain."""
+        return None
+
+    def summary(self, current: Sequence[str]) -> tuple[str, ...]:
+        """The version table's revisions, as they are."""
+        return tuple(current)
 
     def heads(self) -> tuple[str, ...]:
         """The head revisions of the script directory, sorted.
@@ -275,6 +290,8 @@ class Project:
 
     def unknown(self, current: Sequence[str]) -> list[str]:
         """The revisions in ``current`` that the script directory does not contain."""
+        from alembic.script.revision import RevisionError  # noqa: PLC0415
+
         missing = []
         for revision in current:
             try:
@@ -314,6 +331,8 @@ class Project:
         Raises:
             ConfigError: the revision cannot be resolved.
         """
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
         context = MigrationContext.configure(
             connection, opts={"version_table": version_table.name, "version_table_schema": version_table.schema}
         )
@@ -351,6 +370,8 @@ class Project:
         Returns:
             The revision ids, sorted.
         """
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
         context = MigrationContext.configure(
             connection, opts={"version_table": version_table.name, "version_table_schema": version_table.schema}
         )
@@ -369,7 +390,7 @@ class Project:
         version_table: VersionTable,
         on_applied: Callable[[Applied], None],
         before_each: Callable[[str], None] = lambda _: None,
-        in_transaction: Callable[[Connection, str], None] = lambda _, __: None,
+        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
     ) -> None:
         """Run the project's env.py to upgrade the database to ``target``.
 
@@ -386,9 +407,11 @@ class Project:
             before_each: called with each revision id before it runs (the lock
                 liveness check, the ledger's "started" row); whatever it raises
                 ends the upgrade.
-            in_transaction: called with the revision's connection and id after
-                its version-table update, inside its transaction (Alembic's
-                ``on_version_apply``): the ledger row commits with the revision.
+            in_transaction: called with a way to execute statements on the
+                revision's connection, its id and whether it still runs in one
+                transaction, after its version-table update, inside its
+                transaction (Alembic's ``on_version_apply``): the ledger row
+                commits with the revision.
 
         Raises:
             MigrationFailed: a revision raised (``BaseException`` included); the message names it.
@@ -397,6 +420,8 @@ class Project:
             Stopped: the runner's own signal or deadline, with the running revision attached.
 
         """
+        from alembic.runtime.environment import EnvironmentContext  # noqa: PLC0415
+
         # configparser interpolation: a literal % must be doubled (Alembic docs,
         # Config.set_main_option).
         self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -408,7 +433,7 @@ class Project:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
             for step in self.script._upgrade_revs(target, _heads_arg(heads)):
-                _own(before_each, step.revision.revision)
+                own(before_each, step.revision.revision)
                 running[:] = [step.revision]
                 started_any.append(True)
                 started = time.monotonic()
@@ -416,15 +441,14 @@ class Project:
                 yield step
                 database.transaction_watch.stop()
                 running.clear()
-                script = step.revision
-                replaces = tuple(to_tuple(script.down_revision, default=()))
-                applied = Applied(script.revision, script.doc, time.monotonic() - started, replaces)
-                _own(on_applied, applied)
+                done = step.revision
+                own(on_applied, Applied(done.revision, done.doc, time.monotonic() - started, _down_revisions(done)))
 
         def version_applied(*, ctx: MigrationContext, step: Any, **_: Any) -> None:
             database.transaction_watch.stop()  # Alembic's own commit of this step follows
             assert ctx.connection is not None  # noqa: S101  (online mode always has one)
-            _own(in_transaction, ctx.connection, step.up_revision_id)
+            transactional = not database.transaction_watch.ended
+            own(in_transaction, ctx.connection.execute, step.up_revision_id, transactional)
 
         environment = EnvironmentContext(
             self.config, self.script, fn=steps, as_sql=False, starting_rev=None, destination_rev=target
@@ -445,7 +469,7 @@ class Project:
         try:
             with environment, logs.env_py_file_config_ignored(), _project_code():
                 self.script.run_env()
-        except _CallbackFailed as callback:
+        except CallbackFailed as callback:
             raise callback.error from None  # the lock check's ConnectionLost / LockLost, or a bug of ours
         except Stopped as stopped:  # our own signal or deadline: the code stays 130/143/75
             if running:
@@ -486,6 +510,12 @@ class Project:
         return MigrationFailed(message, revision=failed.revision, sqlstate=failure.code, transactional=transactional)
 
 
+def _down_revisions(script: Script) -> tuple[str, ...]:
+    from alembic.util import to_tuple  # noqa: PLC0415
+
+    return tuple(to_tuple(script.down_revision, default=()))
+
+
 def _where(error: BaseException) -> str:
     """`` (file:line)`` of the innermost project frame of a traceback, or ``""``."""
     if isinstance(error, SyntaxError) and error.filename:
@@ -504,6 +534,9 @@ def _heads_arg(heads: Sequence[str]) -> str:
 @contextlib.contextmanager
 def _history_errors(target: str | None = None) -> Iterator[None]:
     """Turn Alembic's revision-resolution errors into one-line ConfigErrors."""
+    from alembic.script.revision import MultipleHeads, ResolutionError, RevisionError  # noqa: PLC0415
+    from alembic.util.exc import CommandError  # noqa: PLC0415
+
     try:
         yield
     except MultipleHeads as error:
@@ -520,4 +553,4 @@ def _history_errors(target: str | None = None) -> Iterator[None]:
 
 
 if TYPE_CHECKING:  # the Alembic project is a Driver (checked by mypy, not at run time)
-    _as_driver: Driver = Project(alembic_config=None, script_location=None, cwd=Path())
+    _as_driver: Driver = Project(settings=cast("Settings", None), cwd=Path())

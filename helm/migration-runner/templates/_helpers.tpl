@@ -67,14 +67,16 @@ argocd.argoproj.io/sync-wave: {{ sub (int .Values.argocd.syncWave) 1 | quote }}
 
 {{/*
 The runner's environment, shared by the Job and the init-container template.
-Takes a dict: root (the chart's context), secretName, secretKey, configMap (optional).
+Takes a dict: root (the chart's context), secretName (empty: no MIGRATION_DATABASE_URL), secretKey, configMap (optional).
 */}}
 {{- define "migration-runner.env" -}}
+{{- if .secretName }}
 - name: MIGRATION_DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}
       key: {{ .secretKey }}
+{{- end }}
 - name: MIGRATION_POD_NAME
   valueFrom:
     fieldRef:
@@ -134,9 +136,12 @@ spec:
     - name: migrate
       image: {{ include "migration-runner.image" . }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
+      {{- with .Values.image.entrypoint }}
+      command: {{ toJson . }}
+      {{- end }}
       args: [{{ .Values.command | quote }}]
       env:
-        {{- include "migration-runner.env" (dict "secretName" (include "migration-runner.secretName" .) "secretKey" (ternary .Values.database.existingSecretKey "url" (ne .Values.database.existingSecret ""))) | nindent 8 }}
+        {{- include "migration-runner.env" (dict "secretName" (ternary "" (include "migration-runner.secretName" .) .Values.database.fromProject) "secretKey" (ternary .Values.database.existingSecretKey "url" (ne .Values.database.existingSecret ""))) | nindent 8 }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

@@ -1,0 +1,756 @@
+"""The Django driver: a project loaded as ``manage.py`` loads it, migrated by Django's own ``migrate``.
+
+Loading: the working directory goes on ``sys.path``, ``DJANGO_SETTINGS_MODULE``
+names the settings, then ``django.setup()``. The project's ``LOGGING`` is not
+applied (``LOGGING_CONFIG = None``): the runner owns logging, as it ignores an
+env.py's ``fileConfig()``.
+
+The database is the ``DATABASES`` entry of ``MIGRATION_DJANGO_DATABASE``
+(default ``default``); ``MIGRATION_DATABASE_URL`` replaces its connection fields
+for the run. The runner's own sessions (lock, ledger, read-only check) use the
+same database through SQLAlchemy.
+
+Applying runs a subclass of Django's ``migrate`` command (``call_command``), so
+``pre_migrate``/``post_migrate``, ``run_syncdb`` apps, the consistency check and
+the conflict check all happen as with ``manage.py migrate``. Its
+``migration_progress_callback`` gives one ``revision.applied`` per migration,
+named ``app_label.migration_name``; its stdout becomes ``django.output`` log
+events. The ledger row is written on Django's cursor right after Django's own
+``django_migrations`` insert (``connection.execute_wrapper``, Django docs,
+"Database instrumentation"), so on PostgreSQL and SQLite it commits with the
+migration.
+
+Django's migration graph (``MigrationLoader``, ``MigrationGraph``,
+``MigrationExecutor``) is not a documented API, but it is what ``migrate``,
+``showmigrations`` and ``squashmigrations`` are built on; ``tests/test_django.py``
+pins what the runner uses of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection
+
+from runner import database, logs
+from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own
+from runner.errors import (
+    BrokenProject,
+    BrokenRevisionFiles,
+    ConfigError,
+    ConnectionLost,
+    DatabaseUnavailable,
+    MigrationFailed,
+    RunnerError,
+    Stopped,
+)
+
+if TYPE_CHECKING:
+    from runner.drivers import Execute
+    from runner.settings import Settings
+
+Key = tuple[str, str]
+
+# ENGINE values of DATABASES and the runner's own URL for them (Django docs, "Settings > ENGINE").
+_ENGINES = {
+    "django.db.backends.postgresql": "postgresql",
+    "django.db.backends.postgresql_psycopg2": "postgresql",
+    "django.contrib.gis.db.backends.postgis": "postgresql",
+    "django.db.backends.mysql": "mysql",
+    "django.contrib.gis.db.backends.mysql": "mysql",
+    "django.db.backends.sqlite3": "sqlite",
+    "django.contrib.gis.db.backends.spatialite": "sqlite",
+}
+_ENGINE_OF_FAMILY = {
+    "postgresql": "django.db.backends.postgresql",
+    "mysql": "django.db.backends.mysql",
+    "sqlite": "django.db.backends.sqlite3",
+}
+# OPTIONS that Django's PostgreSQL backend consumes itself; the rest are libpq parameters.
+_DJANGO_PG_OPTIONS = frozenset({"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory"})
+# OPTIONS of mysqlclient that are also PyMySQL URL parameters.
+_MYSQL_URL_OPTIONS = ("charset", "unix_socket", "read_timeout", "write_timeout", "connect_timeout")
+_RECORDS_APPLIED = re.compile(r"^\s*INSERT\s+INTO\s+[`\"]?django_migrations\b", re.IGNORECASE)
+_ALEMBIC_ONLY = ("alembic_config", "script_location", "version_table", "version_table_schema")
+
+
+def detect(cwd: Path, environ: Mapping[str, str], settings: Settings) -> str | None:
+    """What says a Django project is here: ``DJANGO_SETTINGS_MODULE``, as for ``manage.py``."""
+    module = environ.get("DJANGO_SETTINGS_MODULE", "").strip()
+    return f"DJANGO_SETTINGS_MODULE={module}" if module else None
+
+
+def _key(revision: str) -> Key:
+    app, _, name = revision.partition(".")
+    return app, name
+
+
+def _id(key: Key) -> str:
+    return f"{key[0]}.{key[1]}"
+
+
+def url_of_entry(entry: Mapping[str, Any], where: str) -> str:
+    """The SQLAlchemy URL of a ``DATABASES`` entry, for the runner's own sessions to the same database.
+
+    Args:
+        entry: the entry (ENGINE, NAME, USER, PASSWORD, HOST, PORT, OPTIONS).
+        where: how to name it in errors, e.g. ``DATABASES['default'] in mysite.settings``.
+
+    Returns:
+        The URL text, password included (the caller redacts it).
+
+    Raises:
+        ConfigError: an engine the runner cannot lock, or an entry without a database name.
+    """
+    engine = str(entry.get("ENGINE") or "")
+    family = _ENGINES.get(engine)
+    if family is None:
+        raise ConfigError(
+            f"{where} uses ENGINE {engine!r}; the runner migrates PostgreSQL, MySQL/MariaDB and SQLite "
+            f"({', '.join(sorted(_ENGINE_OF_FAMILY.values()))})"
+        )
+    name = str(entry.get("NAME") or "")
+    options = dict(entry.get("OPTIONS") or {})
+    if family == "sqlite":
+        if not name or name == ":memory:" or name.startswith("file:"):
+            raise ConfigError(f"{where}: NAME {name!r} is not a database file the runner can lock")
+        return URL.create("sqlite", database=name).render_as_string(hide_password=False)
+    query: dict[str, str] = {}
+    if family == "postgresql":
+        name = name or str(options.get("dbname") or "")
+        query = {
+            key: str(value)
+            for key, value in options.items()
+            if key not in _DJANGO_PG_OPTIONS and isinstance(value, str | int) and key != "dbname"
+        }
+    else:
+        query = {key: str(options[key]) for key in _MYSQL_URL_OPTIONS if key in options}
+    if not name:
+        raise ConfigError(f"{where} has no NAME; set it, or set MIGRATION_DATABASE_URL")
+    host = str(entry.get("HOST") or "")
+    if host.startswith("/"):  # a Unix socket directory (PostgreSQL) or socket file (MySQL)
+        query["host" if family == "postgresql" else "unix_socket"] = host
+        host = ""
+    port = str(entry.get("PORT") or "")
+    url = URL.create(
+        "postgresql+psycopg" if family == "postgresql" else "mysql+pymysql",
+        username=str(entry.get("USER") or "") or None,
+        password=str(entry.get("PASSWORD") or "") or None,
+        host=host or None,
+        port=int(port) if port.isdigit() else None,
+        database=name,
+        query=query,
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def entry_of_url(url: URL) -> dict[str, Any]:
+    """The connection fields of a ``DATABASES`` entry for ``url`` (ENGINE, NAME, USER, PASSWORD, HOST, PORT, OPTIONS).
+
+    The URL's query parameters become OPTIONS: libpq parameters for PostgreSQL
+    (``sslmode``, ``options``), ``charset`` and the like for MySQL.
+    """
+    family = database.family(url)
+    query = {key: value for key, value in url.query.items() if isinstance(value, str)}
+    if family == "sqlite":
+        return {"ENGINE": _ENGINE_OF_FAMILY["sqlite"], "NAME": url.database or "", "OPTIONS": {}}
+    host = url.host or ""
+    if family == "postgresql" and not host and "host" in query:
+        host = query.pop("host")
+    if family == "mysql" and "unix_socket" in query:
+        host = query.pop("unix_socket")
+    options: dict[str, Any] = dict(query)
+    if family == "mysql":
+        options = {key: value for key, value in query.items() if key in _MYSQL_URL_OPTIONS}
+    return {
+        "ENGINE": _ENGINE_OF_FAMILY[family],
+        "NAME": database.database_name(url),
+        "USER": url.username or "",
+        "PASSWORD": url.password or "",
+        "HOST": host,
+        "PORT": str(url.port or ""),
+        "OPTIONS": options,
+    }
+
+
+def _project_code() -> contextlib.AbstractContextManager[Any]:
+    """While project code runs, its ``print()`` goes to stderr: stdout may carry a document."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _where(error: BaseException) -> str:
+    """`` (file:line)`` of the innermost frame outside Django and the runner, or ``""``."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" ({error.filename}:{error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+    frames = [f for f in frames if "/runner/" not in f.filename and "importlib" not in f.filename] or frames
+    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _described(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines become ``django.output`` log events (Django's ``migrate`` chatter)."""
+
+    def __init__(self, level: str) -> None:
+        self._level = level
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            if line.strip():
+                getattr(logs.get_logger(), self._level)("django.output", line=line.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial.strip():
+            getattr(logs.get_logger(), self._level)("django.output", line=self._partial.strip())
+        self._partial = ""
+
+
+class Project:
+    """A Django project: its settings module, its apps' migrations, one ``DATABASES`` alias.
+
+    The :class:`runner.drivers.Driver` for Django. Revision ids are
+    ``app_label.migration_name``; targets are ``heads`` (every app's leaf node),
+    ``app_label`` (that app's leaf node) or ``app_label:migration_name`` (a
+    prefix is enough, as for ``migrate app 0003``).
+
+    Args:
+        settings: ``MIGRATION_DJANGO_DATABASE``, ``MIGRATION_DATABASE_URL`` (replaces the
+            entry's connection fields), ``MIGRATION_DDL_LOCK_TIMEOUT`` and ``_STATEMENT_TIMEOUT``.
+        cwd: the working directory, put on ``sys.path`` as ``manage.py`` does.
+
+    Raises:
+        ConfigError: no ``DJANGO_SETTINGS_MODULE``, settings or apps that do not import,
+            an unknown alias, conflicting leaf nodes in an app.
+        BrokenRevisionFiles: a migration file does not import, or depends on a missing migration.
+    """
+
+    tool = "django"
+
+    def __init__(self, *, settings: Settings, cwd: Path) -> None:
+        self.alias = settings.django_database
+        self.version_table = VersionTable("django_migrations")
+        self._settings = settings
+        misplaced = [name for name in _ALEMBIC_ONLY if name in settings.model_fields_set]
+        if misplaced:
+            raise ConfigError(
+                f"{', '.join('MIGRATION_' + name.upper() for name in misplaced)}: Alembic settings, but this run "
+                "migrates a Django project; unset them, or set MIGRATION_TOOL=alembic"
+            )
+        module = os.environ.get("DJANGO_SETTINGS_MODULE", "").strip()
+        if not module:
+            raise ConfigError(
+                "DJANGO_SETTINGS_MODULE is not set; set it to the project's settings module "
+                "(e.g. mysite.settings), as manage.py does"
+            )
+        self.settings_module = module
+        if str(cwd) not in sys.path:
+            sys.path.insert(0, str(cwd))
+        try:
+            import django  # noqa: PLC0415
+            from django.conf import settings as django_settings  # noqa: PLC0415
+        except ImportError:
+            raise ConfigError(
+                "MIGRATION_TOOL=django, but Django is not installed here: install the runner into the "
+                "application's image with `pip install 'migration-runner[django]'`"
+            ) from None
+        with _project_code():
+            databases = self._import_settings(django_settings, cwd)
+            self._use_database(databases)
+            django_settings.LOGGING_CONFIG = None  # the runner owns logging
+            try:
+                django.setup()
+            except Exception as error:
+                raise ConfigError(f"django.setup() with {module}: {_described(error)}{_where(error)}") from None
+            self._watch_connections()
+            self._loader = self._build_loader(None)
+        self._check_conflicts()
+
+    def _import_settings(self, django_settings: Any, cwd: Path) -> dict[str, Any]:
+        try:
+            databases = django_settings.DATABASES
+        except ImportError as error:
+            raise ConfigError(
+                f"DJANGO_SETTINGS_MODULE={self.settings_module}: cannot import it from {cwd} "
+                f"({_described(error)}); is the project in the working directory, or on PYTHONPATH?"
+            ) from None
+        except Exception as error:
+            raise ConfigError(
+                f"DJANGO_SETTINGS_MODULE={self.settings_module}: importing it raised {_described(error)}{_where(error)}"
+            ) from None
+        if not isinstance(databases, dict):
+            raise ConfigError(f"DATABASES in {self.settings_module} is not a dict")
+        return databases
+
+    def _use_database(self, databases: dict[str, Any]) -> None:
+        """Point the alias at MIGRATION_DATABASE_URL when it is set; remember the URL of the entry otherwise."""
+        where = f"DATABASES[{self.alias!r}] in {self.settings_module}"
+        if self.alias not in databases:
+            raise ConfigError(
+                f"MIGRATION_DJANGO_DATABASE={self.alias!r}: {self.settings_module} has no such DATABASES alias "
+                f"(it has {', '.join(map(repr, databases)) or 'none'})"
+            )
+        entry = databases[self.alias]
+        self._own_url: tuple[str, str] | None = None
+        if self._settings.database_url is not None:
+            entry.update(entry_of_url(database.sync_url(self._settings.url)))
+        else:
+            self._own_url = (url_of_entry(entry, where), where)
+        if _ENGINES.get(entry.get("ENGINE", "")) == "postgresql":
+            # Keepalives and tcp_user_timeout, as for the runner's own sessions: a frozen server ends the run.
+            bounds = database.with_network_bounds(URL.create("postgresql")).query
+            options = entry.setdefault("OPTIONS", {})
+            for name, value in bounds.items():
+                options.setdefault(name, value)
+
+    def _watch_connections(self) -> None:
+        """Give each of Django's sessions to the alias the runner's timeouts, and track MySQL connection ids."""
+        from django.db.backends.signals import connection_created  # noqa: PLC0415
+
+        lock_ms = int(self._settings.ddl_lock_timeout * 1000)
+        statement_ms = int(self._settings.statement_timeout * 1000)
+
+        def created(sender: Any, connection: Any, **_: Any) -> None:
+            if connection.alias != self.alias:
+                return
+            with connection.cursor() as cursor:
+                if connection.vendor == "postgresql":
+                    cursor.execute(f"SET lock_timeout = {lock_ms}")  # our own integers (milliseconds)
+                    cursor.execute(f"SET statement_timeout = {statement_ms}")
+                elif connection.vendor == "mysql":
+                    if lock_ms:
+                        cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, lock_ms // 1000)}")
+                    database.mysql_connection_ids.add(int(connection.connection.thread_id()))
+
+        connection_created.connect(created, weak=False, dispatch_uid="migration-runner")
+
+    def _build_loader(self, connection: Any) -> Any:
+        """Django's ``MigrationLoader``: the graph from disk, and with a connection what it has applied.
+
+        Raises:
+            BrokenRevisionFiles: a migration does not import or depends on a missing one.
+        """
+        from django.db.migrations.exceptions import BadMigrationError, NodeNotFoundError  # noqa: PLC0415
+        from django.db.migrations.loader import MigrationLoader  # noqa: PLC0415
+
+        try:
+            with _project_code():
+                return MigrationLoader(connection, ignore_no_migrations=True)
+        except NodeNotFoundError as error:
+            raise BrokenRevisionFiles(f"migration graph: {error}") from None
+        except (BadMigrationError, ImportError, SyntaxError) as error:
+            raise BrokenRevisionFiles(f"migration file: {_described(error)}{_where(error)}") from None
+        except sa_exc.DBAPIError:
+            raise
+        except Exception as error:
+            if _is_database_error(error):
+                raise
+            raise BrokenRevisionFiles(f"migration file: {_described(error)}{_where(error)}") from None
+
+    def _check_conflicts(self) -> None:
+        conflicts = self._loader.detect_conflicts()
+        if conflicts:
+            names = "; ".join(f"{', '.join(sorted(names))} in {app}" for app, names in sorted(conflicts.items()))
+            raise ConfigError(
+                f"conflicting migrations: several leaf nodes in one app ({names}); "
+                "run `python manage.py makemigrations --merge` and commit the merge migration"
+            )
+
+    def database_url(self) -> tuple[str, str] | None:
+        """The URL of the alias' ``DATABASES`` entry and where it is, unless MIGRATION_DATABASE_URL replaced it."""
+        return self._own_url
+
+    def summary(self, current: Sequence[str]) -> tuple[str, ...]:
+        """The last applied migration of each app: applied nodes without an applied child in their app."""
+        applied = {_key(revision) for revision in current}
+        graph = self._loader.graph
+        last = []
+        for key in applied:
+            node = graph.node_map.get(key)
+            children = node.children if node is not None else set()
+            if not any(child[0] == key[0] and child in applied for child in children):
+                last.append(_id(key))
+        return tuple(sorted(last))
+
+    def heads(self) -> tuple[str, ...]:
+        """Every app's leaf node, sorted."""
+        return tuple(sorted(_id(key) for key in self._loader.graph.leaf_nodes()))
+
+    @staticmethod
+    def is_relative(target: str) -> bool:
+        """Django has no relative targets."""
+        return False
+
+    def _targets(self, target: str) -> list[tuple[str, str | None]]:
+        """``migrate``'s targets for a MIGRATION_TARGET: ``(app, name)``, ``(app, None)`` for ``app:zero``."""
+        from django.db.migrations.exceptions import AmbiguityError  # noqa: PLC0415
+
+        loader = self._loader
+        if target == "heads":
+            return list(loader.graph.leaf_nodes())
+        app, _, name = target.partition(":")
+        if app not in loader.migrated_apps:
+            raise ConfigError(
+                f"MIGRATION_TARGET={target!r}: no installed app {app!r} with migrations; use heads, an app label "
+                f"({', '.join(sorted(loader.migrated_apps))}) or app_label:migration_name"
+            )
+        if not name:
+            return [key for key in loader.graph.leaf_nodes() if key[0] == app]
+        if name == "zero":
+            return [(app, None)]
+        try:
+            migration = loader.get_migration_by_prefix(app, name)
+        except AmbiguityError:
+            raise ConfigError(f"MIGRATION_TARGET={target!r}: more than one migration of {app} starts so") from None
+        except KeyError:
+            raise ConfigError(f"MIGRATION_TARGET={target!r}: {app} has no migration matching {name!r}") from None
+        key = (app, migration.name)
+        if key not in loader.graph.nodes and key in loader.replacements:
+            key = loader.replacements[key].replaces[-1]  # a partly applied squash: its last original, as migrate does
+        return [key]
+
+    def target_revisions(self, target: str) -> tuple[str, ...]:
+        """The migrations a target names, as ``app_label.migration_name`` (``()`` for ``app:zero``)."""
+        return tuple(sorted(_id(cast(Key, key)) for key in self._targets(target) if key[1] is not None))
+
+    def read_applied(self, connection: Connection, version_table: VersionTable) -> tuple[str, ...]:
+        """Every migration ``django_migrations`` records (a squash counts once all it replaces are), sorted.
+
+        Read on Django's own session to the alias (``MigrationLoader`` with a
+        connection), which then serves the plan; Django runs it in autocommit.
+        Also Django's ``check_consistent_history``.
+
+        Raises:
+            ConfigError: ``InconsistentMigrationHistory``.
+            ConnectionLost: the session to the database was lost.
+        """
+        from django.db import connections  # noqa: PLC0415
+        from django.db.migrations.exceptions import InconsistentMigrationHistory  # noqa: PLC0415
+
+        session = connections[self.alias]
+        with self._database_errors(reading=True):
+            loader = self._build_loader(session)
+            try:
+                loader.check_consistent_history(session)
+            except InconsistentMigrationHistory as error:
+                raise ConfigError(
+                    f"inconsistent migration history: {error}; the database has a migration applied before one "
+                    "it depends on (fix django_migrations, or fake the missing dependency)"
+                ) from None
+        self._loader = loader
+        return tuple(sorted(_id(key) for key in loader.applied_migrations))
+
+    def unknown(self, current: Sequence[str]) -> list[str]:
+        """Applied migrations of installed apps that are neither on disk nor replaced by a squash on disk.
+
+        Rows of apps no longer installed are not counted: Django ignores them too.
+        """
+        loader = self._loader
+        replaced = {key for migration in loader.disk_migrations.values() for key in migration.replaces}
+        return sorted(
+            revision
+            for revision in current
+            if (key := _key(revision))[0] in loader.migrated_apps
+            and key not in loader.disk_migrations
+            and key not in replaced
+        )
+
+    def is_applied(self, current: Sequence[str], revision: str) -> bool:
+        """``revision`` is among the applied migrations."""
+        return revision in set(current)
+
+    def past_target(self, current: Sequence[str], target: str) -> bool:
+        """Reaching ``target`` would unapply migrations (``migrate app 0002`` after 0003 ran)."""
+        applied = {_key(revision) for revision in current}
+        for app, name in self._targets(target):
+            if name is None:
+                if any(key[0] == app for key in applied):
+                    return True
+            elif (app, name) in applied:
+                node = self._loader.graph.node_map[(app, name)]
+                if any(child[0] == app and child in applied for child in node.children):
+                    return True
+        return False
+
+    def pending(self, current: Sequence[str], target: str) -> list[Step]:
+        """The migrations ``migrate`` would apply, in order.
+
+        The forward half of Django's ``MigrationExecutor.migration_plan``, over the graph of the last read.
+        """
+        applied = {_key(revision) for revision in current}
+        graph = self._loader.graph
+        plan: list[Key] = []
+        for app, name in self._targets(target):
+            if name is None or (app, name) in applied:
+                continue
+            for key in graph.forwards_plan((app, name)):
+                if key not in applied and key not in plan:
+                    plan.append(key)
+        return [Step(_id(key), _message(graph.nodes[key])) for key in plan]
+
+    def stamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as applied without running it (``MigrationExecutor.record_migration``, as ``--fake``)."""
+        from django.db import connections  # noqa: PLC0415
+        from django.db.migrations.executor import MigrationExecutor  # noqa: PLC0415
+
+        migration = self._loader.graph.nodes.get(_key(revision))
+        if migration is None:
+            raise ConfigError(f"{revision} is not a migration of this project")
+        with self._database_errors():
+            MigrationExecutor(connections[self.alias]).record_migration(migration)
+
+    def upgrade(
+        self,
+        *,
+        connection: Connection,
+        url: URL,
+        target: str,
+        version_table: VersionTable,
+        on_applied: Callable[[Applied], None],
+        before_each: Callable[[str], None] = lambda _: None,
+        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
+    ) -> None:
+        """Run Django's ``migrate`` to ``target`` on the alias.
+
+        Args:
+            connection: the runner's session (unused: Django migrates on its own).
+            url: unused (Django connects from its ``DATABASES`` entry).
+            target: ``heads``, ``app_label`` or ``app_label:migration_name``.
+            version_table: unused (always ``django_migrations``).
+            on_applied: called after each migration is applied and recorded.
+            before_each: called with each migration's id before it runs.
+            in_transaction: called with a way to execute statements, the
+                migration's id and whether it runs in a transaction, right after
+                Django records it (in its transaction, where it has one).
+
+        Raises:
+            MigrationFailed: a migration raised; the message names it.
+            ConfigError: what ``migrate`` refuses (its ``CommandError``), or a failing system check.
+            ConnectionLost: the connection was lost while migrating.
+            Stopped: the runner's own signal or deadline, with the running migration attached.
+        """
+        from django.core.management import call_command  # noqa: PLC0415
+        from django.core.management.base import CommandError  # noqa: PLC0415
+        from django.db import connections  # noqa: PLC0415
+
+        session = connections[self.alias]
+        progress = _Progress(session, before_each, on_applied, in_transaction)
+        app, _, name = ("" if target == "heads" else target).partition(":")
+        arguments = [part for part in (app, name) if part]
+        out, err = _LogLines("info"), _LogLines("warning")
+        try:
+            with session.execute_wrapper(progress.record), _project_code():
+                call_command(
+                    _migrate_command(progress),
+                    *arguments,
+                    database=self.alias,
+                    interactive=False,
+                    verbosity=1,
+                    skip_checks=False,  # manage.py migrate runs the system checks
+                    no_color=True,
+                    stdout=out,
+                    stderr=err,
+                )
+        except CallbackFailed as callback:
+            raise callback.error from None
+        except Stopped as stopped:
+            if progress.running is not None:
+                stopped.revision = progress.running_id
+                stopped.transactional = progress.transactional
+            _close(session)
+            raise
+        except CommandError as error:
+            if not progress.started_any:  # migrate refused: conflicts, an unknown app, a failing system check
+                raise ConfigError(f"migrate: {str(error).replace(chr(10), ' ')}") from None
+            raise self._failure(error, progress) from error
+        except BaseException as error:
+            _close(session)
+            raise self._failure(error, progress) from error
+        finally:
+            out.flush()
+            err.flush()
+
+    def _failure(self, error: BaseException, progress: _Progress) -> RunnerError:
+        """What an exception out of ``migrate`` means: a lost connection, a broken project, or a failed migration."""
+        translated = _as_dbapi_error(error)
+        failure = database.classify(translated) if translated is not None else database.Failure(None, False)
+        if translated is not None and _lost(translated):
+            failure = database.Failure(failure.code or "08006", True)
+        running = progress.running_id
+        if failure.connection:
+            return ConnectionLost(
+                f"connection lost while applying migration {running} "
+                f"(SQLSTATE {failure.code}): {database.error_message(translated or error)}"
+            )
+        message = database.error_message(translated) if translated is not None else _described(error)
+        if isinstance(error, SystemExit | KeyboardInterrupt | GeneratorExit):
+            message = f"{type(error).__name__}({error.args[0] if error.args else ''}) raised by project code"
+        if running is None:
+            if not progress.started_any and failure.code is None:
+                return BrokenProject(f"migrate, before any migration ran: {message}{_where(error)}")
+            return MigrationFailed(f"migrate: {message}", revision=None, sqlstate=failure.code)
+        transactional = progress.transactional
+        if not transactional:
+            message += "; this migration ran outside a transaction, so its changes may be partly applied"
+        return MigrationFailed(message, revision=running, sqlstate=failure.code, transactional=transactional)
+
+    @contextlib.contextmanager
+    def _database_errors(self, *, reading: bool = False) -> Iterator[None]:
+        """Turn Django's database errors into the runner's: lost or unreachable, or else SQLAlchemy's own kind."""
+        from django.db import connections  # noqa: PLC0415
+
+        try:
+            yield
+        except Exception as error:
+            translated = _as_dbapi_error(error)
+            if translated is None:
+                raise
+            _close(connections[self.alias])
+            failure = database.classify(translated)
+            if failure.connection or _lost(translated):
+                cls = DatabaseUnavailable if reading else ConnectionLost
+                raise cls(
+                    f"connection lost (SQLSTATE {failure.code or '08006'}): {database.error_message(translated)}"
+                ) from error
+            raise translated from error
+
+
+def _message(migration: Any) -> str:
+    """A one-line description of a migration: its operations, as ``sqlmigrate``'s comments name them."""
+    described = [operation.describe() for operation in migration.operations]
+    text = "; ".join(described) or "no operations"
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+class _Progress:
+    """The runner's view of one ``migrate`` call: which migration runs, and the hooks around each."""
+
+    def __init__(
+        self,
+        session: Any,
+        before_each: Callable[[str], None],
+        on_applied: Callable[[Applied], None],
+        in_transaction: Callable[[Execute, str, bool], None],
+    ) -> None:
+        self.session = session
+        self.before_each = before_each
+        self.on_applied = on_applied
+        self.in_transaction = in_transaction
+        self.running: Any = None
+        self.started_any = False
+        self.transactional = True
+        self._recorded = False
+        self._started = 0.0
+
+    @property
+    def running_id(self) -> str | None:
+        return None if self.running is None else _id((self.running.app_label, self.running.name))
+
+    def starting(self, migration: Any) -> None:
+        revision = _id((migration.app_label, migration.name))
+        own(self.before_each, revision)
+        self.running, self.started_any, self._recorded = migration, True, False
+        # Non-atomic migrations, and every one on MySQL (no transactional DDL), commit as they go.
+        self.transactional = bool(migration.atomic and self.session.features.can_rollback_ddl)
+        self._started = time.monotonic()
+
+    def applied(self, migration: Any) -> None:
+        key = (migration.app_label, migration.name)
+        parents = tuple(_id(parent) for parent in migration.dependencies if parent[0] == migration.app_label)
+        duration = time.monotonic() - self._started
+        self.running = None
+        own(self.on_applied, Applied(_id(key), _message(migration), duration, parents))
+
+    def record(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        """Django's ``execute_wrapper``: after its ``django_migrations`` insert, the ledger row on that session."""
+        result = execute(sql, params, many, context)
+        if self.running is not None and not self._recorded and _RECORDS_APPLIED.match(sql):
+            self._recorded = True
+            dialect = _pyformat_dialect(self.session.vendor)
+
+            def run(statement: Any) -> None:
+                # A cursor of its own on the same session: Django still reads the insert's RETURNING from its cursor.
+                compiled = statement.compile(dialect=dialect)
+                with context["connection"].cursor() as cursor:
+                    cursor.execute(str(compiled), compiled.params)
+
+            own(self.in_transaction, run, self.running_id, self.transactional)
+        return result
+
+
+def _migrate_command(progress: _Progress) -> Any:
+    """Django's ``migrate`` command, reporting each migration to ``progress`` instead of printing it."""
+    from django.core.management.commands.migrate import Command as Migrate  # noqa: PLC0415
+
+    # Django has no type information, so Migrate is Any to mypy.
+    class RunnerMigrate(Migrate):  # type: ignore[misc]
+        def migration_progress_callback(self, action: str, migration: Any = None, fake: bool = False) -> None:
+            if action == "apply_start":
+                progress.starting(migration)
+            elif action == "apply_success":
+                progress.applied(migration)
+
+    return RunnerMigrate()
+
+
+def _pyformat_dialect(vendor: str) -> Any:
+    """A SQLAlchemy dialect that compiles to ``%(name)s`` parameters, which Django's cursors take on every backend."""
+    from sqlalchemy.dialects import mysql, postgresql, sqlite  # noqa: PLC0415
+
+    module = {"postgresql": postgresql, "mysql": mysql, "sqlite": sqlite}[vendor]
+    return module.dialect(paramstyle="pyformat")
+
+
+def _is_database_error(error: BaseException) -> bool:
+    from django.db import Error as DjangoDatabaseError  # noqa: PLC0415
+
+    return isinstance(error, DjangoDatabaseError)
+
+
+def _as_dbapi_error(error: BaseException) -> sa_exc.DBAPIError | None:
+    """Django's wrapped database error as SQLAlchemy's, so :func:`runner.database.classify` reads it.
+
+    Django re-raises the driver's exception as ``django.db.utils.<Class>`` with
+    the original as ``__cause__`` (``DatabaseErrorWrapper``).
+    """
+    if isinstance(error, sa_exc.DBAPIError):
+        return error
+    if not _is_database_error(error):
+        return None
+    orig = error.__cause__ if isinstance(error.__cause__, Exception) else error
+    return cast(sa_exc.DBAPIError, sa_exc.DBAPIError.instance(None, None, orig, Exception))
+
+
+def _lost(error: sa_exc.DBAPIError) -> bool:
+    # psycopg raises InterfaceError ("the connection is closed") once it has seen the connection die.
+    return isinstance(error, sa_exc.InterfaceError)
+
+
+def _close(session: Any) -> None:
+    """Close Django's session (the next use reconnects); whatever closing a dead one raises is moot."""
+    with contextlib.suppress(Exception):
+        session.close()
+
+
+if TYPE_CHECKING:  # the Django project is a Driver (checked by mypy, not at run time)
+    _as_driver: Driver = Project(settings=cast("Settings", None), cwd=Path())
