@@ -422,3 +422,48 @@ def test_a_lost_connection_mid_migration_reconnects_and_finishes(cli: Cli, proje
     assert result.named("database.reconnecting")
     assert applied(pg_url, "django").count("shop.0004_slowish") == 1
     assert [e["revision"] for e in result.named("revision.applied")].count("shop.0004_slowish") == 1
+
+
+THIRD_PARTY = REPO / "tests" / "projects" / "thirdparty"
+
+
+def third_party_env(url: str) -> dict[str, str]:
+    """The third-party project's own variables, as its settings.py reads them: no MIGRATION_DATABASE_URL."""
+    parsed = sqlalchemy.make_url(url)
+    return {
+        "DJANGO_SETTINGS_MODULE": "site_settings.settings",
+        "DJANGO_DB_NAME": parsed.database or "",
+        "DJANGO_DB_HOST": parsed.host or "",
+        "DJANGO_DB_PORT": str(parsed.port or ""),
+        "DJANGO_DB_USER": parsed.username or "",
+    }
+
+
+@pytest.mark.timeout(300)
+def test_a_project_with_third_party_apps_migrates_unmodified_ten_at_once_as_manage_py_does(
+    cli: Cli, pg_databases: Callable[[], str]
+) -> None:
+    """Its own settings.py (admin, sessions, sites, DRF authtoken, taggit, reversion, guardian, axes, django-otp)."""
+    ours, theirs = pg_databases(), pg_databases()
+    reference = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input"],
+        cwd=THIRD_PARTY,
+        env=cli.env(third_party_env(theirs)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert reference.returncode == 0, reference.stderr
+
+    started = time.monotonic()
+    processes = [cli.start("upgrade", env=third_party_env(ours), cwd=THIRD_PARTY) for _ in range(10)]
+    results = [cli.finish(process, started, timeout=240) for process in processes]
+
+    assert [r.code for r in results] == [0] * 10, [r.stderr[-2000:] for r in results if r.code]
+    rows = applied(ours, "django")
+    assert rows == applied(theirs, "django")
+    assert len(rows) == len(set(rows)) > 50
+    assert sum(len(r.named("revision.applied")) for r in results) == len(rows)
+    assert [t for t in tables(ours) if t != "migration_runner_history"] == tables(theirs)
+    assert permissions(ours) == permissions(theirs)
+    assert query(ours, "SELECT domain FROM django_site") == query(theirs, "SELECT domain FROM django_site")
