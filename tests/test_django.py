@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 import sqlalchemy
 from support import (
@@ -304,10 +305,33 @@ def test_an_atomic_migration_is_retried_and_a_non_atomic_one_is_not(cli: Cli, pr
     assert failed["revision"] == "shop.0004_half"
     assert failed["partially_applied"] is True
     assert query(pg_url, "SELECT to_regclass('half_done') IS NOT NULL") == [(True,)]
-    # The ledger remembers: the next upgrade refuses to guess.
+    # The ledger remembers: the next upgrade refuses to guess, until the operator says what they found.
     again = cli("upgrade", env=env(pg_url))
     assert again.code == 65
     assert again.one("revision.interrupted")["revision"] == "shop.0004_half"
+    resolved = cli("resolve", "--mark", "applied", env=env(pg_url))
+    assert resolved.code == 0, resolved.stderr
+    assert "shop.0004_half" in applied(pg_url, "django")
+    assert cli("upgrade", env=env(pg_url)).one("upgrade.noop")
+
+
+def test_the_ddl_lock_timeout_applies_to_djangos_session(cli: Cli, project: Path, pg_url: str) -> None:
+    """A migration blocked by a lock fails fast with 55P03 (not after minutes) and is retried."""
+    assert cli("upgrade", env=env(pg_url)).code == 0
+    add_migration(
+        project,
+        "0004_product_stock",
+        'operations = [migrations.AddField("product", "stock", models.IntegerField(default=0))]',
+    )
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE shop_product IN ACCESS SHARE MODE")
+        result = cli("upgrade", env=env(pg_url, MIGRATION_DDL_LOCK_TIMEOUT="0.5", MIGRATION_REVISION_RETRIES="1"))
+
+    assert result.code == 65, result.stderr
+    assert result.one("revision.failed")["sqlstate"] == "55P03"
+    assert len(result.named("revision.retrying")) == 1
+    assert result.seconds < 30
+    assert "shop.0004_product_stock" not in applied(pg_url, "django")
 
 
 def test_inconsistent_history_two_leaves_and_unknown_rows(cli: Cli, project: Path, pg_url: str) -> None:
@@ -363,6 +387,19 @@ def test_choosing_the_tool(cli: Cli, project: Path, tmp_path: Path) -> None:
     missing = cli("check", env={"MIGRATION_TOOL": "django", "MIGRATION_DATABASE_URL": url})
     assert missing.code == 78
     assert "DJANGO_SETTINGS_MODULE is not set" in missing.one("config.invalid")["error"]
+
+    alias = cli("check", env=env(url, MIGRATION_DJANGO_DATABASE="replica"))
+    assert alias.code == 78
+    assert "has no such DATABASES alias (it has 'default')" in alias.one("config.invalid")["error"]
+
+    bad_app = settings_module(project, "bad_app_settings", url)
+    (project / "bad_app_settings.py").write_text(
+        (project / "bad_app_settings.py").read_text() + "INSTALLED_APPS = [*INSTALLED_APPS, 'nosuchapp']\n"
+    )
+    no_app = cli("check", env={"MIGRATION_DATABASE_URL": url, **bad_app})
+    assert no_app.code == 78
+    assert "django.setup()" in no_app.one("config.invalid")["error"]
+    assert "nosuchapp" in no_app.one("config.invalid")["error"]
 
     broken = cli("check", env=env(url, DJANGO_SETTINGS_MODULE="mysite.nosuchsettings"))
     assert broken.code == 78
