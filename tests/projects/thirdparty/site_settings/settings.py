@@ -1,5 +1,7 @@
 """A Django project's own settings, as teams write them: contrib apps and popular third-party apps.
 
+About 80 migrations, as a mid-sized project has.
+
 The runner migrates it unmodified (tests/test_django.py). The database comes from
 the environment, as with dj-database-url: DJANGO_DB_ENGINE, DJANGO_DB_NAME, ...
 """
@@ -29,6 +31,10 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_static",
     "django_otp.plugins.otp_totp",
+    "allauth",
+    "allauth.account",
+    "oauth2_provider",
+    "waffle",
 ]
 
 MIDDLEWARE = [
@@ -36,12 +42,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "axes.middleware.AxesMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    "waffle.middleware.WaffleMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
 ]
 
 TEMPLATES = [

@@ -1,0 +1,29 @@
+"""The stack floor of a Django no-op: django.setup(), pydantic-settings, structlog, Django's MigrationLoader.
+
+Run in the project's directory with DJANGO_SETTINGS_MODULE set, as bench/suite.py does.
+"""
+
+import os
+import sys
+
+import django
+import pydantic_settings
+import structlog
+
+sys.path.insert(0, os.getcwd())
+
+
+class Settings(pydantic_settings.BaseSettings):
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="MIGRATION_")
+    django_database: str = "default"
+
+
+settings = Settings()
+django.setup()
+from django.db import connections  # noqa: E402
+from django.db.migrations.loader import MigrationLoader  # noqa: E402
+
+loader = MigrationLoader(connections[settings.django_database], ignore_no_migrations=True)
+pending = set(loader.graph.leaf_nodes()) - set(loader.applied_migrations)
+structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()])
+structlog.get_logger().info("upgrade.noop", pending=sorted(pending), applied=len(loader.applied_migrations))

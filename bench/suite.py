@@ -1,0 +1,265 @@
+"""The performance suite: every row of README "Performance", timed as whole processes.
+
+Each row runs the runner (A) against its anchor (B: ``alembic upgrade head`` or
+``manage.py migrate``) and, where there is one, the stack floor (F: the least any
+runner on this stack can do, ``bench/floor_*.py``), in alternation (A B F A B F ...),
+so a machine that drifts moves all of them alike. Wall time is measured around
+the child; peak RSS is the child's own (``os.wait4``). Medians are printed and
+ratios are taken pair by pair. Usage::
+
+    uv run python bench/suite.py [--runs 11] [--rows noop,apply,followers,django] [--json bench/results.json]
+
+Needs the PostgreSQL server of the tests (``TEST_POSTGRES_URL``, default the local
+one); it creates its databases and drops them. It asserts nothing: the figures
+are read against the targets in README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from support import make_project  # noqa: E402  (the tests' project generator)
+
+BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+THIRD_PARTY = REPO / "tests" / "projects" / "thirdparty"
+
+
+def measure(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``command`` once: wall seconds, peak RSS (MiB) of that child alone, exit code, output."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = process.stdout.read() if process.stdout else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {process.returncode}:\n{output.decode(errors='replace')}")
+    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024}
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards: its URL."""
+    name = f"mr_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield sqlalchemy.make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def recreate(url: str) -> None:
+    name = sqlalchemy.make_url(url).database
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def base_env(**more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIGRATION_", "DJANGO_"))}
+    env.pop("DATABASE_URL", None)
+    return {**env, "MIGRATION_ENVIRONMENT": "production", **more}
+
+
+def alternate(
+    commands: dict[str, list[str]], cwd: Path, env: dict[str, str], runs: int, before: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Run the commands in turn, ``runs`` times each after one warm-up round; medians and pairwise ratios."""
+    samples: dict[str, list[dict[str, Any]]] = {label: [] for label in commands}
+    for round_ in range(runs + 1):
+        for label, command in commands.items():
+            if before:
+                before()
+            sample = measure(command, cwd, env)
+            if round_:
+                samples[label].append(sample)
+    labels = list(commands)
+    row: dict[str, Any] = {
+        label: {
+            "median_s": round(statistics.median(s["wall"] for s in samples[label]), 4),
+            "median_rss_mib": round(statistics.median(s["rss_mib"] for s in samples[label]), 1),
+        }
+        for label in labels
+    }
+    for other in labels[1:]:
+        ratios = [a["wall"] / b["wall"] for a, b in zip(samples[labels[0]], samples[other], strict=True)]
+        row[f"ratio_to_{other}"] = round(statistics.median(ratios), 3)
+    return row
+
+
+def alembic_project(root: Path, revisions: int, url: str) -> Path:
+    project = make_project(root, revisions=revisions)
+    ini = project / "alembic.ini"
+    ini.write_text(ini.read_text().replace("sqlite:///./migration-runner.db", url))
+    return project
+
+
+def noop_rows(runs: int, tmp: Path) -> dict[str, Any]:
+    rows = {}
+    for revisions in (10, 100, 1000):
+        with database() as url:
+            project = alembic_project(tmp / f"noop{revisions}", revisions, url)
+            env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
+            measure([str(BIN / "alembic"), "upgrade", "head"], project, env)
+            rows[f"noop, {revisions} revisions"] = alternate(
+                {
+                    "runner": [str(BIN / "migration-runner"), "upgrade"],
+                    "alembic": [str(BIN / "alembic"), "upgrade", "head"],
+                    "floor": [PYTHON, str(REPO / "bench" / "floor_alembic.py")],
+                },
+                project,
+                env,
+                runs,
+            )
+    return rows
+
+
+def apply_rows(runs: int, tmp: Path) -> dict[str, Any]:
+    rows = {}
+    for revisions in (300, 1000):
+        with database() as url:
+            project = alembic_project(tmp / f"apply{revisions}", revisions, url)
+            env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
+            rows[f"apply {revisions} revisions to an empty database"] = alternate(
+                {
+                    "runner": [str(BIN / "migration-runner"), "upgrade"],
+                    "alembic": [str(BIN / "alembic"), "upgrade", "head"],
+                },
+                project,
+                env,
+                max(3, runs // 3),
+                before=lambda url=url: recreate(url),
+            )
+    return rows
+
+
+def followers_row(runs: int, tmp: Path) -> dict[str, Any]:
+    """8 runners at once on 100 revisions: seconds from the winner's upgrade.finished to the last run.finished."""
+    gaps = []
+    with database() as url:
+        project = alembic_project(tmp / "followers", 100, url)
+        env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
+        for _ in range(max(3, runs // 3)):
+            recreate(url)
+            processes = [
+                subprocess.Popen(
+                    [str(BIN / "migration-runner"), "upgrade"], cwd=project, env=env, stdout=subprocess.PIPE, text=True
+                )
+                for _ in range(8)
+            ]
+            events = []
+            for process in processes:
+                out, _ = process.communicate(timeout=300)
+                if process.returncode != 0:
+                    raise SystemExit(f"a follower exited {process.returncode}")
+                events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+            (winner,) = moments(events, "upgrade.finished")
+            gaps.append((max(moments(events, "run.finished")) - winner).total_seconds())
+    return {
+        "8 followers, 100 revisions: last exit after the winner's upgrade.finished": {
+            "median_s": round(statistics.median(gaps), 4),
+            "max_s": round(max(gaps), 4),
+        }
+    }
+
+
+def moments(events: list[dict[str, Any]], name: str) -> list[dt.datetime]:
+    """When the events called ``name`` were logged (the runners' own timestamps)."""
+    return [dt.datetime.fromisoformat(e["timestamp"]) for e in events if e["event"] == name]
+
+
+def django_row(runs: int, tmp: Path) -> dict[str, Any]:
+    with database() as url:
+        parsed = sqlalchemy.make_url(url)
+        project = Path(shutil.copytree(THIRD_PARTY, tmp / "thirdparty"))
+        env = base_env(
+            DJANGO_SETTINGS_MODULE="site_settings.settings",
+            DJANGO_DB_NAME=parsed.database or "",
+            DJANGO_DB_HOST=parsed.host or "",
+            DJANGO_DB_PORT=str(parsed.port or ""),
+            DJANGO_DB_USER=parsed.username or "",
+            MIGRATION_LOG_FORMAT="json",
+        )
+        measure([PYTHON, "manage.py", "migrate"], project, env)
+        migrations = psycopg.connect(url).execute("SELECT count(*) FROM django_migrations").fetchone()
+        return {
+            f"Django no-op, {migrations[0] if migrations else '?'} migrations": alternate(
+                {
+                    "runner": [str(BIN / "migration-runner"), "upgrade"],
+                    "manage.py migrate": [PYTHON, "manage.py", "migrate"],
+                    "floor": [PYTHON, str(REPO / "bench" / "floor_django.py")],
+                },
+                project,
+                env,
+                runs,
+            )
+        }
+
+
+def environment() -> dict[str, Any]:
+    with psycopg.connect(ADMIN) as connection:
+        server = connection.execute("SHOW server_version").fetchone()
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "postgresql": server[0] if server else None,
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=11, help="timed runs of each command per row (default 11)")
+    parser.add_argument("--rows", default="noop,apply,followers,django", help="which rows, comma-separated")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    builders = {"noop": noop_rows, "apply": apply_rows, "followers": followers_row, "django": django_row}
+    results: dict[str, Any] = {"environment": environment(), "rows": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.rows.split(","):
+            results["rows"].update(builders[name](args.runs, Path(tmp)))
+    print(json.dumps(results["environment"]))
+    print(f"{'row':<75} {'command':<18} {'median s':>9} {'RSS MiB':>8}  ratios")
+    for row, figures in results["rows"].items():
+        ratios = "  ".join(f"{k.removeprefix('ratio_to_')} {v}" for k, v in figures.items() if k.startswith("ratio"))
+        first = True
+        for command, values in figures.items():
+            if isinstance(values, dict):
+                rss, shown = values.get("median_rss_mib", ""), ratios if first else ""
+                print(f"{row if first else '':<75} {command:<18} {values['median_s']:>9} {rss:>8}  {shown}")
+                first = False
+            elif not command.startswith("ratio"):
+                print(f"{row if first else '':<75} {command:<18} {values:>9}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
