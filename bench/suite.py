@@ -114,7 +114,9 @@ def alternate(
 def alembic_project(root: Path, revisions: int, url: str) -> Path:
     project = make_project(root, revisions=revisions)
     ini = project / "alembic.ini"
-    ini.write_text(ini.read_text().replace("sqlite:///./migration-runner.db", url))
+    text = ini.read_text().replace("driver://user:pass@localhost/dbname", url)
+    assert url in text, "the quickstart's alembic.ini no longer has the placeholder URL"  # noqa: S101
+    ini.write_text(text)
     return project
 
 

@@ -447,10 +447,10 @@ def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
 
 
 def _run(args: argparse.Namespace, settings: Settings, report: RunReport, document: TextIO, *, run_id: str) -> ExitCode:
-    from runner import commands, database, logs  # noqa: PLC0415
+    from runner import commands, logs  # noqa: PLC0415
 
     if settings.database_url is not None:
-        for secret in database.secrets_of(settings.url):
+        for secret in settings.light_url.secrets():
             logs.add_secret(secret)
     for pushgateway_secret in (settings.pushgateway_password, settings.pushgateway_token):
         logs.add_secret(pushgateway_secret.get_secret_value() if pushgateway_secret else None)
@@ -474,7 +474,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         version=_version(),
         tool=settings.chosen_tool,
         target=settings.target,
-        database=database.redact(settings.url) if settings.database_url is not None else None,
+        database=settings.light_url.redacted() if settings.database_url is not None else None,
         database_source=settings.database_source or None,
     )
     handlers: dict[str, Callable[[Run], ExitCode]] = {

@@ -43,6 +43,8 @@ MAX_RECONNECTS = 10
 # Lock not available, deadlock detected, serialization failure (PostgreSQL docs, "Appendix A").
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
 _WAIT_FIRST_DELAY_SECONDS = 0.1
+# How often, at most, the lock is verified between revisions (seconds).
+LOCK_CHECK_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -92,8 +94,11 @@ class Run:
         lock_ms = int(self.settings.ddl_lock_timeout * 1000)
         if database.family(url) == "postgresql":
             statement_ms = int(self.settings.statement_timeout * 1000)
+            # Asynchronous commits: a revision's commit does not wait for its WAL flush; one
+            # synchronous commit after the last revision makes them all durable (database.make_durable).
             return database.with_session_settings(
-                url, {"lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms)}
+                url,
+                {"lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms), "synchronous_commit": "off"},
             )
         if database.family(url) == "mysql" and lock_ms:
             return database.with_session_settings(url, {"lock_wait_timeout": str(max(1, lock_ms // 1000))})
@@ -356,8 +361,14 @@ def _apply(
             duration_seconds=round(revision.duration_seconds, 6),
         )
 
+    verified = [-LOCK_CHECK_INTERVAL_SECONDS]  # the first revision always asks (behind a pooler, this fails)
+
     def before_each(revision: str) -> None:
-        held.verify()
+        # A lost lock session is noticed by its keepalives only after tens of seconds anyway, so
+        # asking the server once a second, not before every revision, loses no protection.
+        if time.monotonic() - verified[0] >= LOCK_CHECK_INTERVAL_SECONDS:
+            held.verify()
+            verified[0] = time.monotonic()
         book.starting(revision)
 
     def in_transaction(execute: drivers.Execute, revision: str, transactional: bool) -> None:
@@ -370,6 +381,7 @@ def _apply(
         before_sleep=_log_retry(run, "revision.retrying", "revision"),
         reraise=True,
     )
+    done = False
     try:
         for attempt in retrying:
             with attempt:
@@ -382,6 +394,7 @@ def _apply(
                     before_each=before_each,
                     in_transaction=in_transaction,
                 )
+        done = True
     except MigrationFailed as error:
         if _worth_retrying(error):  # the retries are used up
             error.message += (
@@ -398,6 +411,14 @@ def _apply(
                 book, stopped.revision, "interrupted", transactional=stopped.transactional, message=str(stopped)
             )
         raise
+    finally:
+        # What was applied is on disk before the run reports it: on success this must work, on
+        # failure it is best effort (a lost server has lost only whole revisions, which the next run re-applies).
+        if done:
+            database.make_durable(connection)
+        else:
+            with contextlib.suppress(Exception):
+                database.make_durable(connection)
 
 
 def _record_end(book: ledger.Ledger, revision: str, outcome: str, *, transactional: bool, message: str) -> None:

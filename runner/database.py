@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 import re
 import sqlite3
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,37 +18,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool, Pool
 
+from runner import urls
 from runner.errors import ConfigError, ConnectionLost, DatabaseUnavailable
 from runner.logs import get_logger
+from runner.urls import ASYNC_DRIVERS, DatabaseUrl
 
-# URL backend -> (family, default driver). MariaDB speaks the MySQL protocol.
-_BACKENDS = {
-    "postgresql": ("postgresql", "psycopg"),
-    "postgres": ("postgresql", "psycopg"),
-    "mysql": ("mysql", "pymysql"),
-    "mariadb": ("mysql", "pymysql"),
-    "sqlite": ("sqlite", ""),
-}
-SUPPORTED_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
-# The drivers a URL may name. The runner's own connections always use the first sync one of the
-# family (psycopg 3 also serves psycopg2 URLs); env.py gets the URL as given, async drivers included.
-_SUPPORTED_DRIVERS = {
-    "postgresql": ("", "psycopg", "psycopg2", "asyncpg"),
-    "mysql": ("", "pymysql", "aiomysql", "asyncmy"),
-    "sqlite": ("", "pysqlite", "aiosqlite"),
-}
-# Async driver -> the module it needs. SQLAlchemy's asyncio extension needs greenlet on top.
-ASYNC_DRIVERS = {"asyncpg": "asyncpg", "aiomysql": "aiomysql", "asyncmy": "asyncmy", "aiosqlite": "aiosqlite"}
-# Query parameters that carry a secret: dropped from every rendered URL, their values redacted.
-SECRET_QUERY_KEYS = frozenset(
-    {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key"}
-)
-# Where a URL may name its database instead of the path (libpq dbname; PyMySQL database/db).
-_DATABASE_QUERY_KEYS = {"postgresql": ("dbname",), "mysql": ("database", "db"), "sqlite": ()}
-# TCP keepalives (seconds) on every PostgreSQL connection, and tcp_user_timeout (ms): unacknowledged
-# data for that long ends the connection (libpq docs, "34.1.2 Parameter Key Words").
-_PG_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
-_PG_TCP_USER_TIMEOUT_MS = "30000"
 ATTEMPT_TIMEOUT_SECONDS = 10
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 # PostgreSQL truncates application_name to NAMEDATALEN - 1 = 63 bytes
@@ -90,57 +62,19 @@ class Failure:
 
 
 def parse_url(raw: str) -> URL:
-    """Parse and normalise a database URL.
-
-    ``postgres://`` and ``postgresql://`` select psycopg 3; ``mysql://`` and
-    ``mariadb://`` select PyMySQL.
-
-    Args:
-        raw: a SQLAlchemy URL, possibly with a password.
-
-    Returns:
-        The normalised URL.
+    """Parse and normalise a database URL into SQLAlchemy's ``URL`` (checked by :func:`runner.urls.parse`).
 
     Raises:
-        ValueError: the text is not a URL, or its dialect is unsupported. The
-            message never repeats the URL, which may hold a password.
+        ValueError: as :func:`runner.urls.parse`; the message never repeats the URL.
     """
-    try:
-        url = sqlalchemy.make_url(raw.strip())
-    except (sa_exc.ArgumentError, ValueError):  # ValueError: an unencoded @ or : makes the port unparsable
-        raise ValueError(
-            "not a valid SQLAlchemy URL; expected dialect+driver://user:password@host:port/database "
-            "(percent-encode @, : and / in the password)"
-        ) from None
-    # Split the text: get_driver_name() would import the dialect, and "postgres" has none.
-    backend, _, driver = url.drivername.partition("+")
-    if backend not in _BACKENDS:
-        raise ValueError(f"database dialect {backend!r} is not supported; use one of {', '.join(SUPPORTED_DIALECTS)}")
-    family, default_driver = _BACKENDS[backend]
-    if driver not in _SUPPORTED_DRIVERS[family]:
-        usable = ", ".join(f"{backend}+{name}" for name in _SUPPORTED_DRIVERS[family] if name)
-        raise ValueError(f"driver {driver!r} is not supported for {backend}; use {backend}:// or {usable}")
-    if driver in ASYNC_DRIVERS:
-        _require_async_driver(driver)
-    if url.port is not None and not 1 <= url.port <= 65535:
-        raise ValueError(f"port {url.port} is out of range (1-65535)")
-    if family != "sqlite" and not url.database and not any(url.query.get(k) for k in _DATABASE_QUERY_KEYS[family]):
-        raise ValueError(
-            "the URL names no database (e.g. postgresql://host/ or mysql://host/); "
-            "add it: dialect://user:password@host:port/DATABASE"
-        )
-    if family == "postgresql" and driver in ("", "psycopg2"):
-        url = url.set(drivername="postgresql+psycopg")
-    elif family == "mysql" and not driver:
-        url = url.set(drivername=f"{backend}+{default_driver}")
-    return url
+    checked = urls.parse(raw)
+    return sqlalchemy.make_url(raw.strip()).set(drivername=checked.drivername)
 
 
-def _require_async_driver(driver: str) -> None:
-    """An async URL needs its driver and greenlet; say which package to install (never a crash later)."""
-    for module, package in ((ASYNC_DRIVERS[driver], ASYNC_DRIVERS[driver]), ("greenlet", "migration-runner[async]")):
-        if importlib.util.find_spec(module) is None:
-            raise ValueError(f"env.py's URL needs the {module} package: pip install {package}")
+def light(url: URL) -> DatabaseUrl:
+    """SQLAlchemy's ``URL`` as :class:`runner.urls.DatabaseUrl`."""
+    query = {key: (value,) if isinstance(value, str) else tuple(value) for key, value in url.query.items()}
+    return DatabaseUrl(url.drivername, url.username, url.password, url.host, url.port, url.database, query)
 
 
 def is_async(url: URL) -> bool:
@@ -163,51 +97,22 @@ def sync_url(url: URL) -> URL:
 
 def family(url: URL) -> str:
     """The database family of a normalised URL: ``postgresql``, ``mysql`` or ``sqlite``."""
-    return _BACKENDS[url.drivername.partition("+")[0]][0]
+    return urls.BACKENDS[url.drivername.partition("+")[0]][0]
 
 
 def redact(url: URL) -> str:
-    """Render a URL for logs: the password becomes ``***`` and secret query parameters are dropped.
-
-    SQLAlchemy's ``render_as_string(hide_password=True)`` hides only the
-    password of the user-info part; ``?password=`` and its kin
-    (:data:`SECRET_QUERY_KEYS`) are removed before rendering.
-    """
-    secret_keys = [key for key in url.query if key.lower() in SECRET_QUERY_KEYS]
-    return url.difference_update_query(secret_keys).render_as_string(hide_password=True)
+    """Render a URL for logs: the password becomes ``***`` and secret query parameters are dropped."""
+    return light(url).redacted()
 
 
 def secrets_of(url: URL) -> list[str]:
-    """Every secret a URL carries, in each form it may take in a message.
-
-    The password as given, percent-encoded, form-encoded and as SQLAlchemy
-    renders it (which leaves ``+`` and spaces alone), and the values of the
-    secret query parameters.
-
-    Returns:
-        The strings to redact, longest first; empty strings left out.
-    """
-    values = [str(url.password)] if url.password else []
-    for key, value in url.query.items():
-        if key.lower() in SECRET_QUERY_KEYS:
-            values.extend([value] if isinstance(value, str) else list(value))
-    forms: set[str] = set()
-    for value in filter(None, values):
-        rendered = URL.create("x", username="u", password=value, host="h").render_as_string(hide_password=False)
-        as_sqlalchemy_renders = rendered[len("x://u:") : -len("@h")]
-        forms |= {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), as_sqlalchemy_renders}
-    return sorted(forms, key=len, reverse=True)
+    """Every secret a URL carries, in each form it may take in a message (:meth:`DatabaseUrl.secrets`)."""
+    return light(url).secrets()
 
 
 def database_name(url: URL) -> str:
     """The database a URL points at: the database name (or its ``dbname`` parameter) or the SQLite path."""
-    if url.database:
-        return url.database
-    for key in _DATABASE_QUERY_KEYS[family(url)]:
-        value = url.query.get(key)
-        if isinstance(value, str):
-            return value
-    return ""
+    return light(url).database_name
 
 
 def with_session_settings(url: URL, settings: Mapping[str, str]) -> URL:
@@ -250,8 +155,7 @@ def with_network_bounds(url: URL) -> URL:
     """
     if family(url) != "postgresql" or url.drivername.endswith("+asyncpg"):
         return url  # asyncpg takes no libpq parameters
-    wanted = {**_PG_KEEPALIVES, "tcp_user_timeout": _PG_TCP_USER_TIMEOUT_MS}
-    return url.update_query_dict({k: v for k, v in wanted.items() if k not in url.query})
+    return url.update_query_dict({k: v for k, v in urls.PG_NETWORK_BOUNDS.items() if k not in url.query})
 
 
 @functools.cache
@@ -383,7 +287,7 @@ def _track_connections() -> None:
         if _on_connect_settings and _adapts(dbapi_connection, "asyncpg"):
             cursor = dbapi_connection.cursor()
             for name, value in _on_connect_settings.items():
-                cursor.execute(f"SET {name} = {int(value)}")  # our own integer settings (milliseconds)
+                cursor.execute(f"SET {name} = '{value}'")  # our own settings: integers (milliseconds) and 'off'
             cursor.close()
             dbapi_connection.commit()  # the adapter opened a transaction: a rollback would undo the SETs
 
@@ -561,6 +465,27 @@ def server_database_name(connection: Connection) -> str:
         _end_read(connection)
     path = connection.engine.url.database or ""
     return os.path.realpath(path) if path not in ("", ":memory:") else path
+
+
+def make_durable(connection: Connection) -> None:
+    """Wait until every commit this server acknowledged so far is flushed to disk (PostgreSQL; else nothing).
+
+    The revisions commit with ``synchronous_commit = off``; a commit of a
+    transaction with an XID under ``synchronous_commit = on`` waits for the WAL
+    up to its own record, which comes after theirs (PostgreSQL docs, "28.4.
+    Asynchronous Commit"), and for synchronous standbys where they are configured.
+
+    Raises:
+        ConnectionLost: the connection was lost first.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    with losing_connection_raises():
+        if connection.in_transaction():
+            connection.rollback()
+        with connection.begin():
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            connection.exec_driver_sql("SELECT txid_current()")
 
 
 def read_only_reason(connection: Connection) -> str | None:

@@ -81,7 +81,10 @@ class RunReport:
         # Committed: the database's heads move on without another query.
         self.after = sorted((set(self.after or []) - set(applied.replaces)) | {applied.revision})
         self.metrics.database_at(self.after)
-        self.pending = [p for p in self.pending if p["id"] != applied.revision]
+        if self.pending and self.pending[0]["id"] == applied.revision:  # the usual case: in plan order
+            del self.pending[0]
+        else:
+            self.pending = [p for p in self.pending if p["id"] != applied.revision]
         self.metrics.revisions_applied.inc()
         self.metrics.revision_duration.observe(applied.duration_seconds)
         self.metrics.pending.set(len(self.pending))

@@ -28,7 +28,7 @@ import re
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
 from dotenv import dotenv_values
@@ -39,10 +39,12 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from sqlalchemy.engine import URL
 
-from runner import database
+from runner import urls
 from runner.errors import ConfigError, ExitCode
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 PREFIX = "MIGRATION_"
 ENVIRONMENTS = ("development", "test", "staging", "production")
@@ -211,7 +213,7 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            database.parse_url(value.get_secret_value())  # raises ValueError, no URL echoed
+            urls.parse(value.get_secret_value())  # raises ValueError, no URL echoed
         return value
 
     @field_validator("metrics_textfile")
@@ -240,7 +242,7 @@ class Settings(BaseSettings):
             ConfigError: the URL does not parse.
         """
         try:
-            database.parse_url(url)
+            urls.parse(url)
         except ValueError as error:
             raise ConfigError(f"invalid database in {source}: {error}") from None
         self.database_url = SecretStr(url)
@@ -257,18 +259,32 @@ class Settings(BaseSettings):
 
     @property
     def url(self) -> URL:
-        """The normalised database URL (``postgres://`` → ``postgresql+psycopg://``).
+        """The normalised database URL as SQLAlchemy's ``URL`` (``postgres://`` → ``postgresql+psycopg://``).
 
         Raises:
             ConfigError: no database URL is configured for this environment.
 
         """
+        from runner import database  # noqa: PLC0415  (SQLAlchemy only when an engine is made)
+
+        return database.parse_url(self._raw_url())
+
+    @property
+    def light_url(self) -> urls.DatabaseUrl:
+        """The same URL, read without SQLAlchemy (:mod:`runner.urls`).
+
+        Raises:
+            ConfigError: no database URL is configured for this environment.
+        """
+        return urls.parse(self._raw_url())
+
+    def _raw_url(self) -> str:
         if self.database_url is None:
             raise ConfigError(
                 f"MIGRATION_DATABASE_URL is not set; it is required in the {self.environment} "
                 "environment (or set DATABASE_URL, or a secret file migration_database_url)"
             )
-        return database.parse_url(self.database_url.get_secret_value())
+        return self.database_url.get_secret_value()
 
     @classmethod
     def settings_customise_sources(
@@ -297,7 +313,7 @@ class Settings(BaseSettings):
         """
         values = self.model_dump(mode="json")  # SecretStr dumps as "**********"
         if self.database_url is not None:
-            values["database_url"] = database.redact(self.url)
+            values["database_url"] = self.light_url.redacted()
         sources = {PREFIX + name.upper(): self._sources.get(name, "default") for name in values}
         sources[PREFIX + "DATABASE_URL"] = self.database_source or "not set"
         values["tool"] = self.chosen_tool
@@ -528,7 +544,7 @@ def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> Non
 
     for source, raw in candidates():  # the first one wins; later sources are not even read
         try:
-            database.parse_url(raw)
+            urls.parse(raw)
         except ValueError as error:
             raise ConfigError(f"invalid setting {source}: {error}") from None
         settings.database_url = SecretStr(raw)

@@ -34,6 +34,7 @@ from support import (
     wait_until,
 )
 
+from runner import urls
 from runner.drivers.django import entry_of_url
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
@@ -78,7 +79,7 @@ def add_migration(project: Path, name: str, body: str, depends: str = "0003_prod
 
 def settings_module(project: Path, name: str, url: str | None, **entry: Any) -> dict[str, str]:
     """A settings module ``name`` in the project: the example's, with DATABASES['default'] from ``url`` or ``entry``."""
-    database = entry_of_url(sqlalchemy.make_url(url)) if url else entry
+    database = entry_of_url(urls.parse(url)) if url else entry
     (project / f"{name}.py").write_text(f"from mysite.settings import *\n\nDATABASES = {{'default': {database!r}}}\n")
     return {"DJANGO_SETTINGS_MODULE": name}
 
@@ -207,7 +208,7 @@ def test_wait_returns_once_another_process_migrates(cli: Cli, project: Path, pg_
 
 def test_the_databases_entry_is_used_when_no_url_is_set(cli: Cli, project: Path, pg_url: str) -> None:
     """No MIGRATION_DATABASE_URL: the alias' own DATABASES entry, with its password never printed."""
-    entry = {**entry_of_url(sqlalchemy.make_url(pg_url)), "PASSWORD": "s3cret-Django-pw"}
+    entry = {**entry_of_url(urls.parse(pg_url)), "PASSWORD": "s3cret-Django-pw"}
     own = settings_module(project, "own_settings", None, **entry)
 
     result = cli("upgrade", env=own)

@@ -26,9 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy.engine import URL, Connection
-
-from runner import database, logs
+from runner import logs
 from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own
 from runner.errors import (
     BrokenProject,
@@ -46,6 +44,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext, MigrationStep
     from alembic.script import Script
+    from sqlalchemy.engine import URL, Connection
 
     from runner.drivers import Execute
     from runner.settings import Settings
@@ -183,6 +182,7 @@ class Project:
             )
         try:
             self.script = ScriptDirectory.from_config(self.config)
+            self._applied_cache: tuple[tuple[str, ...], set[str]] | None = None
         except CommandError as error:
             raise ConfigError(f"{setting}: {error}") from None
         self._require_env_py(setting)
@@ -322,8 +322,17 @@ class Project:
         """Whether ``revision`` is one of ``current`` or an ancestor of one (an unknown one is not)."""
         if not current or self.unknown([revision]):
             return False
+        return revision in self._applied(tuple(current))
+
+    def _applied(self, current: tuple[str, ...]) -> set[str]:
+        """``current`` and its ancestors; the last answer is kept (the post-upgrade check asks once per step)."""
+        cached = self._applied_cache
+        if cached is not None and cached[0] == current:
+            return cached[1]
         with _history_errors():
-            return revision in {s.revision for s in self.script.iterate_revisions(tuple(current), "base")}
+            applied = {s.revision for s in self.script.iterate_revisions(current, "base")}
+        self._applied_cache = (current, applied)
+        return applied
 
     def stamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
         """Record ``revision`` as applied without running it (``MigrationContext.stamp``, Alembic API).
@@ -422,6 +431,8 @@ class Project:
         """
         from alembic.runtime.environment import EnvironmentContext  # noqa: PLC0415
 
+        from runner import database  # noqa: PLC0415
+
         # configparser interpolation: a literal % must be doubled (Alembic docs,
         # Config.set_main_option).
         self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -485,10 +496,14 @@ class Project:
     def _transactional(self, url: URL) -> bool:
         # MySQL commits DDL as it goes; a revision that ended its own transaction
         # (a COMMIT, an autocommit_block) has committed what came before.
+        from runner import database  # noqa: PLC0415
+
         return database.family(url) != "mysql" and not database.transaction_watch.ended
 
     def _failure(self, error: BaseException, failed: Script | None, url: URL, *, started: bool) -> RunnerError:
         """What a project-code exception means: a lost connection, a broken env.py, or a failed revision."""
+        from runner import database  # noqa: PLC0415
+
         failure = database.classify(error)
         if failure.connection:
             return ConnectionLost(

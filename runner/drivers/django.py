@@ -39,10 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection
-
-from runner import database, logs
+from runner import logs, urls
 from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own
 from runner.errors import (
     BrokenProject,
@@ -55,7 +52,11 @@ from runner.errors import (
     Stopped,
 )
 
+# Django and SQLAlchemy are imported where they are used: choosing the tool (`detect`) needs neither.
 if TYPE_CHECKING:
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import URL, Connection
+
     from runner.drivers import Execute
     from runner.settings import Settings
 
@@ -124,7 +125,7 @@ def url_of_entry(entry: Mapping[str, Any], where: str) -> str:
     if family == "sqlite":
         if not name or name == ":memory:" or name.startswith("file:"):
             raise ConfigError(f"{where}: NAME {name!r} is not a database file the runner can lock")
-        return URL.create("sqlite", database=name).render_as_string(hide_password=False)
+        return urls.DatabaseUrl("sqlite", database=name).render(hide_password=False)
     query: dict[str, str] = {}
     if family == "postgresql":
         name = name or str(options.get("dbname") or "")
@@ -142,26 +143,26 @@ def url_of_entry(entry: Mapping[str, Any], where: str) -> str:
         query["host" if family == "postgresql" else "unix_socket"] = host
         host = ""
     port = str(entry.get("PORT") or "")
-    url = URL.create(
+    url = urls.DatabaseUrl(
         "postgresql+psycopg" if family == "postgresql" else "mysql+pymysql",
         username=str(entry.get("USER") or "") or None,
         password=str(entry.get("PASSWORD") or "") or None,
         host=host or None,
         port=int(port) if port.isdigit() else None,
         database=name,
-        query=query,
+        query={key: (value,) for key, value in query.items()},
     )
-    return url.render_as_string(hide_password=False)
+    return url.render(hide_password=False)
 
 
-def entry_of_url(url: URL) -> dict[str, Any]:
+def entry_of_url(url: urls.DatabaseUrl) -> dict[str, Any]:
     """The connection fields of a ``DATABASES`` entry for ``url`` (ENGINE, NAME, USER, PASSWORD, HOST, PORT, OPTIONS).
 
     The URL's query parameters become OPTIONS: libpq parameters for PostgreSQL
     (``sslmode``, ``options``), ``charset`` and the like for MySQL.
     """
-    family = database.family(url)
-    query = {key: value for key, value in url.query.items() if isinstance(value, str)}
+    family = url.family
+    query = {key: values[-1] for key, values in url.query.items()}
     if family == "sqlite":
         return {"ENGINE": _ENGINE_OF_FAMILY["sqlite"], "NAME": url.database or "", "OPTIONS": {}}
     host = url.host or ""
@@ -174,7 +175,7 @@ def entry_of_url(url: URL) -> dict[str, Any]:
         options = {key: value for key, value in query.items() if key in _MYSQL_URL_OPTIONS}
     return {
         "ENGINE": _ENGINE_OF_FAMILY[family],
-        "NAME": database.database_name(url),
+        "NAME": url.database_name,
         "USER": url.username or "",
         "PASSWORD": url.password or "",
         "HOST": host,
@@ -313,14 +314,13 @@ class Project:
         entry = databases[self.alias]
         self._own_url: tuple[str, str] | None = None
         if self._settings.database_url is not None:
-            entry.update(entry_of_url(database.sync_url(self._settings.url)))
+            entry.update(entry_of_url(self._settings.light_url))
         else:
             self._own_url = (url_of_entry(entry, where), where)
         if _ENGINES.get(entry.get("ENGINE", "")) == "postgresql":
             # Keepalives and tcp_user_timeout, as for the runner's own sessions: a frozen server ends the run.
-            bounds = database.with_network_bounds(URL.create("postgresql")).query
             options = entry.setdefault("OPTIONS", {})
-            for name, value in bounds.items():
+            for name, value in urls.PG_NETWORK_BOUNDS.items():
                 options.setdefault(name, value)
 
     def _watch_connections(self) -> None:
@@ -331,6 +331,8 @@ class Project:
         statement_ms = int(self._settings.statement_timeout * 1000)
 
         def created(sender: Any, connection: Any, **_: Any) -> None:
+            from runner import database  # noqa: PLC0415
+
             if connection.alias != self.alias:
                 return
             with connection.cursor() as cursor:
@@ -360,8 +362,6 @@ class Project:
             raise BrokenRevisionFiles(f"migration graph: {error}") from None
         except (BadMigrationError, ImportError, SyntaxError) as error:
             raise BrokenRevisionFiles(f"migration file: {_described(error)}{_where(error)}") from None
-        except sa_exc.DBAPIError:
-            raise
         except Exception as error:
             if _is_database_error(error):
                 raise
@@ -592,6 +592,8 @@ class Project:
 
     def _failure(self, error: BaseException, progress: _Progress) -> RunnerError:
         """What an exception out of ``migrate`` means: a lost connection, a broken project, or a failed migration."""
+        from runner import database  # noqa: PLC0415
+
         translated = _as_dbapi_error(error)
         failure = database.classify(translated) if translated is not None else database.Failure(None, False)
         if translated is not None and _lost(translated):
@@ -618,6 +620,8 @@ class Project:
     def _database_errors(self, *, reading: bool = False) -> Iterator[None]:
         """Turn Django's database errors into the runner's: lost or unreachable, or else SQLAlchemy's own kind."""
         from django.db import connections  # noqa: PLC0415
+
+        from runner import database  # noqa: PLC0415
 
         try:
             yield
@@ -733,6 +737,8 @@ def _as_dbapi_error(error: BaseException) -> sa_exc.DBAPIError | None:
     Django re-raises the driver's exception as ``django.db.utils.<Class>`` with
     the original as ``__cause__`` (``DatabaseErrorWrapper``).
     """
+    from sqlalchemy import exc as sa_exc  # noqa: PLC0415
+
     if isinstance(error, sa_exc.DBAPIError):
         return error
     if not _is_database_error(error):
@@ -743,6 +749,8 @@ def _as_dbapi_error(error: BaseException) -> sa_exc.DBAPIError | None:
 
 def _lost(error: sa_exc.DBAPIError) -> bool:
     # psycopg raises InterfaceError ("the connection is closed") once it has seen the connection die.
+    from sqlalchemy import exc as sa_exc  # noqa: PLC0415
+
     return isinstance(error, sa_exc.InterfaceError)
 
 
