@@ -95,7 +95,7 @@ class Run:
         if database.family(url) == "postgresql":
             statement_ms = int(self.settings.statement_timeout * 1000)
             # Asynchronous commits: a revision's commit does not wait for its WAL flush; one
-            # synchronous commit after the last revision makes them all durable (database.make_durable).
+            # synchronous commit after the last revision makes them all durable (Ledger.make_durable).
             return database.with_session_settings(
                 url,
                 {"lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms), "synchronous_commit": "off"},
@@ -415,10 +415,11 @@ def _apply(
         # What was applied is on disk before the run reports it: on success this must work, on
         # failure it is best effort (a lost server has lost only whole revisions, which the next run re-applies).
         if done:
-            database.make_durable(connection)
+            with database.losing_connection_raises():
+                book.make_durable()
         else:
             with contextlib.suppress(Exception):
-                database.make_durable(connection)
+                book.make_durable()
 
 
 def _record_end(book: ledger.Ledger, revision: str, outcome: str, *, transactional: bool, message: str) -> None:

@@ -467,27 +467,6 @@ def server_database_name(connection: Connection) -> str:
     return os.path.realpath(path) if path not in ("", ":memory:") else path
 
 
-def make_durable(connection: Connection) -> None:
-    """Wait until every commit this server acknowledged so far is flushed to disk (PostgreSQL; else nothing).
-
-    The revisions commit with ``synchronous_commit = off``; a commit of a
-    transaction with an XID under ``synchronous_commit = on`` waits for the WAL
-    up to its own record, which comes after theirs (PostgreSQL docs, "28.4.
-    Asynchronous Commit"), and for synchronous standbys where they are configured.
-
-    Raises:
-        ConnectionLost: the connection was lost first.
-    """
-    if connection.dialect.name != "postgresql":
-        return
-    with losing_connection_raises():
-        if connection.in_transaction():
-            connection.rollback()
-        with connection.begin():
-            connection.exec_driver_sql("SET LOCAL synchronous_commit = on")
-            connection.exec_driver_sql("SELECT txid_current()")
-
-
 def read_only_reason(connection: Connection) -> str | None:
     """Why the server would refuse a migration's writes, or ``None`` if it accepts them.
 

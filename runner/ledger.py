@@ -238,6 +238,23 @@ class Ledger:
                 row = {**self._row(revision, outcome, transactional=transactional), **done}
                 connection.execute(self.table.insert().values(row))
 
+    def make_durable(self) -> None:
+        """Wait until every commit the server acknowledged so far is on disk (PostgreSQL; elsewhere nothing).
+
+        The revisions commit with ``synchronous_commit = off``. A synchronous
+        commit flushes the WAL up to its own record, which comes after theirs,
+        but only if the transaction wrote WAL (PostgreSQL docs, "28.4.
+        Asynchronous Commit"; an XID alone is not enough): so the ledger's last
+        row is rewritten as it is. Synchronous standbys are waited for too.
+        """
+        if self.family != "postgresql":
+            return
+        connection = self._bound()
+        last = sa.select(sa.func.max(self.table.c.id)).scalar_subquery()
+        with _transaction(connection):
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            connection.execute(self.table.update().where(self.table.c.id == last).values(id=self.table.c.id))
+
     def resolve(self, row_id: int, resolution: str) -> None:
         """Record the operator's finding on a blocking row (``applied`` or ``not-applied``)."""
         values = {"resolution": resolution, "resolved_at": self._stored(self.now()), "resolved_by": self.host}

@@ -96,6 +96,11 @@ class ThrowawayPostgres:
         """``pg_ctl restart -m fast``: every session is terminated, the server comes back."""
         self._pg_ctl("restart", "-m", "fast")
 
+    def crash(self) -> None:
+        """``pg_ctl stop -m immediate``: no shutdown checkpoint, WAL still in shared memory is lost; then start."""
+        self._pg_ctl("stop", "-m", "immediate")
+        self.start()
+
     def stop(self) -> None:
         """Stop the server if it runs, and remove its directory."""
         if (self.data / "postmaster.pid").exists():

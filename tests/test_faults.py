@@ -309,3 +309,22 @@ def test_behind_a_transaction_pooler_the_lost_lock_is_detected(cli: Cli, pg_url:
     lost = result.one("lock.lost")
     assert "directly" in lost["error"] and "PgBouncer" in lost["error"]
     assert result.named("revision.applied") == []
+
+
+@pytest.mark.timeout(90)
+def test_what_an_exit_0_reports_survives_a_crash_right_after(cli: Cli) -> None:
+    """Revisions commit asynchronously, but the run ends with a synchronous commit: a crash then loses nothing."""
+    server = ThrowawayPostgres()
+    make_project(cli.cwd, revisions=40)
+    try:
+        server.start()
+        # wal_writer_delay is 200 ms: a crash this soon after exit would lose asynchronous commits not yet written.
+        result = cli(env={"MIGRATION_DATABASE_URL": server.url})
+        server.crash()
+        after = version(server.url)
+    finally:
+        server.stop()
+
+    assert result.code == 0, result.stdout
+    assert result.one("upgrade.finished")["current"] == [rev_id(40)]
+    assert after == [rev_id(40)]
