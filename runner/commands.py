@@ -280,15 +280,16 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             on_connect_retry=lambda: run.report.retried("connect"),
         ) as held:
             run.report.lock_acquired(held.wait_seconds)
-            book = run.ledger()
-            book.prepare(held.connection or connection)
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
-            _refuse_unfinished(project, book, current)
-            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
-            if not pending:
+            if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
+                # Followers pass the lock on one by one: this path stays short (no ledger work).
                 reason = "another runner migrated while this one waited for the lock"
                 log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason=reason)
                 return
+            book = run.ledger()
+            book.prepare(held.connection or connection)
+            _refuse_unfinished(project, book, current)
+            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
             log.info(
                 "upgrade.started",
                 current=run.shown(current),

@@ -1,9 +1,9 @@
 """The migration lock: one runner at a time per database and version table.
 
-MariaDB / MySQL: ``GET_LOCK(name, 0)`` polled on a dedicated connection; the
+MariaDB / MySQL: ``GET_LOCK(name, timeout)`` on a dedicated connection; the
 server frees it when that connection ends (MySQL docs, "Locking Functions").
 
-PostgreSQL: a *session-level* advisory lock (``pg_try_advisory_lock``) held on
+PostgreSQL: a *session-level* advisory lock (``pg_advisory_lock``) held on
 a dedicated autocommit connection. It is never inside a transaction, so a
 revision may use ``CREATE INDEX CONCURRENTLY`` in an ``autocommit_block``, and
 the server frees it when the session ends, so a killed pod cannot leave it
@@ -12,14 +12,19 @@ behind (PostgreSQL docs, "13.3.5. Advisory Locks").
 SQLite: an OS file lock (``filelock``, ``fcntl.flock`` on Linux) beside the
 database file, freed by the kernel when the process dies.
 
-Both are polled with capped exponential backoff and jitter until the timeout;
-every 5 s the waiter logs who holds the lock (:mod:`runner.polling`).
+The server locks are waited for on the server, in slices of at most 5 s
+(PostgreSQL: ``pg_advisory_lock`` under a ``lock_timeout``; MySQL: the
+``GET_LOCK`` timeout), so a waiter wakes the moment the holder releases, and
+between slices it logs who holds the lock. The file lock is polled
+(``filelock``'s own polling, 50 ms).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +32,13 @@ from typing import Any
 
 import filelock
 from sqlalchemy import bindparam, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, polling
 from runner.errors import ConfigError, LockLost, LockTimeout
 from runner.logs import get_logger
 
-_FIRST_DELAY_SECONDS = 0.05
 # How long the lock connection waits for a cancelled MySQL statement to end before it lets go.
 _CANCEL_WAIT_SECONDS = 10.0
 _INT64 = 1 << 63
@@ -125,14 +130,17 @@ def parse_key(value: str) -> int:
     return number
 
 
-def _poll(
-    try_acquire: Callable[[], bool],
+def _wait(
+    acquire: Callable[[float], bool],
     describe_holder: Callable[[], dict[str, Any]],
     *,
     timeout: float,
     what: dict[str, Any],
 ) -> float:
-    """Call ``try_acquire`` with backoff and jitter until it returns True, naming the holder while waiting.
+    """Take a lock with ``acquire(seconds)``, which blocks up to that long; name the holder between slices.
+
+    The first call does not block (0 s), so a contended lock is reported at
+    once; then each call blocks for at most :data:`polling.REPORT_INTERVAL_SECONDS`.
 
     Returns:
         Seconds waited.
@@ -140,18 +148,20 @@ def _poll(
     Raises:
         LockTimeout: ``timeout`` seconds passed; the message names the holder.
     """
-
-    def report(waited: float) -> None:
-        get_logger().info("lock.waiting", waited_seconds=round(waited, 3), holder=describe_holder(), **what)
-
-    waited = polling.poll(try_acquire, timeout=timeout, report=report, first_delay=_FIRST_DELAY_SECONDS)
-    if waited is None:
-        holder = describe_holder()
-        raise LockTimeout(
-            f"lock still held after {timeout:g} s by {holder or 'a session that just released it'}; "
-            "another runner is migrating this database: let it finish, or raise MIGRATION_LOCK_TIMEOUT"
-        )
-    return waited
+    started = time.monotonic()
+    deadline = started + timeout
+    wait_for = 0.0
+    while not acquire(wait_for):
+        now = time.monotonic()
+        if now >= deadline:
+            holder = describe_holder()
+            raise LockTimeout(
+                f"lock still held after {timeout:g} s by {holder or 'a session that just released it'}; "
+                "another runner is migrating this database: let it finish, or raise MIGRATION_LOCK_TIMEOUT"
+            )
+        get_logger().info("lock.waiting", waited_seconds=round(now - started, 3), holder=describe_holder(), **what)
+        wait_for = min(polling.REPORT_INTERVAL_SECONDS, deadline - now)
+    return time.monotonic() - started
 
 
 def _lost(key: int) -> LockLost:
@@ -174,10 +184,25 @@ class _PostgresAdvisoryLock:
         self.fields: dict[str, Any] = {"lock_key": key}
         self.pid: int | None = None
 
-    def try_acquire(self, connection: Connection) -> bool:
-        row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": self.key}).one()
-        self.pid = row[1]
-        return bool(row[0])
+    def acquire(self, connection: Connection, seconds: float) -> bool:
+        """Take the lock, waiting on the server up to ``seconds`` (``lock_timeout``; 0: do not wait)."""
+        if seconds <= 0:
+            row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": self.key}).one()
+            self.pid = row[1]
+            return bool(row[0])
+        connection.exec_driver_sql(f"SET lock_timeout = {max(1, int(seconds * 1000))}")  # our own integer
+        try:
+            self.pid = connection.execute(
+                text("SELECT pg_backend_pid() FROM pg_advisory_lock(:k)"), {"k": self.key}
+            ).scalar()
+        except sa_exc.DBAPIError as error:
+            if database.sqlstate(error) == "55P03":  # lock_not_available: the slice is over
+                return False
+            raise
+        finally:
+            with contextlib.suppress(sa_exc.DBAPIError):
+                connection.exec_driver_sql("RESET lock_timeout")
+        return True
 
     def describe_holder(self, connection: Connection) -> dict[str, Any]:
         row = connection.execute(_PG_HOLDER, self.where).mappings().first()
@@ -205,8 +230,10 @@ class _MySQLNamedLock:
         self.name = f"migration-runner.{key % (1 << 64):016x}"
         self.fields: dict[str, Any] = {"lock_key": key, "lock_name": self.name}
 
-    def try_acquire(self, connection: Connection) -> bool:
-        return connection.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar() == 1
+    def acquire(self, connection: Connection, seconds: float) -> bool:
+        """``GET_LOCK`` waiting on the server up to ``seconds`` (whole seconds, rounded up; 0: do not wait)."""
+        wait = math.ceil(seconds) if seconds > 0 else 0
+        return connection.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": self.name, "t": wait}).scalar() == 1
 
     def describe_holder(self, connection: Connection) -> dict[str, Any]:
         holder = connection.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": self.name}).scalar()
@@ -274,8 +301,8 @@ def _server_lock(
                 raise _lost(lock.key)
 
         with database.losing_connection_raises():
-            waited = _poll(
-                lambda: lock.try_acquire(connection),
+            waited = _wait(
+                lambda seconds: lock.acquire(connection, seconds),
                 lambda: lock.describe_holder(connection),
                 timeout=timeout,
                 what=lock.fields,
@@ -303,14 +330,14 @@ def _server_lock(
 def _file_lock(path: Path, *, timeout: float) -> Iterator[HeldLock]:
     lock = filelock.FileLock(path)
 
-    def try_acquire() -> bool:
+    def acquire(seconds: float) -> bool:
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=seconds)
         except filelock.Timeout:
             return False
         return True
 
-    waited = _poll(try_acquire, lambda: {"lock_file": str(path)}, timeout=timeout, what={"lock_file": str(path)})
+    waited = _wait(acquire, lambda: {"lock_file": str(path)}, timeout=timeout, what={"lock_file": str(path)})
     get_logger().info("lock.acquired", lock_file=str(path), wait_seconds=round(waited, 3))
     try:
         yield HeldLock(key=0, wait_seconds=waited)
