@@ -319,7 +319,6 @@ def _startup_stopped(error: Interrupted | RunTimeout) -> int:
 
 def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> int:
     from runner import logs  # noqa: PLC0415  (imported after the signal handlers: see the module docstring)
-    from runner.metrics import Metrics  # noqa: PLC0415
     from runner.report import RunReport  # noqa: PLC0415
 
     stream = _log_stream(args.command, wants_json=wants_json)
@@ -334,7 +333,7 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         environment=(args.environment or os.environ.get("MIGRATION_ENVIRONMENT") or "development").lower(),
         host=os.environ.get("MIGRATION_POD_NAME") or socket.gethostname(),
     )
-    report = RunReport(command=args.command, metrics=Metrics(version=_version(), command=args.command))
+    report = RunReport(command=args.command)
     settings: Settings | None = None
     stop_serving: Callable[[], None] = lambda: None  # noqa: E731
     failure: BaseException | None = None
@@ -351,6 +350,10 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         logs.configure(
             level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
         )
+        if settings.metrics_port is not None or settings.metrics_textfile or settings.pushgateway_url:
+            from runner.metrics import Metrics  # noqa: PLC0415  (prometheus-client only when metrics go somewhere)
+
+            report.metrics = Metrics(version=_version(), command=args.command)
         if settings.metrics_port is not None:
             stop_serving = _serve_metrics(report, settings)
         code = _run(args, settings, report, document, run_id=run_id)
@@ -435,7 +438,7 @@ def _log_stream(command: str, *, wants_json: bool) -> TextIO:
 def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
     from runner.errors import ConfigError  # noqa: PLC0415
 
-    assert settings.metrics_port is not None  # noqa: S101  (checked by the caller)
+    assert settings.metrics_port is not None and report.metrics is not None  # noqa: S101  (checked by the caller)
     try:
         return report.metrics.serve(port=settings.metrics_port, address=settings.metrics_bind_address)
     except (OSError, ValueError) as error:  # in use, no permission, or an address that does not parse
@@ -447,7 +450,7 @@ def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
 
 
 def _run(args: argparse.Namespace, settings: Settings, report: RunReport, document: TextIO, *, run_id: str) -> ExitCode:
-    from runner import commands, logs  # noqa: PLC0415
+    from runner import logs, noop  # noqa: PLC0415
 
     if settings.database_url is not None:
         for secret in settings.light_url.secrets():
@@ -455,28 +458,40 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
     for pushgateway_secret in (settings.pushgateway_password, settings.pushgateway_token):
         logs.add_secret(pushgateway_secret.get_secret_value() if pushgateway_secret else None)
     _start_deadline(settings.timeout)
+    host = settings.pod_name or socket.gethostname()
+    context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
+    if report.metrics:
+        report.metrics.run_info.labels(run_id=run_id, **{k: v or "" for k, v in context.items()}).set(1)
+    logs.bind_run(
+        run_id=run_id,
+        command=args.command,
+        environment=settings.environment,
+        host=host,
+        **{k: v for k, v in context.items() if v},
+    )
+    started = settings.database_url is not None and args.command == "upgrade"
+    if started:
+        _log_started(settings)
+        # What every pod start sees: already at head. Answered, when it can be, without SQLAlchemy or the tool.
+        name = noop.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
+        found = noop.at_target(settings, Path.cwd(), name=name)
+        if found is not None:
+            report.target, report.heads = list(found.heads), list(found.heads)
+            report.database_at(found.current)
+            report.planned([])
+            logs.get_logger().info(
+                "upgrade.noop", current=list(found.current), target=settings.target, reason="already at target"
+            )
+            return ExitCode.OK
+    from runner import commands  # noqa: PLC0415
+
     run: Run = commands.Run(
         settings=settings, cwd=Path.cwd(), report=report, run_id=run_id, stdout=document, resolution=args.mark
     )
-    context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
-    report.metrics.run_info.labels(run_id=run.run_id, **{k: v or "" for k, v in context.items()}).set(1)
-    logs.bind_run(
-        run_id=run.run_id,
-        command=args.command,
-        environment=settings.environment,
-        host=run.host,
-        **{k: v for k, v in context.items() if v},
-    )
     if settings.database_url is None and args.command != "config":
         run.project()  # a project that configures its own database (Django's DATABASES) supplies the URL
-    logs.get_logger().info(
-        "run.started",
-        version=_version(),
-        tool=settings.chosen_tool,
-        target=settings.target,
-        database=settings.light_url.redacted() if settings.database_url is not None else None,
-        database_source=settings.database_source or None,
-    )
+    if not started:
+        _log_started(settings)
     handlers: dict[str, Callable[[Run], ExitCode]] = {
         "upgrade": commands.upgrade,
         "check": commands.check,
@@ -486,6 +501,19 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         "config": commands.show_config,
     }
     return handlers[args.command](run)
+
+
+def _log_started(settings: Settings) -> None:
+    from runner import logs  # noqa: PLC0415
+
+    logs.get_logger().info(
+        "run.started",
+        version=_version(),
+        tool=settings.chosen_tool,
+        target=settings.target,
+        database=settings.light_url.redacted() if settings.database_url is not None else None,
+        database_source=settings.database_source or None,
+    )
 
 
 def _report(report: RunReport, settings: Settings | None, *, document: TextIO | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import tenacity
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import __version__, database, drivers, ledger, locks, logs, polling
+from runner import __version__, database, drivers, ledger, locks, logs, noop, polling
 from runner.drivers import Applied, Driver, Step, VersionTable
 from runner.errors import (
     BrokenProject,
@@ -77,8 +77,7 @@ class Run:
     @property
     def application_name(self) -> str:
         """How this runner's connections appear in ``pg_stat_activity``: namespace/pod and run id."""
-        where = f"{self.settings.pod_namespace}/{self.host}" if self.settings.pod_namespace else self.host
-        return f"migration-runner {where} {self.run_id}"
+        return noop.application_name(host=self.host, namespace=self.settings.pod_namespace, run_id=self.run_id)
 
     def connect(self, engine: Engine, *, retry: bool = True) -> contextlib.AbstractContextManager[Connection]:
         """Open a connection, retried for ``MIGRATION_CONNECT_TIMEOUT`` seconds unless ``retry`` is False."""

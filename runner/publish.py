@@ -44,6 +44,8 @@ def publish_metrics(report: RunReport, settings: Settings) -> None:
     """Write the textfile and push to the Pushgateway, as configured."""
     log = get_logger()
     metrics = report.metrics
+    if metrics is None:  # no metrics output is configured
+        return
     if settings.metrics_textfile is not None:
         with _best_effort("textfile"):
             metrics.write_textfile(settings.metrics_textfile)

@@ -12,12 +12,14 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.drivers import Applied, Step
 from runner.errors import MigrationFailed
 from runner.logs import redact_text
-from runner.metrics import Metrics
+
+if TYPE_CHECKING:
+    from runner.metrics import Metrics
 
 SCHEMA_VERSION = 1
 # The kubelet keeps at most 4096 bytes of a termination message (Kubernetes
@@ -31,7 +33,8 @@ class RunReport:
 
     Attributes:
         command: ``upgrade``, ``check``, ``current``, ``wait`` or ``config``.
-        metrics: updated on every event, for a scrape during the run.
+        metrics: updated on every event, for a scrape during the run; ``None``
+            when no metrics output is configured (prometheus-client is then never imported).
         before: the database's revisions when the run first read them.
         after: its revisions when the run last read them.
         target: the revisions the run aimed at.
@@ -44,7 +47,7 @@ class RunReport:
     """
 
     command: str
-    metrics: Metrics
+    metrics: Metrics | None = None
     started: float = field(default_factory=time.monotonic)
     before: list[str] | None = None
     after: list[str] | None = None
@@ -63,35 +66,40 @@ class RunReport:
         if self.before is None:
             self.before = list(revisions)
         self.after = list(revisions)
-        self.metrics.database_at(revisions)
+        if self.metrics:
+            self.metrics.database_at(revisions)
 
     def planned(self, pending: Sequence[Step]) -> None:
         """These revisions are pending, in order."""
         self.pending = [{"id": s.revision, "message": s.message} for s in pending]
-        self.metrics.pending.set(len(self.pending))
+        if self.metrics:
+            self.metrics.pending.set(len(self.pending))
 
     def lock_acquired(self, wait_seconds: float) -> None:
         """The lock was taken after ``wait_seconds``."""
         self.lock_wait_seconds = wait_seconds
-        self.metrics.lock_wait.set(wait_seconds)
+        if self.metrics:
+            self.metrics.lock_wait.set(wait_seconds)
 
     def revision_applied(self, applied: Applied) -> None:
         """A revision was applied and committed."""
         self.applied.append(applied)
         # Committed: the database's heads move on without another query.
         self.after = sorted((set(self.after or []) - set(applied.replaces)) | {applied.revision})
-        self.metrics.database_at(self.after)
         if self.pending and self.pending[0]["id"] == applied.revision:  # the usual case: in plan order
             del self.pending[0]
         else:
             self.pending = [p for p in self.pending if p["id"] != applied.revision]
-        self.metrics.revisions_applied.inc()
-        self.metrics.revision_duration.observe(applied.duration_seconds)
-        self.metrics.pending.set(len(self.pending))
+        if self.metrics:
+            self.metrics.database_at(self.after)
+            self.metrics.revisions_applied.inc()
+            self.metrics.revision_duration.observe(applied.duration_seconds)
+            self.metrics.pending.set(len(self.pending))
 
     def retried(self, reason: str) -> None:
         """Something was retried: ``connect``, ``reconnect`` or ``revision``."""
-        self.metrics.retries.labels(reason=reason).inc()
+        if self.metrics:
+            self.metrics.retries.labels(reason=reason).inc()
 
     def failed(self, error: BaseException, message: str, details: dict[str, Any] | None = None) -> None:
         """The run ends with ``error``.
@@ -116,7 +124,8 @@ class RunReport:
         self.exit_code = exit_code
         self.outcome = outcome
         self.duration_seconds = time.monotonic() - self.started
-        self.metrics.finish(outcome=outcome, duration_seconds=self.duration_seconds)
+        if self.metrics:
+            self.metrics.finish(outcome=outcome, duration_seconds=self.duration_seconds)
 
     def document(self) -> dict[str, Any]:
         """The result document (schema version :data:`SCHEMA_VERSION`, ``docs/result.schema.json``)."""

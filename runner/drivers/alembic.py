@@ -15,7 +15,10 @@ failed revision or a broken project, never the runner's own exit.
 
 from __future__ import annotations
 
+import ast
+import configparser
 import contextlib
+import os
 import re
 import sys
 import time
@@ -96,6 +99,208 @@ def _has_tool_alembic(path: Path) -> bool:
             return "alembic" in tomllib.load(file).get("tool", {})
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: not a readable TOML file ({error})") from None
+
+
+# Alembic's own file filter (alembic.script.base._only_source_rev_file).
+_REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
+# Options that change where or how Alembic finds revision files: the quick read leaves them to Alembic.
+_LOCATION_OPTIONS = ("version_locations", "recursive_version_locations", "sourceless", "databases")
+# Code that could set a module's names in ways a reading of its assignments cannot see.
+_DYNAMIC = re.compile(r"\b(globals|setattr|exec|eval|vars|__import__)\s*\(|__dict__|sys\.modules|import\s+\*")
+_IDENTIFIERS = ("revision", "down_revision", "depends_on")
+
+
+def quick_heads(settings: Settings, cwd: Path) -> tuple[str, ...] | None:
+    """The heads, read from the revision files' text without importing Alembic or the files; None when unsure.
+
+    Sure means: the configuration is one ini file (or MIGRATION_SCRIPT_LOCATION
+    alone) without ``version_locations``, ``recursive_version_locations``,
+    ``sourceless`` or ``databases``; the script directory has ``env.py``; and
+    every revision file (Alembic's own filter over ``versions/``) assigns
+    ``revision``, ``down_revision`` and, if at all, ``depends_on`` exactly once,
+    at module level, to literals, with no code that could set them otherwise. A
+    history that does not check out (a duplicate id, a dangling reference, a
+    cycle) is None too. None sends the run down the full path, where Alembic
+    itself decides. Heads are the revisions no ``down_revision`` names
+    (``RevisionMap.heads``); ``depends_on`` does not make or unmake a head.
+
+    Returns:
+        The heads, sorted; or None.
+    """
+    try:
+        directory = _quick_script_directory(settings, cwd)
+        if directory is None:
+            return None
+        versions = directory / "versions"
+        downs: dict[str, tuple[str, ...]] = {}
+        needs: dict[str, tuple[str, ...]] = {}
+        for entry in sorted(os.scandir(versions), key=lambda e: e.name):
+            if not entry.is_file() or not _REVISION_FILE.match(entry.name):
+                continue
+            found = _literal_identifiers(Path(entry.path).read_bytes())
+            if found is None or found[0] in downs:
+                return None
+            revision, down, depends = found
+            downs[revision], needs[revision] = down, down + depends
+    except (OSError, ValueError, SyntaxError, configparser.Error):
+        return None
+    if not downs or not _is_a_dag(needs):
+        return None
+    named = {down for parents in downs.values() for down in parents}
+    return tuple(sorted(set(downs) - named))
+
+
+def quick_current(connection: Any, family: str, settings: Settings) -> tuple[str, ...] | None:
+    """The version table's revisions, read on a DB-API connection (:mod:`runner.noop`); None when unsure.
+
+    Raises:
+        Exception: whatever the driver raises (a missing table included): the caller takes the full path.
+    """
+    table, schema = settings.version_table, settings.version_table_schema
+    if family == "mysql":
+        quoted = ".".join(f"`{part.replace('`', '``')}`" for part in (schema, table) if part)
+    elif family == "sqlite" and schema:
+        return None
+    else:
+        quoted = ".".join('"' + part.replace('"', '""') + '"' for part in (schema, table) if part)
+    cursor = connection.cursor()
+    try:
+        cursor.execute(f"SELECT version_num FROM {quoted}")  # noqa: S608  (quoted identifiers from our settings)
+        return tuple(str(row[0]) for row in cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _quick_script_directory(settings: Settings, cwd: Path) -> Path | None:
+    """The script directory, read from the ini as Alembic's ``Config`` reads it; None when unsure."""
+    ini, toml = config_files(settings.alembic_config, cwd)
+    if toml is not None or (ini is None and settings.script_location is None):
+        return None
+    here = ini.absolute().parent.as_posix() if ini else Path().as_posix()
+    parser = configparser.ConfigParser({"here": here})  # Alembic's Config.file_config
+    if ini is not None:
+        parser.read(ini, encoding="utf-8")
+    if not parser.has_section("alembic"):
+        parser.add_section("alembic")
+    if settings.script_location is not None:
+        parser.set("alembic", "script_location", settings.script_location.replace("%", "%%"))
+    if any(parser.has_option("alembic", option) for option in _LOCATION_OPTIONS):
+        return None
+    location = parser.get("alembic", "script_location", fallback=None)
+    if not location or (":" in location and not os.path.isabs(location)):  # a package:resource location
+        return None
+    directory = Path(location)
+    if not (directory / "env.py").is_file() or not (directory / "versions").is_dir():
+        return None
+    return directory
+
+
+def _literal_identifiers(source: bytes) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
+    """``(revision, down_revisions, depends_on)`` of a revision file, if it sets them plainly; else None.
+
+    Only what runs at import can set a module's names: its top-level statements.
+    Function and class bodies do not run, so when everything after the first
+    top-level ``def``/``class`` is more of them, only the text before it is parsed.
+
+    Raises:
+        SyntaxError, ValueError: the text does not parse, or a value is not a literal.
+    """
+    text = source.decode("utf-8")
+    if _DYNAMIC.search(text) or _SCOPE_CHANGE.search(text):
+        return None
+    first = _FIRST_DEFINITION.search(text)
+    rest = text[first.start() :] if first else ""
+    if _DEFINES_IDENTIFIER.search(rest):
+        return None
+    tree = None
+    if rest and _ONLY_DEFINITIONS.search(rest) is None:
+        with contextlib.suppress(SyntaxError):  # the cut fell inside a string: read it all
+            tree = ast.parse(text[: len(text) - len(rest)])
+    values = _top_level_values(tree or ast.parse(text))
+    if values is None or "revision" not in values or "down_revision" not in values:
+        return None
+    revision, down, depends = values["revision"], _ids(values["down_revision"]), _ids(values.get("depends_on"))
+    if not isinstance(revision, str) or not revision or down is None or depends is None:
+        return None
+    return revision, down, depends
+
+
+def _top_level_values(tree: ast.Module) -> dict[str, Any] | None:
+    """The literal values of the identifiers' one plain top-level assignment each; None if bound otherwise."""
+    values: dict[str, Any] = {}
+    for statement in tree.body:
+        assigned: tuple[ast.expr, ast.expr] | None = None
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            assigned = statement.targets[0], statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            assigned = statement.target, statement.value
+        if assigned and isinstance(assigned[0], ast.Name) and assigned[0].id in _IDENTIFIERS:
+            if assigned[0].id in values:
+                return None
+            values[assigned[0].id] = ast.literal_eval(assigned[1])
+        elif _may_bind_identifiers(statement):
+            return None
+    return values
+
+
+_FIRST_DEFINITION = re.compile(r"^(?:async\s+def|def|class|@)\b", re.MULTILINE)
+# A line at column 0 after the first definition that is not another definition, a decorator or a comment.
+_ONLY_DEFINITIONS = re.compile(r"^(?!async\s+def\b|def\b|class\b|@|#|\s|$)", re.MULTILINE)
+_DEFINES_IDENTIFIER = re.compile(r"^(?:async\s+def|def|class)\s+(?:revision|down_revision|depends_on)\b", re.MULTILINE)
+_SCOPE_CHANGE = re.compile(r"\b(?:global|nonlocal)\b")
+
+
+def _may_bind_identifiers(statement: ast.stmt) -> bool:
+    """Whether a top-level statement other than a plain assignment could bind revision/down_revision/depends_on."""
+    if isinstance(statement, ast.Import | ast.ImportFrom):
+        return any((alias.asname or alias.name).split(".")[0] in _IDENTIFIERS for alias in statement.names)
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+        return False  # the docstring
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        if statement.name in _IDENTIFIERS:
+            return True
+        parts: list[ast.AST] = list(statement.decorator_list)
+        if not isinstance(statement, ast.ClassDef):
+            parts += [*statement.args.defaults, *(d for d in statement.args.kw_defaults if d is not None)]
+    else:
+        parts = [statement]
+    return any(
+        (isinstance(node, ast.Name) and node.id in _IDENTIFIERS and not isinstance(node.ctx, ast.Load))
+        or (isinstance(node, ast.alias) and (node.asname or node.name).split(".")[0] in _IDENTIFIERS)
+        for part in parts
+        for node in ast.walk(part)
+    )
+
+
+def _ids(value: Any) -> tuple[str, ...] | None:
+    """None, a str, or a tuple/list of str, as Alembic's ``to_tuple`` takes them; anything else None."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, tuple | list) and all(isinstance(item, str) and item for item in value):
+        return tuple(value)
+    return None
+
+
+def _is_a_dag(needs: dict[str, tuple[str, ...]]) -> bool:
+    """Every named revision exists and nothing depends on itself through others (Kahn's algorithm)."""
+    if any(parent not in needs for parents in needs.values() for parent in parents):
+        return False  # a dangling down_revision, or a depends_on naming a branch label: Alembic decides
+    waiting = {revision: len(set(parents)) for revision, parents in needs.items()}
+    children: dict[str, list[str]] = {}
+    for revision, parents in needs.items():
+        for parent in set(parents):
+            children.setdefault(parent, []).append(revision)
+    ready = [revision for revision, count in waiting.items() if count == 0]
+    seen = 0
+    while ready:
+        seen += 1
+        for child in children.get(ready.pop(), []):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    return seen == len(needs)
 
 
 def _config(ini: Path | None, toml: Path | None) -> Config:

@@ -1,0 +1,149 @@
+"""The no-op check: is the database already at the target? Answered without SQLAlchemy or the migration tool.
+
+Every pod start asks it, and the answer is almost always yes. The full path
+(:func:`runner.commands.upgrade`) imports SQLAlchemy and the tool, loads the
+whole project and opens an engine; this module answers from what the tool's
+driver can read without importing the tool (``quick_heads``) and one query on
+the tool's version table through the database's own DB-API driver (psycopg,
+PyMySQL, sqlite3).
+
+It answers only when sure. Every doubt (a configuration or a revision file the
+driver cannot read plainly, an unusual URL, any error while connecting or
+reading, a database that is not exactly at the heads) is ``None``, and the full
+path decides, with its retries, its error classification and its exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner import urls
+
+if TYPE_CHECKING:
+    from runner.settings import Settings
+
+# libpq's smallest useful connect_timeout (libpq docs, "connect_timeout"): a server that does not
+# answer that fast is left to the full path and its retries.
+CONNECT_TIMEOUT_SECONDS = 2
+# PostgreSQL keeps at most NAMEDATALEN - 1 = 63 bytes of application_name.
+_APPLICATION_NAME_MAX = 63
+
+
+def application_name(*, host: str, namespace: str | None, run_id: str) -> str:
+    """How the runner's sessions appear in ``pg_stat_activity``: ``migration-runner <namespace/pod> <run id>``."""
+    where = f"{namespace}/{host}" if namespace else host
+    return f"migration-runner {where} {run_id}"
+
+
+@dataclass(frozen=True)
+class AtTarget:
+    """The database is at the heads.
+
+    Attributes:
+        current: the version table's revisions, sorted.
+        heads: the project's heads, sorted (the same set).
+    """
+
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+
+
+def at_target(settings: Settings, cwd: Path, *, name: str) -> AtTarget | None:
+    """Whether the database is exactly at the project's heads, or ``None`` when not, or not sure.
+
+    Only for ``MIGRATION_TARGET=heads`` and a driver module with ``quick_heads``
+    and ``quick_current`` (Alembic).
+
+    Args:
+        settings: the run's settings (the URL, the version table).
+        cwd: the working directory.
+        name: the sessions' ``application_name``.
+    """
+    module = importlib.import_module(f"runner.drivers.{settings.chosen_tool}")
+    read_heads: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_heads", None)
+    read_current: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_current", None)
+    if settings.target != "heads" or settings.database_url is None or read_heads is None or read_current is None:
+        return None
+    heads = read_heads(settings, cwd)
+    current = _read(settings, read_current, name) if heads else None
+    if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
+        return None
+    return AtTarget(tuple(sorted(current)), heads)
+
+
+def _read(settings: Settings, read_current: Callable[..., tuple[str, ...] | None], name: str) -> tuple[str, ...] | None:
+    url = settings.light_url
+    try:
+        with _connect(url, name) as connection:
+            return None if connection is None else read_current(connection, url.family, settings)
+    except Exception:  # any doubt: the full path decides, and reports what is wrong
+        return None
+
+
+@contextlib.contextmanager
+def _connect(url: urls.DatabaseUrl, name: str) -> Iterator[Any]:
+    """A DB-API connection (autocommit) to the URL's database, or ``None`` for a URL this module leaves alone."""
+    if url.family == "postgresql":
+        import psycopg  # noqa: PLC0415
+
+        parameters = _libpq_parameters(url, name)
+        if parameters is None:
+            yield None
+            return
+        with psycopg.connect(**parameters, autocommit=True) as connection:
+            yield connection
+    elif url.family == "mysql":
+        if url.query or url.host is None:  # charset, SSL, sockets: SQLAlchemy's dialect knows them
+            yield None
+            return
+        import pymysql  # noqa: PLC0415
+
+        mysql = pymysql.connect(
+            host=url.host,
+            port=url.port or 3306,
+            user=url.username or "",
+            password=url.password or "",
+            database=url.database_name,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            program_name=name,
+            autocommit=True,
+        )
+        try:
+            yield mysql
+        finally:
+            mysql.close()
+    else:
+        import sqlite3  # noqa: PLC0415
+
+        path = url.database or ""
+        if url.query or not path or path == ":memory:" or not os.path.isfile(path):
+            yield None  # the full path creates a missing file; only it may
+            return
+        sqlite = sqlite3.connect(path, timeout=CONNECT_TIMEOUT_SECONDS)
+        try:
+            yield sqlite
+        finally:
+            sqlite.close()
+
+
+def _libpq_parameters(url: urls.DatabaseUrl, name: str) -> dict[str, Any] | None:
+    """The keyword parameters of ``psycopg.connect``, as SQLAlchemy builds them; None for repeated parameters."""
+    if any(len(values) != 1 for values in url.query.values()):
+        return None
+    parameters: dict[str, Any] = {key: values[0] for key, values in url.query.items()}
+    for key, value in (("host", url.host), ("port", url.port), ("user", url.username), ("password", url.password)):
+        if value is not None:
+            parameters[key] = value
+    if url.database:
+        parameters["dbname"] = url.database
+    for key, value in urls.PG_NETWORK_BOUNDS.items():
+        parameters.setdefault(key, value)
+    parameters["application_name"] = name.encode()[:_APPLICATION_NAME_MAX].decode(errors="ignore")
+    parameters["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    return parameters

@@ -1,0 +1,275 @@
+"""The no-op fast path (runner/noop.py, quick_heads) gives the full path's answer, or no answer at all.
+
+Each history is read both ways: by ``quick_heads`` (the files' text, no Alembic
+import) and by the Alembic driver (Alembic's own revision map). Where the quick
+read answers, it must name the same heads; the cases it cannot read plainly
+must give no answer. End to end, the fast path must exit and report as the full
+path does, and import neither SQLAlchemy nor Alembic.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import Cli, make_project, query, rev_id, version
+
+from runner.drivers import alembic as driver
+from runner.settings import load_settings
+
+FILE = '''"""{doc}"""
+from alembic import op
+
+revision{annotation} = {rev!r}
+down_revision{annotation} = {down!r}
+branch_labels = {labels!r}
+depends_on = {depends!r}
+{extra}
+
+def upgrade():
+    op.execute("SELECT 1")
+
+
+def downgrade():
+    pass
+'''
+
+
+def write(project: Path, rev: str, down: object, *, labels: object = None, depends: object = None, **more: str) -> None:
+    text = FILE.format(
+        doc=more.get("doc", f"revision {rev}"),
+        rev=rev,
+        down=down,
+        labels=labels,
+        depends=depends,
+        extra=more.get("extra", ""),
+        annotation=more.get("annotation", ""),
+    )
+    (project / "migrations" / "versions" / f"{rev}_x.py").write_text(text)
+
+
+def both(project: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    monkeypatch.chdir(project)
+    settings = load_settings(cwd=project)
+    quick = driver.quick_heads(settings, project)
+    full = driver.Project(settings=settings, cwd=project).heads()
+    return quick, full
+
+
+def history(project: Path, build: Callable[[Path], None]) -> Path:
+    make_project(project, revisions=0)
+    build(project)
+    return project
+
+
+HISTORIES: dict[str, Callable[[Path], None]] = {
+    "linear": lambda p: [write(p, f"r{i}", f"r{i - 1}" if i > 1 else None) for i in range(1, 6)],
+    "two branches": lambda p: [write(p, "a", None), write(p, "b", "a"), write(p, "c", "a")],
+    "merge point": lambda p: [write(p, "a", None), write(p, "b", "a"), write(p, "c", "a"), write(p, "m", ("b", "c"))],
+    "merge as a list": lambda p: [
+        write(p, "a", None),
+        write(p, "b", "a"),
+        write(p, "c", "a"),
+        write(p, "m", ["b", "c"]),
+    ],
+    "two bases": lambda p: [write(p, "a", None), write(p, "b", None), write(p, "m", ("a", "b"))],
+    "branch labels": lambda p: [
+        write(p, "a", None, labels=("core",)),
+        write(p, "b", None, labels="plugin"),
+        write(p, "c", "b"),
+    ],
+    "depends_on another branch": lambda p: [
+        write(p, "a", None),
+        write(p, "b", None),
+        write(p, "c", "b", depends="a"),
+    ],
+    "annotated, as newer templates write it": lambda p: [
+        write(p, "a", None, annotation=": str"),
+        write(p, "b", "a", annotation=": str | None"),
+    ],
+    "a docstring that mentions def at column 0": lambda p: [
+        write(p, "a", None, doc="first\ndef of the schema\n"),
+        write(p, "b", "a"),
+    ],
+}
+UNSURE: dict[str, Callable[[Path], None]] = {
+    "revision is not a literal": lambda p: [write(p, "a", None), write(p, "b", "a", extra="revision = 'b'.upper()")],
+    "down_revision computed": lambda p: [
+        write(p, "a", None),
+        (p / "migrations" / "versions" / "b_x.py").write_text(
+            "from alembic import op\nrevision = 'b'\ndown_revision = ''.join(['a'])\n"
+        ),
+    ],
+    "set twice": lambda p: [write(p, "a", None), write(p, "b", "a", extra="down_revision = None")],
+    "set in an if": lambda p: [write(p, "a", None), write(p, "b", "a", extra="if True:\n    down_revision = None")],
+    "set through globals()": lambda p: [write(p, "a", None), write(p, "b", "a", extra="globals()['revision'] = 'z'")],
+    "a star import": lambda p: [write(p, "a", None), write(p, "b", "a", extra="from os.path import *")],
+    "depends_on a branch label": lambda p: [
+        write(p, "a", None, labels="core"),
+        write(p, "b", None),
+        write(p, "c", "b", depends="core"),
+    ],
+    "version_locations": lambda p: [
+        write(p, "a", None),
+        (p / "alembic.ini").write_text(
+            (p / "alembic.ini")
+            .read_text()
+            .replace("[alembic]", "[alembic]\nversion_locations = %(here)s/migrations/versions")
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(HISTORIES))
+def test_quick_heads_are_alembics_heads(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = history(tmp_path / "project", HISTORIES[name])
+
+    quick, full = both(project, monkeypatch)
+
+    assert quick == full
+
+
+@pytest.mark.parametrize("name", list(UNSURE))
+def test_what_the_quick_read_cannot_be_sure_of_it_leaves_to_alembic(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = history(tmp_path / "project", UNSURE[name])
+    monkeypatch.chdir(project)
+
+    assert driver.quick_heads(load_settings(cwd=project), project) is None
+
+
+def test_broken_histories_get_no_quick_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dangling down_revision, a duplicate id, a cycle: Alembic's own errors must be what the user sees."""
+    for number, build in enumerate(
+        [
+            lambda p: [write(p, "a", None), write(p, "b", "nowhere")],
+            lambda p: [
+                write(p, "a", None),
+                (p / "migrations" / "versions" / "a2_x.py").write_text("revision = 'a'\ndown_revision = None\n"),
+            ],
+            lambda p: [write(p, "a", "b"), write(p, "b", "a")],
+        ]
+    ):
+        project = history(tmp_path / f"p{number}", build)
+        monkeypatch.chdir(project)
+        assert driver.quick_heads(load_settings(cwd=project), project) is None, number
+
+
+def run_upgrade(cli: Cli, env: dict[str, str]) -> tuple[int, list[str], bool]:
+    """Run upgrade in a child that reports its exit code, its event names and whether SQLAlchemy was imported."""
+    code = (
+        "import sys, runner.cli\n"
+        "code = runner.cli.main(['upgrade'])\n"
+        "print('RESULT', code, 'sqlalchemy' in sys.modules or 'alembic' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=cli.cwd, env=cli.env(env), capture_output=True, text=True, timeout=60
+    )
+    events = [json.loads(line)["event"] for line in done.stdout.splitlines() if line.startswith("{")]
+    result = done.stderr.strip().splitlines()[-1].split()
+    return int(result[1]), events, result[2] == "True"
+
+
+def test_at_head_the_run_imports_neither_sqlalchemy_nor_alembic(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli(env=env).code == 0
+
+    code, events, imported = run_upgrade(cli, env)
+
+    assert (code, imported) == (0, False)
+    assert events == ["run.started", "upgrade.noop", "run.finished"]
+
+
+def test_the_fast_path_reports_what_the_full_path_reports(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Result document, termination message and metrics of a no-op are the same on both paths."""
+    make_project(cli.cwd, revisions=3)
+    assert cli(env={"MIGRATION_DATABASE_URL": pg_url}).code == 0
+    documents = []
+    for path, extra in (("fast", {}), ("full", {"MIGRATION_TARGET": rev_id(3)})):
+        termination = tmp_path / f"termination-{path}"
+        termination.touch()
+        result = cli(
+            "upgrade",
+            "--json",
+            env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_TERMINATION_LOG": str(termination), **extra},
+        )
+        assert result.code == 0, result.stderr
+        document = json.loads(result.stdout)
+        documents.append(
+            ({k: v for k, v in document.items() if k != "duration_seconds"}, json.loads(termination.read_text()))
+        )
+        assert result.one("upgrade.noop")["reason"] == "already at target"
+    (fast, fast_termination), (full, full_termination) = documents
+    assert fast_termination == full_termination
+    assert {**fast, "target": None} == {**full, "target": None}  # the full path was asked for one revision
+    assert fast["target"] == fast["heads"] == [rev_id(3)]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [("behind", 0), ("unknown revision", 66), ("no version table", 0), ("pending, then applies", 0)],
+)
+def test_anything_but_at_head_takes_the_full_path(cli: Cli, pg_url: str, case: str, expected: int) -> None:
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    if case != "no version table":
+        assert cli(env={**env, "MIGRATION_TARGET": rev_id(2)}).code == 0
+    if case == "unknown revision":
+        query(pg_url, "UPDATE alembic_version SET version_num = 'f00d'")
+
+    code, events, imported = run_upgrade(cli, env)
+
+    assert code == expected
+    assert imported  # the full path decided
+    if expected == 0:
+        assert version(pg_url) == [rev_id(3)]
+        assert "upgrade.finished" in events
+
+
+def test_sqlite_and_mariadb_take_the_fast_path_too(cli: Cli, mysql_url: str, tmp_path: Path) -> None:
+    make_project(cli.cwd, revisions=2)
+    for url in (f"sqlite:///{tmp_path / 'db.sqlite3'}", mysql_url):
+        env = {"MIGRATION_DATABASE_URL": url}
+        assert cli(env=env).code == 0
+
+        code, events, imported = run_upgrade(cli, env)
+
+        assert (code, imported, events[-2]) == (0, False, "upgrade.noop"), url
+
+
+def test_a_missing_sqlite_file_is_not_created_by_the_fast_path(cli: Cli, tmp_path: Path) -> None:
+    make_project(cli.cwd, revisions=1)
+    database = tmp_path / "new.sqlite3"
+
+    code, _, imported = run_upgrade(cli, {"MIGRATION_DATABASE_URL": f"sqlite:///{database}"})
+
+    assert (code, imported) == (0, True)
+    assert database.exists()  # created by the full path, which then migrated it
+
+
+def test_revision_files_written_by_alembic_revision_are_read_quickly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files `alembic revision` writes with every shipped template: the quick read must answer for them."""
+    subprocess.run(
+        [Path(sys.executable).with_name("alembic"), "init", "-t", "generic", "migrations"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    for message in ("one", "two"):
+        subprocess.run(
+            [Path(sys.executable).with_name("alembic"), "revision", "-m", message],
+            cwd=tmp_path, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(cwd=tmp_path)
+
+    quick = driver.quick_heads(settings, tmp_path)
+
+    assert quick is not None
+    assert quick == driver.Project(settings=settings, cwd=tmp_path).heads()
