@@ -4,8 +4,10 @@ Each row runs the runner (A) against its anchor (B: ``alembic upgrade head`` or
 ``manage.py migrate``) and, where there is one, the stack floor (F: the least any
 runner on this stack can do, ``bench/floor_*.py``), in alternation (A B F A B F ...),
 so a machine that drifts moves all of them alike. Wall time is measured around
-the child; peak RSS is the child's own (``os.wait4``). Medians are printed and
-ratios are taken pair by pair. Usage::
+the child; peak RSS is GNU time's ``%M`` for it. Medians are printed and ratios
+are taken pair by pair. The runner's own modules are byte-compiled first, as an
+installed wheel is (the machines and the image set ``PYTHONDONTWRITEBYTECODE=1``).
+Usage::
 
     uv run python bench/suite.py [--runs 11] [--rows noop,apply,followers,django] [--json bench/results.json]
 
@@ -46,17 +48,25 @@ ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:543
 THIRD_PARTY = REPO / "tests" / "projects" / "thirdparty"
 
 
+GNU_TIME = shutil.which("time") or "/usr/bin/time"
+
+
 def measure(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run ``command`` once: wall seconds, peak RSS (MiB) of that child alone, exit code, output."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = process.stdout.read() if process.stdout else b""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited {process.returncode}:\n{output.decode(errors='replace')}")
-    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024}
+    """Run ``command`` once: wall seconds, and its peak RSS (MiB) from GNU time's ``%M``.
+
+    GNU time, a small C program, starts the command: the peak of a child forked
+    from this (large) Python process would count this process's pages too.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", rss.name, *command], cwd=cwd, env=env, capture_output=True, check=False
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout.decode(errors='replace')}")
+        peak_kib = int(rss.read().split()[-1])
+    return {"wall": wall, "rss_mib": peak_kib / 1024}
 
 
 @contextlib.contextmanager
@@ -243,6 +253,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     builders = {"noop": noop_rows, "apply": apply_rows, "followers": followers_row, "django": django_row}
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / "runner")], check=True)
     results: dict[str, Any] = {"environment": environment(), "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.rows.split(","):

@@ -469,13 +469,20 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         host=host,
         **{k: v for k, v in context.items() if v},
     )
-    started = settings.database_url is not None and args.command == "upgrade"
-    if started:
-        _log_started(settings)
+    started: list[bool] = []
+
+    def log_started() -> None:
+        if not started:
+            started.append(True)
+            _log_started(settings)
+
+    verdict = noop.Verdict(None)
+    if args.command == "upgrade":
         # What every pod start sees: already at head. Answered, when it can be, without SQLAlchemy or the tool.
         name = noop.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
-        found = noop.at_target(settings, Path.cwd(), name=name)
-        if found is not None:
+        verdict = noop.at_target(settings, Path.cwd(), name=name, ready=log_started)
+        if verdict.at_target is not None:
+            found = verdict.at_target
             report.target, report.heads = list(found.heads), list(found.heads)
             report.database_at(found.current)
             report.planned([])
@@ -486,12 +493,17 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
     from runner import commands  # noqa: PLC0415
 
     run: Run = commands.Run(
-        settings=settings, cwd=Path.cwd(), report=report, run_id=run_id, stdout=document, resolution=args.mark
+        settings=settings,
+        cwd=Path.cwd(),
+        report=report,
+        run_id=run_id,
+        stdout=document,
+        resolution=args.mark,
+        preloaded=verdict.project,
     )
     if settings.database_url is None and args.command != "config":
         run.project()  # a project that configures its own database (Django's DATABASES) supplies the URL
-    if not started:
-        _log_started(settings)
+    log_started()
     handlers: dict[str, Callable[[Run], ExitCode]] = {
         "upgrade": commands.upgrade,
         "check": commands.check,

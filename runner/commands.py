@@ -59,6 +59,7 @@ class Run:
         stdout: where a command's document goes (the real stdout, even when
             ``sys.stdout`` has been pointed at stderr).
         resolution: ``resolve``'s ``--mark``: ``applied`` or ``not-applied``.
+        preloaded: the project, if the no-op check loaded it already.
     """
 
     settings: Settings
@@ -67,6 +68,7 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     resolution: str | None = None
+    preloaded: Driver | None = None
     _driver: Driver | None = field(default=None, init=False, repr=False)
 
     @property
@@ -121,12 +123,8 @@ class Run:
         """
         if self._driver is not None:
             return self._driver
-        project = self._driver = drivers.load(self.settings.chosen_tool, settings=self.settings, cwd=self.cwd)
-        own_url = project.database_url()
-        if own_url is not None:
-            self.settings.use_project_url(*own_url)
-            for secret in database.secrets_of(self.settings.url):
-                logs.add_secret(secret)
+        project = self.preloaded or drivers.load(self.settings.chosen_tool, settings=self.settings, cwd=self.cwd)
+        self._driver = project
         self.report.target = list(project.target_revisions(self.settings.target))
         self.report.heads = list(project.heads())
         return project

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import logging.config
 import re
 import sys
 from collections.abc import Iterator
@@ -174,6 +173,8 @@ def env_py_file_config_ignored() -> Iterator[None]:
     env.py looks the function up when it runs, so replacing the attribute of
     :mod:`logging.config` for that time is enough.
     """
+    import logging.config  # noqa: PLC0415  (only when an env.py runs)
+
     original = logging.config.fileConfig
 
     def ignored(*args: Any, **kwargs: Any) -> None:

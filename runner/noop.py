@@ -46,35 +46,61 @@ class AtTarget:
     """The database is at the heads.
 
     Attributes:
-        current: the version table's revisions, sorted.
-        heads: the project's heads, sorted (the same set).
+        current: the database's revisions as the logs show them (the driver's ``summary``), sorted.
+        heads: the project's heads, sorted.
     """
 
     current: tuple[str, ...]
     heads: tuple[str, ...]
 
 
-def at_target(settings: Settings, cwd: Path, *, name: str) -> AtTarget | None:
-    """Whether the database is exactly at the project's heads, or ``None`` when not, or not sure.
+@dataclass(frozen=True)
+class Verdict:
+    """The no-op check's answer.
 
-    Only for ``MIGRATION_TARGET=heads`` and a driver module with ``quick_heads``
-    and ``quick_current`` (Alembic).
+    Attributes:
+        at_target: set when the database is at the heads; ``None``: take the full path.
+        project: the project, when the check had to load it (Django); the full path reuses it.
+    """
+
+    at_target: AtTarget | None
+    project: Any = None
+
+
+def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], None]) -> Verdict:
+    """Whether the database is exactly at the project's heads; without an answer, the full path decides.
+
+    Only for ``MIGRATION_TARGET=heads``. A driver module answers with
+    ``quick_heads`` and ``quick_current`` (Alembic: no tool import) or with
+    ``quick_noop`` (Django: the project is loaded, as it must be, but SQLAlchemy
+    is not imported).
 
     Args:
         settings: the run's settings (the URL, the version table).
         cwd: the working directory.
         name: the sessions' ``application_name``.
+        ready: called once the database URL is known, before the database is read (``run.started``).
+
+    Raises:
+        ConfigError: the project cannot be loaded (Django), as on the full path.
     """
+    if settings.target != "heads":
+        return Verdict(None)
     module = importlib.import_module(f"runner.drivers.{settings.chosen_tool}")
+    quick_noop = getattr(module, "quick_noop", None)
+    if quick_noop is not None:
+        project, current = quick_noop(settings, cwd, ready)
+        return Verdict(current and AtTarget(tuple(project.summary(current)), tuple(project.heads())), project)
     read_heads: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_heads", None)
     read_current: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_current", None)
-    if settings.target != "heads" or settings.database_url is None or read_heads is None or read_current is None:
-        return None
+    if settings.database_url is None or read_heads is None or read_current is None:
+        return Verdict(None)
+    ready()
     heads = read_heads(settings, cwd)
     current = _read(settings, read_current, name) if heads else None
     if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
-        return None
-    return AtTarget(tuple(sorted(current)), heads)
+        return Verdict(None)
+    return Verdict(AtTarget(tuple(sorted(current)), heads))
 
 
 def _read(settings: Settings, read_current: Callable[..., tuple[str, ...] | None], name: str) -> tuple[str, ...] | None:

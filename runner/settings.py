@@ -22,7 +22,6 @@ Every setting is validated before any connection is made; a problem raises
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -111,6 +110,10 @@ class Settings(BaseSettings):
         "and no Alembic configuration is found; Alembic when only that is found).",
     )
     django_database: NonEmpty = Field("default", description="Django: the DATABASES alias to migrate.")
+    django_system_checks: bool = Field(
+        False,
+        description="Django: run the system checks on a no-op too (migrate runs them whenever it applies).",
+    )
     alembic_config: Path | None = Field(None, description="Path to alembic.ini. Default: ./alembic.ini when it exists.")
     script_location: str | None = Field(
         None, description="Alembic script directory; overrides the ini's script_location."
@@ -381,6 +384,8 @@ def _check_unknown(names: list[str], where: str) -> None:
             raise ConfigError(f"unknown setting {upper} in {where}; did you mean {meant}?")
         if not upper.startswith(PREFIX) or upper in known or _SERVICE_LINK.match(upper):
             continue
+        import difflib  # noqa: PLC0415  (only for a variable that is not known)
+
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else f"; valid settings: {', '.join(sorted(known))}"
         raise ConfigError(f"unknown setting {upper} in {where}{hint}")

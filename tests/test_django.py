@@ -506,3 +506,21 @@ def test_a_project_with_third_party_apps_migrates_unmodified_ten_at_once_as_mana
     assert [t for t in tables(ours) if t != "migration_runner_history"] == tables(theirs)
     assert permissions(ours) == permissions(theirs)
     assert query(ours, "SELECT domain FROM django_site") == query(theirs, "SELECT domain FROM django_site")
+
+
+def test_a_noop_skips_the_system_checks_unless_asked(cli: Cli, project: Path, pg_url: str) -> None:
+    """migrate runs Django's system checks when it applies; on a no-op only MIGRATION_DJANGO_SYSTEM_CHECKS does."""
+    assert cli("upgrade", env=env(pg_url)).code == 0
+    failing = (
+        "\n\nfrom django.core import checks\n\n\n@checks.register()\n"
+        "def fails(**kwargs):\n    return [checks.Error('broken on purpose', id='shop.E001')]\n"
+    )
+    (project / "shop" / "apps.py").write_text((project / "shop" / "apps.py").read_text() + failing)
+
+    skipped = cli("upgrade", env=env(pg_url))
+    checked = cli("upgrade", env=env(pg_url, MIGRATION_DJANGO_SYSTEM_CHECKS="true"))
+
+    assert skipped.code == 0, skipped.stderr
+    assert skipped.one("upgrade.noop")
+    assert checked.code == 78, checked.stderr
+    assert "shop.E001: broken on purpose" in checked.one("project.broken")["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import shutil
 import sqlite3
@@ -12,6 +13,7 @@ from pathlib import Path
 import psycopg
 from support import QUICKSTART, REPO, Cli
 
+import runner
 from runner.errors import MEANINGS
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("migration-runner")
@@ -99,3 +101,9 @@ def test_the_constraints_file_readme_installs_from_is_the_lock() -> None:
     ).stdout  # fmt: skip
 
     assert exported == (REPO / "docs" / "constraints.txt").read_text(), "run the uv export line in README"
+
+
+def test_the_version_is_written_once_and_the_package_metadata_says_the_same() -> None:
+    """runner.__version__ is a constant (no importlib.metadata at start-up); hatchling builds the metadata from it."""
+    assert importlib.metadata.version("migration-runner") == runner.__version__
+    assert 'path = "runner/__init__.py"' in (REPO / "pyproject.toml").read_text()

@@ -188,11 +188,22 @@ def choose(requested: str, *, cwd: Path, environ: Mapping[str, str], settings: S
 def load(tool: str, *, settings: Settings, cwd: Path) -> Driver:
     """Load the project with the driver of ``tool``, importing only that tool.
 
+    A project that configures its own database (Django's ``DATABASES``) gives
+    the settings its URL here, unless they name one; its secrets are redacted
+    from then on.
+
     Raises:
         ConfigError: the project cannot be loaded (BrokenProject, BrokenRevisionFiles included).
     """
+    from runner import logs  # noqa: PLC0415
+
     module = importlib.import_module(f"runner.drivers.{tool}")
     driver: Driver = module.Project(settings=settings, cwd=cwd)
+    own_url = driver.database_url()
+    if own_url is not None:
+        settings.use_project_url(*own_url)
+        for secret in settings.light_url.secrets():
+            logs.add_secret(secret)
     return driver
 
 

@@ -22,7 +22,6 @@ import os
 import re
 import sys
 import time
-import tomllib
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -94,6 +93,8 @@ def config_files(alembic_config: Path | None, cwd: Path) -> tuple[Path | None, P
 def _has_tool_alembic(path: Path) -> bool:
     if not path.is_file():
         return False
+    import tomllib  # noqa: PLC0415  (only when there is a pyproject.toml)
+
     try:
         with path.open("rb") as file:
             return "alembic" in tomllib.load(file).get("tool", {})
@@ -105,8 +106,21 @@ def _has_tool_alembic(path: Path) -> bool:
 _REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
 # Options that change where or how Alembic finds revision files: the quick read leaves them to Alembic.
 _LOCATION_OPTIONS = ("version_locations", "recursive_version_locations", "sourceless", "databases")
-# Code that could set a module's names in ways a reading of its assignments cannot see.
-_DYNAMIC = re.compile(r"\b(globals|setattr|exec|eval|vars|__import__)\s*\(|__dict__|sys\.modules|import\s+\*")
+# Code that could set a module's names in ways a reading of its assignments cannot see. Plain
+# substrings, so a comment that mentions one only costs the full path, never a wrong answer.
+_DYNAMIC = (
+    "globals(",
+    "setattr(",
+    "exec(",
+    "eval(",
+    "vars(",
+    "__import__",
+    "__dict__",
+    "sys.modules",
+    "import *",
+    "global ",
+    "nonlocal ",
+)
 _IDENTIFIERS = ("revision", "down_revision", "depends_on")
 
 
@@ -176,10 +190,7 @@ def _quick_script_directory(settings: Settings, cwd: Path) -> Path | None:
     ini, toml = config_files(settings.alembic_config, cwd)
     if toml is not None or (ini is None and settings.script_location is None):
         return None
-    here = ini.absolute().parent.as_posix() if ini else Path().as_posix()
-    parser = configparser.ConfigParser({"here": here})  # Alembic's Config.file_config
-    if ini is not None:
-        parser.read(ini, encoding="utf-8")
+    parser = _read_ini(ini)
     if not parser.has_section("alembic"):
         parser.add_section("alembic")
     if settings.script_location is not None:
@@ -206,7 +217,7 @@ def _literal_identifiers(source: bytes) -> tuple[str, tuple[str, ...], tuple[str
         SyntaxError, ValueError: the text does not parse, or a value is not a literal.
     """
     text = source.decode("utf-8")
-    if _DYNAMIC.search(text) or _SCOPE_CHANGE.search(text):
+    if any(marker in text for marker in _DYNAMIC):
         return None
     first = _FIRST_DEFINITION.search(text)
     rest = text[first.start() :] if first else ""
@@ -247,7 +258,6 @@ _FIRST_DEFINITION = re.compile(r"^(?:async\s+def|def|class|@)\b", re.MULTILINE)
 # A line at column 0 after the first definition that is not another definition, a decorator or a comment.
 _ONLY_DEFINITIONS = re.compile(r"^(?!async\s+def\b|def\b|class\b|@|#|\s|$)", re.MULTILINE)
 _DEFINES_IDENTIFIER = re.compile(r"^(?:async\s+def|def|class)\s+(?:revision|down_revision|depends_on)\b", re.MULTILINE)
-_SCOPE_CHANGE = re.compile(r"\b(?:global|nonlocal)\b")
 
 
 def _may_bind_identifiers(statement: ast.stmt) -> bool:
@@ -327,10 +337,25 @@ def ini_database_url(alembic_config: Path | None, cwd: Path) -> tuple[str, str] 
     if ini is None:
         return None
     try:
-        found = _config(ini, None).get_main_option("sqlalchemy.url")
-    except Exception as error:  # configparser's errors have no common base but Exception
+        parser = _read_ini(ini)
+        if not parser.has_section("alembic"):
+            raise configparser.NoSectionError("alembic")
+        found = parser.get("alembic", "sqlalchemy.url", fallback=None)
+    except (configparser.Error, OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{ini}: not a readable Alembic ini file ({type(error).__name__}: {error})") from None
     return (found, ini.name) if found else None
+
+
+def _read_ini(ini: Path | None) -> configparser.ConfigParser:
+    """The ini file as Alembic's ``Config.file_config`` reads it (``%(here)s`` is its directory), without Alembic.
+
+    Reading it costs nothing next to importing Alembic, and a no-op run needs no more of it.
+    """
+    here = ini.absolute().parent.as_posix() if ini else Path().as_posix()
+    parser = configparser.ConfigParser({"here": here})
+    if ini is not None:
+        parser.read(ini, encoding="locale")  # as alembic.util.compat.read_config_parser
+    return parser
 
 
 _RELATIVE_UP = re.compile(r"^\+\d+$")

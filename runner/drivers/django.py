@@ -91,6 +91,37 @@ def detect(cwd: Path, environ: Mapping[str, str], settings: Settings) -> str | N
     return f"DJANGO_SETTINGS_MODULE={module}" if module else None
 
 
+def quick_noop(settings: Settings, cwd: Path, ready: Callable[[], None]) -> tuple[Project, tuple[str, ...] | None]:
+    """The no-op check of :mod:`runner.noop`: the project, and what is applied if that is every app's leaf node.
+
+    The project is loaded as always (``django.setup()`` is most of a Django run);
+    what this saves is SQLAlchemy and the runner's own session: Django's
+    ``MigrationLoader`` reads ``django_migrations`` on Django's session.
+
+    Returns:
+        ``(project, applied)``; ``applied`` is ``None`` when anything is pending or
+        unknown, or the read failed: the full path decides, with the loaded project.
+
+    Raises:
+        ConfigError: the project cannot be loaded, or its history is inconsistent, as on the full path.
+    """
+    from runner import drivers  # noqa: PLC0415
+
+    project = cast(Project, drivers.load("django", settings=settings, cwd=cwd))
+    ready()
+    if settings.django_system_checks:
+        project.run_system_checks()
+    try:
+        current = project.read_applied(cast("Connection", None), project.version_table)
+    except ConfigError:
+        raise
+    except Exception:  # unreachable, refused, or any doubt: the full path retries and classifies
+        return project, None
+    if project.unknown(current) or project.pending(current, "heads"):
+        return project, None
+    return project, current
+
+
 def _key(revision: str) -> Key:
     app, _, name = revision.partition(".")
     return app, name
@@ -331,8 +362,6 @@ class Project:
         statement_ms = int(self._settings.statement_timeout * 1000)
 
         def created(sender: Any, connection: Any, **_: Any) -> None:
-            from runner import database  # noqa: PLC0415
-
             if connection.alias != self.alias:
                 return
             with connection.cursor() as cursor:
@@ -340,6 +369,8 @@ class Project:
                     cursor.execute(f"SET lock_timeout = {lock_ms}")  # our own integers (milliseconds)
                     cursor.execute(f"SET statement_timeout = {statement_ms}")
                 elif connection.vendor == "mysql":
+                    from runner import database  # noqa: PLC0415  (the registry of MySQL connection ids)
+
                     if lock_ms:
                         cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, lock_ms // 1000)}")
                     database.mysql_connection_ids.add(int(connection.connection.thread_id()))
@@ -375,6 +406,20 @@ class Project:
                 f"conflicting migrations: several leaf nodes in one app ({names}); "
                 "run `python manage.py makemigrations --merge` and commit the merge migration"
             )
+
+    def run_system_checks(self) -> None:
+        """Django's system checks, as ``manage.py migrate`` runs them (``django.core.checks.run_checks``).
+
+        Raises:
+            BrokenProject: a check reported an error; the message names each.
+        """
+        from django.core import checks  # noqa: PLC0415
+
+        with _project_code():
+            found = checks.run_checks(databases=[self.alias])
+        errors = [message for message in found if message.is_serious() and not message.is_silenced()]
+        if errors:
+            raise BrokenProject(f"Django's system checks failed: {'; '.join(f'{e.id}: {e.msg}' for e in errors)}")
 
     def database_url(self) -> tuple[str, str] | None:
         """The URL of the alias' ``DATABASES`` entry and where it is, unless MIGRATION_DATABASE_URL replaced it."""
@@ -621,11 +666,11 @@ class Project:
         """Turn Django's database errors into the runner's: lost or unreachable, or else SQLAlchemy's own kind."""
         from django.db import connections  # noqa: PLC0415
 
-        from runner import database  # noqa: PLC0415
-
         try:
             yield
         except Exception as error:
+            from runner import database  # noqa: PLC0415  (SQLAlchemy only when something went wrong)
+
             translated = _as_dbapi_error(error)
             if translated is None:
                 raise
