@@ -78,11 +78,24 @@ def mysql_admin_url() -> str:
 
 
 @pytest.fixture
-def mysql_url(mysql_admin_url: str) -> Iterator[str]:
+def mysql_databases(mysql_admin_url: str) -> Iterator[Callable[[], str]]:
+    """A factory of new, empty MariaDB databases (all dropped after the test); each call returns a ``mysql://`` URL."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"mr_test_{uuid.uuid4().hex[:12]}"
+        with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{name}`")
+        created.append(name)
+        return sqlalchemy.make_url(mysql_admin_url).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
+        for name in created:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def mysql_url(mysql_databases: Callable[[], str]) -> str:
     """A new, empty MariaDB database for this test (dropped after it): its ``mysql://`` URL."""
-    name = f"mr_test_{uuid.uuid4().hex[:12]}"
-    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}`")
-    yield sqlalchemy.make_url(mysql_admin_url).set(database=name).render_as_string(hide_password=False)
-    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    return mysql_databases()

@@ -6,15 +6,13 @@ project's directory with ``DJANGO_SETTINGS_MODULE`` set, against a real server.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from support import (
     advisory_locks_held,
     applied,
     copy_django_example,
-    mysql_connect,
     mysql_query,
     query,
     wait_until,
@@ -146,8 +143,8 @@ def test_same_state_as_manage_py_migrate(
     if server == "postgresql":
         ours, theirs = pg_databases(), pg_databases()
     else:
-        ours = str(request.getfixturevalue("mysql_url"))
-        theirs = str(request.getfixturevalue("mysql_url_2"))
+        create = request.getfixturevalue("mysql_databases")
+        ours, theirs = create(), create()
     reference = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--no-input"],
         cwd=project,
@@ -166,17 +163,6 @@ def test_same_state_as_manage_py_migrate(
     assert [t for t in tables(ours) if t != "migration_runner_history"] == tables(theirs)
     assert permissions(ours) == permissions(theirs)
     assert len(permissions(ours)) == 20  # add/change/delete/view of 5 models
-
-
-@pytest.fixture
-def mysql_url_2(mysql_admin_url: str) -> Iterator[str]:
-    """A second fresh MariaDB database, for the reference run."""
-    name = f"mr_test_{uuid.uuid4().hex[:12]}"
-    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}`")
-    yield sqlalchemy.make_url(mysql_admin_url).set(database=name).render_as_string(hide_password=False)
-    with contextlib.closing(mysql_connect(mysql_admin_url)) as admin, admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.mark.timeout(240)
