@@ -9,6 +9,7 @@ path does, and import neither SQLAlchemy nor Alembic.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -273,3 +274,26 @@ def test_revision_files_written_by_alembic_revision_are_read_quickly(
 
     assert quick is not None
     assert quick == driver.Project(settings=settings, cwd=tmp_path).heads()
+
+
+def test_the_line_reader_and_the_parser_agree(tmp_path: Path) -> None:
+    """_plain_head reads the usual file without the parser; where it answers, the parser answers the same."""
+    heads = [
+        '"""doc\n\nRevision ID: a\n"""\nfrom typing import Sequence, Union\n\nfrom alembic import op\n'
+        "import sqlalchemy as sa\n\nrevision: str = 'a1'\ndown_revision: Union[str, Sequence[str], None] = None\n"
+        "branch_labels: Union[str, Sequence[str], None] = None\ndepends_on = ('x', 'y')  # a comment\n\n",
+        "revision = \"b\"\ndown_revision = ['a', 'c',]\n",
+        "import os, sys as system\nrevision = 'c'\ndown_revision = ('a',)\n",
+        "revision = 'd'\nrevision = 'e'\n",  # set twice: no answer from either
+        "revision = 'f' if True else 'g'\ndown_revision = None\n",  # not plain: the parser decides
+        "import revision\n",
+        '"""a \\\\ backslash"""\nrevision = "h"\n',
+    ]
+    answered = 0
+    for head in heads:
+        plain = driver._plain_head(head)
+        if plain is None:
+            continue
+        answered += 1
+        assert plain == driver._top_level_values(ast.parse(head)), head
+    assert answered == 3
