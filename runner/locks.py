@@ -45,6 +45,10 @@ _INT64 = 1 << 63
 
 # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low
 # 32 bits) and objsubid = 1 (PostgreSQL docs, "54.12. pg_locks").
+_PG_LOCK_WITHIN = text(
+    "SELECT pg_backend_pid() FROM (SELECT set_config('lock_timeout', :ms, true) AS timeout) AS slice, "
+    "LATERAL pg_advisory_lock(:k) WHERE slice.timeout IS NOT NULL"
+)
 _PG_HOLDER = text(
     """
     SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr,
@@ -190,18 +194,17 @@ class _PostgresAdvisoryLock:
             row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": self.key}).one()
             self.pid = row[1]
             return bool(row[0])
-        connection.exec_driver_sql(f"SET lock_timeout = {max(1, int(seconds * 1000))}")  # our own integer
+        # One statement, so one transaction (the session is in autocommit): the lock_timeout is
+        # set_config(..., is_local => true) and ends with it, leaving no session state behind, even
+        # behind a pooler. The volatile subquery is scanned, and its filter evaluated, first.
         try:
             self.pid = connection.execute(
-                text("SELECT pg_backend_pid() FROM pg_advisory_lock(:k)"), {"k": self.key}
+                _PG_LOCK_WITHIN, {"k": self.key, "ms": f"{max(1, int(seconds * 1000))}ms"}
             ).scalar()
         except sa_exc.DBAPIError as error:
             if database.sqlstate(error) == "55P03":  # lock_not_available: the slice is over
                 return False
             raise
-        finally:
-            with contextlib.suppress(sa_exc.DBAPIError):
-                connection.exec_driver_sql("RESET lock_timeout")
         return True
 
     def describe_holder(self, connection: Connection) -> dict[str, Any]:
