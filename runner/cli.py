@@ -477,8 +477,9 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
             _log_started(settings)
 
     verdict = noop.Verdict(None)
-    if args.command == "upgrade":
-        # What every pod start sees: already at head. Answered, when it can be, without SQLAlchemy or the tool.
+    if args.command in _AT_TARGET_EVENTS:
+        # What every pod start sees: already at head (upgrade in the migration init-container or Job,
+        # wait in the application's). Answered, when it can be, without SQLAlchemy or the tool.
         name = noop.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
         verdict = noop.at_target(settings, Path.cwd(), name=name, ready=log_started)
         if verdict.at_target is not None:
@@ -486,9 +487,8 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
             report.target, report.heads = list(found.heads), list(found.heads)
             report.database_at(found.current)
             report.planned([])
-            logs.get_logger().info(
-                "upgrade.noop", current=list(found.current), target=settings.target, reason="already at target"
-            )
+            event, fields = _AT_TARGET_EVENTS[args.command]
+            logs.get_logger().info(event, current=list(found.current), **fields(settings))
             return ExitCode.OK
     from runner import commands  # noqa: PLC0415
 
@@ -513,6 +513,14 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         "config": commands.show_config,
     }
     return handlers[args.command](run)
+
+
+# What each command logs when the database is at the target, as the full path logs it (runner.commands).
+_AT_TARGET_EVENTS: dict[str, tuple[str, Callable[[Settings], dict[str, Any]]]] = {
+    "upgrade": ("upgrade.noop", lambda settings: {"target": settings.target, "reason": "already at target"}),
+    "check": ("check.ok", lambda settings: {"target": settings.target}),
+    "wait": ("wait.finished", lambda _: {"waited_seconds": 0.0}),
+}
 
 
 def _log_started(settings: Settings) -> None:

@@ -379,7 +379,6 @@ def _apply(
         before_sleep=_log_retry(run, "revision.retrying", "revision"),
         reraise=True,
     )
-    done = False
     try:
         for attempt in retrying:
             with attempt:
@@ -392,7 +391,6 @@ def _apply(
                     before_each=before_each,
                     in_transaction=in_transaction,
                 )
-        done = True
     except MigrationFailed as error:
         if _worth_retrying(error):  # the retries are used up
             error.message += (
@@ -401,23 +399,21 @@ def _apply(
             )
         if error.revision is not None:
             _record_end(book, error.revision, "failed", transactional=error.transactional, message=error.message)
+        # What was applied before it is on disk before the run reports it; best effort: a lost
+        # server has lost only whole revisions at the end, which the next run applies again.
+        with contextlib.suppress(Exception):
+            book.make_durable()
         raise
-    except Stopped as stopped:
+    except Stopped as stopped:  # no durability wait: the grace period is for rollback and the lock
         if stopped.revision is not None:
             held.cancel_running()  # MySQL: the statement must be gone before the row says so
             _record_end(
                 book, stopped.revision, "interrupted", transactional=stopped.transactional, message=str(stopped)
             )
         raise
-    finally:
-        # What was applied is on disk before the run reports it: on success this must work, on
-        # failure it is best effort (a lost server has lost only whole revisions, which the next run re-applies).
-        if done:
-            with database.losing_connection_raises():
-                book.make_durable()
-        else:
-            with contextlib.suppress(Exception):
-                book.make_durable()
+    # What was applied is on disk before the run says so (exit 0 promises it).
+    with database.losing_connection_raises():
+        book.make_durable()
 
 
 def _record_end(book: ledger.Ledger, revision: str, outcome: str, *, transactional: bool, message: str) -> None:

@@ -161,11 +161,11 @@ def test_broken_histories_get_no_quick_answer(tmp_path: Path, monkeypatch: pytes
         assert driver.quick_heads(load_settings(cwd=project), project) is None, number
 
 
-def run_upgrade(cli: Cli, env: dict[str, str]) -> tuple[int, list[str], bool]:
-    """Run upgrade in a child that reports its exit code, its event names and whether SQLAlchemy was imported."""
+def run_upgrade(cli: Cli, env: dict[str, str], command: str = "upgrade") -> tuple[int, list[str], bool]:
+    """Run a command in a child that reports its exit code, its event names and whether SQLAlchemy was imported."""
     code = (
         "import sys, runner.cli\n"
-        "code = runner.cli.main(['upgrade'])\n"
+        f"code = runner.cli.main([{command!r}])\n"
         "print('RESULT', code, 'sqlalchemy' in sys.modules or 'alembic' in sys.modules, file=sys.stderr)"
     )
     done = subprocess.run(
@@ -297,3 +297,30 @@ def test_the_line_reader_and_the_parser_agree(tmp_path: Path) -> None:
         answered += 1
         assert plain == driver._top_level_values(ast.parse(head)), head
     assert answered == 3
+
+
+@pytest.mark.parametrize(("command", "event"), [("check", "check.ok"), ("wait", "wait.finished")])
+def test_check_and_wait_at_head_take_the_fast_path_too(cli: Cli, pg_url: str, command: str, event: str) -> None:
+    """An application's `wait` init-container pays the same no-op as the migration's `upgrade`."""
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli(env=env).code == 0
+
+    code, events, imported = run_upgrade(cli, env, command)
+    full = cli(command, env={**env, "MIGRATION_TARGET": rev_id(3)})
+
+    assert (code, imported) == (0, False)
+    assert events == ["run.started", event, "run.finished"]
+    assert full.code == 0
+    assert full.one(event)["current"] == [rev_id(3)]
+
+
+def test_check_behind_head_still_exits_1(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli(env={**env, "MIGRATION_TARGET": rev_id(2)}).code == 0
+
+    code, events, imported = run_upgrade(cli, env, "check")
+
+    assert (code, imported) == (1, True)
+    assert "check.pending" in events
