@@ -18,16 +18,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool, Pool
 
-from runner import urls
+from runner import noop, urls
 from runner.errors import ConfigError, ConnectionLost, DatabaseUnavailable
 from runner.logs import get_logger
 from runner.urls import ASYNC_DRIVERS, DatabaseUrl
 
 ATTEMPT_TIMEOUT_SECONDS = 10
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
-# PostgreSQL truncates application_name to NAMEDATALEN - 1 = 63 bytes
-# (PostgreSQL docs, "20.11.3 Other Defaults > application_name").
-_APPLICATION_NAME_MAX = 63
 # SQLSTATEs that mean "the connection is gone", not "the statement is wrong":
 # class 08 and 57P01..57P03 (PostgreSQL docs, "Appendix A. Error Codes").
 _CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
@@ -211,7 +208,7 @@ def make_engine(
     timeout = max(2, int(attempt_timeout))  # libpq treats 1 as 2 and 0 as forever
     _track_connections()
     if family(url) == "postgresql":
-        name = application_name.encode()[:_APPLICATION_NAME_MAX].decode(errors="ignore")
+        name = application_name.encode()[: noop.APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
         connect_args = {"application_name": name, "connect_timeout": timeout}
         url = with_network_bounds(url)
         if keepalives:

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 # libpq's smallest useful connect_timeout (libpq docs, "connect_timeout"): a server that does not
 # answer that fast is left to the full path and its retries.
 CONNECT_TIMEOUT_SECONDS = 2
-# PostgreSQL keeps at most NAMEDATALEN - 1 = 63 bytes of application_name.
-_APPLICATION_NAME_MAX = 63
+# PostgreSQL keeps at most NAMEDATALEN - 1 = 63 bytes of application_name
+# (PostgreSQL docs, "20.11.3 Other Defaults > application_name").
+APPLICATION_NAME_MAX_BYTES = 63
 
 
 def application_name(*, host: str, namespace: str | None, run_id: str) -> str:
@@ -170,6 +171,6 @@ def _libpq_parameters(url: urls.DatabaseUrl, name: str) -> dict[str, Any] | None
         parameters["dbname"] = url.database
     for key, value in urls.PG_NETWORK_BOUNDS.items():
         parameters.setdefault(key, value)
-    parameters["application_name"] = name.encode()[:_APPLICATION_NAME_MAX].decode(errors="ignore")
+    parameters["application_name"] = name.encode()[:APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
     parameters["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     return parameters

@@ -244,11 +244,15 @@ class Settings(BaseSettings):
         Raises:
             ConfigError: the URL does not parse.
         """
+        self._take_url(url, source, problem=f"invalid database in {source}")
+
+    def _take_url(self, raw: str, source: str, *, problem: str) -> None:
+        """Use ``raw`` as the database URL, from ``source``; ConfigError(``problem: why``) if it does not parse."""
         try:
-            urls.parse(url)
+            urls.parse(raw)
         except ValueError as error:
-            raise ConfigError(f"invalid database in {source}: {error}") from None
-        self.database_url = SecretStr(url)
+            raise ConfigError(f"{problem}: {error}") from None
+        self.database_url = SecretStr(raw)
         self._database_source = source
 
     def note_database_problem(self, problem: str) -> None:
@@ -548,10 +552,5 @@ def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> Non
             yield "the development default", SQLITE_DEFAULT_URL
 
     for source, raw in candidates():  # the first one wins; later sources are not even read
-        try:
-            urls.parse(raw)
-        except ValueError as error:
-            raise ConfigError(f"invalid setting {source}: {error}") from None
-        settings.database_url = SecretStr(raw)
-        settings._database_source = source
+        settings._take_url(raw, source, problem=f"invalid setting {source}")
         return

@@ -17,8 +17,11 @@ A driver module provides:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,3 +228,25 @@ def own(callback: Callable[..., None], *args: Any) -> None:
         callback(*args)
     except Exception as error:
         raise CallbackFailed(error) from error
+
+
+def project_code() -> contextlib.AbstractContextManager[Any]:
+    """While project code runs (env.py, revision files, Django apps), its ``print()`` goes to stderr.
+
+    Stdout may carry a document (``--output json``, ``current``, ``config``).
+    """
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def where(error: BaseException, *, also_skip: tuple[str, ...] = ()) -> str:
+    """`` (file:line)`` of the innermost project frame of a traceback, or ``""``.
+
+    Frames in site-packages and in the runner are skipped, and those whose file
+    name contains one of ``also_skip``, unless nothing else is left.
+    """
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" ({error.filename}:{error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+    skipped = ("/runner/", *also_skip)
+    frames = [f for f in frames if not any(part in f.filename for part in skipped)] or frames
+    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""

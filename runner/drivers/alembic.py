@@ -20,7 +20,6 @@ import configparser
 import contextlib
 import os
 import re
-import sys
 import time
 import traceback
 import warnings
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from runner import logs
-from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own
+from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own, project_code, where
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -412,11 +411,6 @@ def _read_ini(ini: Path | None) -> configparser.ConfigParser:
 _RELATIVE_UP = re.compile(r"^\+\d+$")
 
 
-def _project_code() -> contextlib.AbstractContextManager[Any]:
-    """While project code runs, its ``print()`` goes to stderr: stdout may carry a document."""
-    return contextlib.redirect_stdout(sys.stderr)
-
-
 class Project:
     """An Alembic project: its ``alembic.ini`` and/or ``pyproject.toml``, and its script directory.
 
@@ -467,7 +461,7 @@ class Project:
         except CommandError as error:
             raise ConfigError(f"{setting}: {error}") from None
         self._require_env_py(setting)
-        with _project_code():
+        with project_code():
             self._load_history()
         if not self.script.revision_map.heads:
             # _version_locations is private; Alembic has no public accessor for where it looked.
@@ -759,7 +753,7 @@ class Project:
         # the EnvironmentContext class itself.
         environment.configure = configure_with_defaults  # type: ignore[method-assign]
         try:
-            with environment, logs.env_py_file_config_ignored(), _project_code():
+            with environment, logs.env_py_file_config_ignored(), project_code():
                 self.script.run_env()
         except CallbackFailed as callback:
             raise callback.error from None  # the lock check's ConnectionLost / LockLost, or a bug of ours
@@ -797,7 +791,7 @@ class Project:
         elif failure.code is None and not message.startswith(type(error).__name__):
             message = f"{type(error).__name__}: {message}"
         if not started and failure.code is None:
-            return BrokenProject(f"env.py {self.script.env_py_location}: {message}{_where(error)}")
+            return BrokenProject(f"env.py {self.script.env_py_location}: {message}{where(error)}")
         if failed is None:
             return MigrationFailed(message, revision=None, sqlstate=failure.code)
         transactional = self._transactional(url)
@@ -810,15 +804,6 @@ def _down_revisions(script: Script) -> tuple[str, ...]:
     from alembic.util import to_tuple  # noqa: PLC0415
 
     return tuple(to_tuple(script.down_revision, default=()))
-
-
-def _where(error: BaseException) -> str:
-    """`` (file:line)`` of the innermost project frame of a traceback, or ``""``."""
-    if isinstance(error, SyntaxError) and error.filename:
-        return f" ({error.filename}:{error.lineno})"
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
-    frames = [f for f in frames if "/runner/" not in f.filename] or frames
-    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _heads_arg(heads: Sequence[str]) -> str:

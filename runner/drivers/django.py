@@ -34,13 +34,12 @@ import os
 import re
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from runner import logs, urls
-from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own
+from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own, project_code, where
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -215,18 +214,9 @@ def entry_of_url(url: urls.DatabaseUrl) -> dict[str, Any]:
     }
 
 
-def _project_code() -> contextlib.AbstractContextManager[Any]:
-    """While project code runs, its ``print()`` goes to stderr: stdout may carry a document."""
-    return contextlib.redirect_stdout(sys.stderr)
-
-
 def _where(error: BaseException) -> str:
-    """`` (file:line)`` of the innermost frame outside Django and the runner, or ``""``."""
-    if isinstance(error, SyntaxError) and error.filename:
-        return f" ({error.filename}:{error.lineno})"
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
-    frames = [f for f in frames if "/runner/" not in f.filename and "importlib" not in f.filename] or frames
-    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    # Django imports settings, apps and migrations through importlib: its frames are not the project's.
+    return where(error, also_skip=("importlib",))
 
 
 def _described(error: BaseException) -> str:
@@ -306,7 +296,7 @@ class Project:
                 "MIGRATION_TOOL=django, but Django is not installed here: install the runner into the "
                 "application's image with `pip install 'migration-runner[django]'`"
             ) from None
-        with _project_code():
+        with project_code():
             databases = self._import_settings(django_settings, cwd)
             self._use_database(databases)
             django_settings.LOGGING_CONFIG = None  # the runner owns logging
@@ -387,7 +377,7 @@ class Project:
         from django.db.migrations.loader import MigrationLoader  # noqa: PLC0415
 
         try:
-            with _project_code():
+            with project_code():
                 return MigrationLoader(connection, ignore_no_migrations=True)
         except NodeNotFoundError as error:
             raise BrokenRevisionFiles(f"migration graph: {error}") from None
@@ -415,7 +405,7 @@ class Project:
         """
         from django.core import checks  # noqa: PLC0415
 
-        with _project_code():
+        with project_code():
             found = checks.run_checks(databases=[self.alias])
         errors = [message for message in found if message.is_serious() and not message.is_silenced()]
         if errors:
@@ -604,7 +594,7 @@ class Project:
         arguments = [part for part in (app, name) if part]
         out, err = _LogLines("info"), _LogLines("warning")
         try:
-            with session.execute_wrapper(progress.record), _project_code():
+            with session.execute_wrapper(progress.record), project_code():
                 call_command(
                     _migrate_command(progress),
                     *arguments,
