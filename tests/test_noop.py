@@ -288,6 +288,11 @@ def test_the_line_reader_and_the_parser_agree(tmp_path: Path) -> None:
         "revision = 'f' if True else 'g'\ndown_revision = None\n",  # not plain: the parser decides
         "import revision\n",
         '"""a \\\\ backslash"""\nrevision = "h"\n',
+        "revision = 'i'\nfrom m import a, revision\n",  # the import binds it last: the parser says unsure
+        "revision = 'j'\nimport down_revision.x\n",
+        "revision = 'k'\r\ndown_revision = None\r\n",  # CRLF line endings read as LF
+        "revision = 'l'\rdown_revision = None\r",  # a lone CR: the parser decides
+        "\n  revision = 'm'\n",  # an indented first line does not parse
     ]
     answered = 0
     for head in heads:
@@ -296,7 +301,7 @@ def test_the_line_reader_and_the_parser_agree(tmp_path: Path) -> None:
             continue
         answered += 1
         assert plain == driver._top_level_values(ast.parse(head)), head
-    assert answered == 3
+    assert answered == 4
 
 
 @pytest.mark.parametrize(("command", "event"), [("check", "check.ok"), ("wait", "wait.finished")])
