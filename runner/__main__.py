@@ -1,5 +1,5 @@
 """``python -m runner`` is ``migration-runner``."""
 
-from runner.cli import main
+from runner.cli import entrypoint
 
-raise SystemExit(main())
+entrypoint()

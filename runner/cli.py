@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -283,6 +284,28 @@ def _claim_stdout() -> TextIO:
     document_fd = os.dup(1)
     os.dup2(2, 1)
     return os.fdopen(document_fd, "w", encoding="utf-8")
+
+
+# A run is short, and most of what it allocates lives to the end (modules, classes, the revision
+# map): CPython's default, a young collection every 700 allocations, mostly walks survivors.
+_GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def entrypoint() -> None:
+    """The ``migration-runner`` program (``[project.scripts]``, ``python -m runner``): :func:`main`, then exit.
+
+    Raises:
+        SystemExit: always, with :func:`main`'s exit code.
+    """
+    gc.set_threshold(*_GC_THRESHOLDS)
+    code = main()
+    # The kernel frees the memory with the process. Without this, interpreter shutdown walks
+    # every object SQLAlchemy, Alembic and the revision modules made in one last full collection
+    # (about 0.1 s after 300 revisions); frozen objects are skipped (gc.freeze docs). atexit
+    # handlers and the flushing of files still run.
+    gc.disable()
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,17 +199,20 @@ class Ledger:
         assert key is not None  # noqa: S101  (an INSERT of one row)
         self._open_rows[revision] = int(key[0])
 
-    def applied(self, execute: Callable[[sa.Executable], object], revision: str, *, transactional: bool) -> None:
+    def applied(
+        self, execute: Callable[[sa.Executable, Mapping[str, Any]], object], revision: str, *, transactional: bool
+    ) -> None:
         """Record ``revision`` as applied, inside its own transaction (``execute`` runs a statement there)."""
         finished = self.now()
         duration = (finished - self._started.get(revision, finished)).total_seconds()
         done = {"outcome": "applied", "finished_at": self._stored(finished), "duration_seconds": duration}
         if revision in self._open_rows:
             row_id = self._open_rows.pop(revision)
-            execute(self.table.update().where(self.table.c.id == row_id).values(done))
+            execute(self.table.update().where(self.table.c.id == row_id).values(done), {})
         else:
-            row = {**self._row(revision, "applied", transactional=transactional), **done}
-            execute(self.table.insert().values(row))
+            # The values as parameters: the statement compiles once per run (SQLAlchemy's compiled
+            # cache); .values(row) would build and coerce a new statement for every revision.
+            execute(self.table.insert(), {**self._row(revision, "applied", transactional=transactional), **done})
 
     def ended(self, revision: str, outcome: str, *, transactional: bool, error: str) -> None:
         """Record that ``revision`` ``failed`` or was ``interrupted``, after its transaction ended.

@@ -97,8 +97,8 @@ def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], N
     if settings.database_url is None or read_heads is None or read_current is None:
         return Verdict(None)
     ready()
-    heads = read_heads(settings, cwd)
-    current = _read(settings, read_current, name) if heads else None
+    current = _read(settings, read_current, name)
+    heads = read_heads(settings, cwd) if current else None  # an empty database need not read the files
     if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
         return Verdict(None)
     return Verdict(AtTarget(tuple(sorted(current)), heads))

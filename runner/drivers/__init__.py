@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from runner.settings import Settings
 
-    # Runs one SQLAlchemy statement in the transaction of the step being applied.
-    Execute = Callable[[Executable], object]
+    # Runs one SQLAlchemy statement, with its parameters, in the transaction of the step being applied.
+    Execute = Callable[[Executable, Mapping[str, Any]], object]
 
 
 def tools() -> list[str]:

@@ -727,11 +727,11 @@ class _Progress:
             self._recorded = True
             dialect = _pyformat_dialect(self.session.vendor)
 
-            def run(statement: Any) -> None:
+            def run(statement: Any, parameters: Mapping[str, Any]) -> None:
                 # A cursor of its own on the same session: Django still reads the insert's RETURNING from its cursor.
-                compiled = statement.compile(dialect=dialect)
+                compiled = statement.compile(dialect=dialect, column_keys=list(parameters))
                 with context["connection"].cursor() as cursor:
-                    cursor.execute(str(compiled), compiled.params)
+                    cursor.execute(str(compiled), compiled.construct_params(parameters))
 
             own(self.in_transaction, run, self.running_id, self.transactional)
         return result
