@@ -56,6 +56,8 @@ _UPGRADE_SETTINGS = (
     "statement_timeout",
     "revision_retries",
     "allow_unknown_revision",
+    "before_apply_command",
+    "before_apply_timeout",
     "history_table",
     "timeout",
     "grace_period",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sys
 import time
@@ -70,6 +71,7 @@ class Run:
     resolution: str | None = None
     preloaded: Driver | None = None
     _driver: Driver | None = field(default=None, init=False, repr=False)
+    _before_apply_ran: bool = field(default=False, init=False, repr=False)
 
     @property
     def host(self) -> str:
@@ -287,6 +289,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             book.prepare(held.connection or connection)
             _refuse_unfinished(project, book, current)
             pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
+            _before_apply(run, project, held, current, pending, direction="up")
             log.info(
                 "upgrade.started",
                 current=run.shown(current),
@@ -311,6 +314,39 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
                 applied=len(pending),
                 duration_seconds=round(time.monotonic() - started, 6),
             )
+
+
+def _before_apply(
+    run: Run, project: Driver, held: locks.HeldLock, current: Sequence[str], pending: Sequence[Step], *, direction: str
+) -> None:
+    """Run ``MIGRATION_BEFORE_APPLY_COMMAND``, if set, once per run: under the lock, before the first revision.
+
+    Raises:
+        BeforeApplyFailed: it failed; nothing was applied (exit 75).
+        ConfigError: it cannot be started.
+    """
+    argv = run.settings.before_apply_command
+    if not argv or run._before_apply_ran:  # a reconnect starts the upgrade again: the backup is taken
+        return
+    run._before_apply_ran = True
+    from runner import before_apply  # noqa: PLC0415  (only when configured)
+
+    context = before_apply.Context(
+        run_id=run.run_id,
+        environment=run.settings.environment,
+        tool=project.tool,
+        direction=direction,
+        current=run.shown(current),
+        target=run.report.target,
+        pending=[step.revision for step in pending],
+    )
+    before_apply.run(
+        argv,
+        timeout=run.settings.before_apply_timeout,
+        env=before_apply.environment_for(context, run.settings.light_url, os.environ),
+        verify_lock=held.verify,
+        verify_every=LOCK_CHECK_INTERVAL_SECONDS,
+    )
 
 
 def _refuse_unfinished(project: Driver, book: ledger.Ledger, current: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ retrying (69, 75) from one that will fail the same way again (65, 66, 78)::
     │   │   └── ReadOnlyDatabase     69  (a hot standby, or default_transaction_read_only)
     │   ├── LockTimeout              75  EX_TEMPFAIL
     │   ├── WaitTimeout              75  EX_TEMPFAIL
+    │   ├── BeforeApplyFailed        75  (MIGRATION_BEFORE_APPLY_COMMAND: nothing was applied)
     │   ├── MigrationFailed          65  EX_DATAERR
     │   │   └── InterruptedRevision  65  (the ledger shows a revision that never finished)
     │   └── UnknownRevision          66  EX_NOINPUT
@@ -68,7 +69,8 @@ MEANINGS: dict[ExitCode, str] = {
     "upgrade and wait exit 0",
     ExitCode.DATABASE_UNAVAILABLE: "database unreachable, or read-only (a hot standby during a failover)",
     ExitCode.INTERNAL_ERROR: "internal error (a bug: please report it with the log)",
-    ExitCode.TIMEOUT: "the lock, wait or MIGRATION_TIMEOUT timed out; a later retry may succeed",
+    ExitCode.TIMEOUT: "the lock, wait or MIGRATION_TIMEOUT timed out, or MIGRATION_BEFORE_APPLY_COMMAND failed "
+    "(nothing was applied); a later retry may succeed",
     ExitCode.CONFIG_INVALID: "configuration invalid: a bad or missing setting, a rejected login, a URL without a "
     "database, a script directory without env.py or revisions, an env.py or revision file that fails to load, "
     "an unknown target or one older than the database (upgrade never downgrades), several heads when one "
@@ -100,6 +102,10 @@ class RunnerError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def details(self) -> dict[str, Any]:
+        """Fields for the log event and the result document's ``error`` beyond the message; none here."""
+        return {}
 
 
 class ConfigError(RunnerError):
@@ -167,6 +173,30 @@ class WaitTimeout(RunnerError):
     event = "wait.timeout"
 
 
+class BeforeApplyFailed(RunnerError):
+    """``MIGRATION_BEFORE_APPLY_COMMAND`` exited non-zero or ran out of time; no revision ran.
+
+    Retryable: a backup that failed for want of space or a network may succeed next time.
+
+    Args:
+        message: what happened.
+        exit_status: the command's exit status; ``None`` when it was stopped at its timeout.
+        stderr: its last lines of standard error, redacted.
+    """
+
+    exit_code = ExitCode.TIMEOUT
+    event = "before_apply.failed"
+
+    def __init__(self, message: str, *, exit_status: int | None, stderr: list[str]) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+    def details(self) -> dict[str, Any]:
+        """The command's exit status and its last lines of standard error."""
+        return {"command_exit_status": self.exit_status, "stderr": self.stderr}
+
+
 class UnknownRevision(RunnerError):
     """The database is at a revision that the script directory does not contain.
 
@@ -202,6 +232,10 @@ class MigrationFailed(RunnerError):
         self.revision = revision
         self.sqlstate = sqlstate
         self.transactional = transactional
+
+    def details(self) -> dict[str, Any]:
+        """The failed revision, its SQLSTATE, and whether it may be partly applied."""
+        return {"revision": self.revision, "sqlstate": self.sqlstate, "partially_applied": not self.transactional}
 
 
 class InterruptedRevision(MigrationFailed):
@@ -304,15 +338,8 @@ def outcome_of(error: BaseException | None, *, code: ExitCode = ExitCode.OK) -> 
     """
     if error is None:
         return Outcome(code, "run.succeeded" if code == ExitCode.OK else "run.not_at_target", level="info")
-    if isinstance(error, MigrationFailed):
-        details = {
-            "revision": error.revision,
-            "sqlstate": error.sqlstate,
-            "partially_applied": not error.transactional,
-        }
-        return Outcome(error.exit_code, error.event, error.message, details=details)
     if isinstance(error, RunnerError):
-        return Outcome(error.exit_code, error.event, error.message)
+        return Outcome(error.exit_code, error.event, error.message, details=error.details())
     if isinstance(error, RunTimeout):
         details = {"revision": error.revision, "partially_applied": not error.transactional}
         return Outcome(ExitCode.TIMEOUT, "run.timeout", _stopped_message(error, str(error)), details=details)

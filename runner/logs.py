@@ -42,6 +42,11 @@ def add_secret(secret: str | None) -> None:
         _secrets.add(secret)
 
 
+def known_secrets() -> list[str]:
+    """The values registered with :func:`add_secret`, longest first."""
+    return sorted(_secrets, key=len, reverse=True)
+
+
 def redact_text(text: str) -> str:
     """``text`` with every known secret and every secret-shaped part replaced by ``***``.
 

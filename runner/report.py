@@ -107,7 +107,8 @@ class RunReport:
         Args:
             error: what ended it.
             message: the one line the log shows; redacted here again, as every output is.
-            details: ``revision``, ``sqlstate``, ``partially_applied`` where they apply.
+            details: ``revision``, ``sqlstate``, ``partially_applied``; ``stderr`` and
+                ``command_exit_status`` (the before-apply command); where they apply.
         """
         details = details or {}
         self.error = {
@@ -118,6 +119,9 @@ class RunReport:
         }
         if "partially_applied" in details and (details.get("revision") or isinstance(error, MigrationFailed)):
             self.error["partially_applied"] = details["partially_applied"]
+        if "stderr" in details:  # MIGRATION_BEFORE_APPLY_COMMAND's
+            self.error["command_exit_status"] = details.get("command_exit_status")
+            self.error["stderr"] = [redact_text(line) for line in details["stderr"]]
 
     def finish(self, exit_code: int, outcome: str) -> None:
         """The run is over: record its exit code, outcome and duration."""

@@ -22,6 +22,7 @@ Every setting is validated before any connection is made; a problem raises
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -168,6 +169,16 @@ class Settings(BaseSettings):
         description="Treat a database at a revision the script directory lacks "
         "(an application rollback) as success in 'upgrade' and 'wait'.",
     )
+    before_apply_command: list[NonEmpty] | None = Field(
+        None,
+        min_length=1,
+        description="A program run under the lock before the first revision, only when something is pending: "
+        'a JSON array, never a shell string, e.g. ["pg_dump", "-Fc", "-f", "/backup/before.dump"]. '
+        f"Non-zero exit or timeout: nothing is applied, exit {int(ExitCode.TIMEOUT)}.",
+    )
+    before_apply_timeout: Seconds = Field(
+        600.0, gt=0, description="Seconds MIGRATION_BEFORE_APPLY_COMMAND may run before it is stopped."
+    )
     output: Literal["text", "json"] = Field(
         "text", description="json: print one result document on stdout at the end (logs go to stderr)."
     )
@@ -204,6 +215,19 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("before_apply_command", mode="before")
+    @classmethod
+    def _argv(cls, value: Any) -> Any:
+        if isinstance(value, str):  # what pydantic-settings leaves of a value that is not JSON
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    "must be a JSON array of strings (a program and its arguments, never a shell string), e.g. "
+                    '["pg_dump", "-Fc", "-f", "/backup/before.dump"]'
+                ) from None
+        return value
 
     @field_validator("pushgateway_url")
     @classmethod
