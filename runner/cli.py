@@ -69,6 +69,12 @@ COMMANDS: dict[str, Command] = {
         (0, 65, 66, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
+    "downgrade": Command(
+        "revert revisions down to TARGET (required) under the advisory lock; refused in production unless allowed",
+        (*_UPGRADE_SETTINGS, "allow_downgrade"),
+        (0, 65, 66, 69, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
     "check": Command(
         "exit 0 if the database is at (or past) the target, 1 and list what is pending if not",
         ("target",),
@@ -181,8 +187,8 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 "revision",
                 nargs="?",
                 metavar="TARGET",
-                help="revision to reach, as Alembic takes it: heads, head, an id or prefix, +N (upgrade only); "
-                "the same as --target",
+                help="revision to reach: heads, head, an id or prefix, +N (upgrade), -N or base (downgrade); "
+                "Django: app_label, app_label:migration_name, app_label:zero; the same as --target",
             )
         if name == "resolve":
             sub.add_argument(
@@ -358,7 +364,7 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         environment=(args.environment or os.environ.get("MIGRATION_ENVIRONMENT") or "development").lower(),
         host=os.environ.get("MIGRATION_POD_NAME") or socket.gethostname(),
     )
-    report = RunReport(command=args.command)
+    report = RunReport(command=args.command, direction="down" if args.command == "downgrade" else "up")
     settings: Settings | None = None
     stop_serving: Callable[[], None] = lambda: None  # noqa: E731
     failure: BaseException | None = None
@@ -531,6 +537,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
     log_started()
     handlers: dict[str, Callable[[Run], ExitCode]] = {
         "upgrade": commands.upgrade,
+        "downgrade": commands.downgrade,
         "check": commands.check,
         "current": commands.current,
         "wait": commands.wait,

@@ -127,7 +127,8 @@ class Run:
             return self._driver
         project = self.preloaded or drivers.load(self.settings.chosen_tool, settings=self.settings, cwd=self.cwd)
         self._driver = project
-        self.report.target = list(project.target_revisions(self.settings.target))
+        if self.report.direction == "up":  # a downgrade's target is resolved against the database
+            self.report.target = list(project.target_revisions(self.settings.target))
         self.report.heads = list(project.heads())
         return project
 
@@ -349,6 +350,140 @@ def _before_apply(
     )
 
 
+def downgrade(run: Run) -> ExitCode:
+    """Revert applied revisions down to ``MIGRATION_TARGET``, under the migration lock, one transaction each.
+
+    Explicit and guarded: the target is required (there is no default),
+    ``production`` needs ``MIGRATION_ALLOW_DOWNGRADE=true``, and the whole path
+    is checked for steps that cannot be reverted before anything changes.
+    Otherwise as :func:`upgrade`: the lock, the re-read under it, the ledger,
+    retries and reconnects; a failure half-way leaves the database at the last
+    fully reverted revision.
+
+    Returns:
+        ``ExitCode.OK``, also when the database is already at the target.
+
+    Raises:
+        ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision, BeforeApplyFailed.
+    """
+    settings = run.settings
+    if "target" not in settings.model_fields_set:
+        raise ConfigError(
+            "downgrade needs a target, and has no default: --target or MIGRATION_TARGET (Alembic: a revision id, "
+            "-N or base; Django: app_label:migration_name or app_label:zero); nothing was reverted"
+        )
+    if settings.environment == "production" and not settings.allow_downgrade:
+        raise ConfigError(
+            "downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really needed, "
+            "run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted"
+        )
+    run.report.direction = "down"
+    project = run.project()
+    engine = database.make_engine(run.migration_url(), application_name=run.application_name)
+    reconnecting = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ConnectionLost),
+        stop=tenacity.stop_after_attempt(MAX_RECONNECTS + 1),
+        wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+        before_sleep=_log_retry(run, "database.reconnecting", "reconnect"),
+        reraise=True,
+    )
+    target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
+    for attempt in reconnecting:
+        with attempt:
+            _downgrade_once(run, project, engine, target)
+    return ExitCode.OK
+
+
+def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]) -> None:
+    log = get_logger()
+    settings = run.settings
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+    ):
+        current = run.read_heads(connection)
+        if not _reverting(run, project, current, target):
+            log.info("downgrade.noop", current=run.shown(current), target=target[0], reason="already at target")
+            return
+        read_only = database.read_only_reason(connection)
+        if read_only:
+            raise ReadOnlyDatabase(
+                f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
+                "point MIGRATION_DATABASE_URL at the primary"
+            )
+        with locks.migration_lock(
+            settings.url,
+            key=run.lock_key(connection),
+            timeout=settings.lock_timeout,
+            application_name=run.application_name,
+            connect_for=settings.connect_timeout,
+            on_connect_retry=lambda: run.report.retried("connect"),
+        ) as held:
+            run.report.lock_acquired(held.wait_seconds)
+            current = run.read_heads(connection)  # another runner may have reverted meanwhile
+            steps = _reverting(run, project, current, target)
+            if not steps:
+                reason = "another runner reverted while this one waited for the lock"
+                log.info("downgrade.noop", current=run.shown(current), target=target[0], reason=reason)
+                return
+            book = run.ledger()
+            book.direction = "down"
+            book.prepare(held.connection or connection)
+            _refuse_unfinished(project, book, current)
+            _before_apply(run, project, held, current, steps, direction="down")
+            log.info(
+                "downgrade.started",
+                current=run.shown(current),
+                target=target[0],
+                reverting=[s.revision for s in steps],
+            )
+            started = time.monotonic()
+            _apply(run, project, connection, held, book, target=target[0])
+            after = run.read_heads(connection)
+            still_applied = [s.revision for s in steps if project.is_applied(after, s.revision)]
+            if still_applied:
+                raise BrokenProject(
+                    f"env.py returned, but {', '.join(still_applied)} {'is' if len(still_applied) == 1 else 'are'} "
+                    "still applied; does env.py call context.run_migrations() in online mode?"
+                )
+            log.info(
+                "downgrade.finished",
+                current=run.shown(after),
+                reverted=len(steps),
+                duration_seconds=round(time.monotonic() - started, 6),
+            )
+
+
+def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[str]) -> list[Step]:
+    """The steps down to ``target[0]``, checked for irreversible ones; a relative target is fixed here.
+
+    Raises:
+        UnknownRevision: the database is at a revision the project lacks (only its own image can revert it).
+        ConfigError: a bad target, or a step on the way that cannot be reverted (nothing is done).
+    """
+    missing = project.unknown(current)
+    if missing:
+        raise UnknownRevision(
+            f"the database is at revision {', '.join(missing)}, which the script directory does not have: "
+            "only an image that has it can revert it",
+            missing,
+        )
+    steps = project.reverting(current, target[0])
+    blocked = project.irreversible(steps)
+    if blocked:
+        raise ConfigError(
+            f"downgrade to {target[0]!r} would revert {'; '.join(blocked)}, which cannot be reverted; "
+            "nothing was reverted: choose a target above it"
+        )
+    reverted = {s.revision for s in steps}
+    ending = (set(current) - reverted) | {r for s in steps for r in s.replaces if r not in reverted}
+    run.report.planned(steps)
+    run.report.target = sorted(project.summary(sorted(ending)))
+    if steps and target[0].startswith("-"):  # Alembic's -N: from now on, where it ends
+        target[0] = sorted(ending)[0] if len(ending) == 1 else "base" if not ending else target[0]
+    return steps
+
+
 def _refuse_unfinished(project: Driver, book: ledger.Ledger, current: Sequence[str]) -> None:
     """Stop before running anything while the ledger shows a revision that may be partly applied.
 
@@ -383,13 +518,15 @@ def _apply(
     *,
     target: str,
 ) -> None:
-    """Run the upgrade to ``target``, retrying it while a revision fails with a retryable SQLSTATE."""
+    """Run the upgrade (or downgrade, by ``run.report.direction``) to ``target``, retrying retryable SQLSTATEs."""
     log = get_logger()
+    upgrading = run.report.direction == "up"
+    migrate = project.upgrade if upgrading else project.downgrade
 
     def applied(revision: Applied) -> None:
         run.report.revision_applied(revision)
         log.info(
-            "revision.applied",
+            "revision.applied" if upgrading else "revision.reverted",
             revision=revision.revision,
             message=revision.message,
             duration_seconds=round(revision.duration_seconds, 6),
@@ -418,7 +555,7 @@ def _apply(
     try:
         for attempt in retrying:
             with attempt:
-                project.upgrade(
+                migrate(
                     connection=connection,
                     url=run.migration_url(),
                     target=target,

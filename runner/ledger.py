@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 DEFAULT_TABLE = "migration_runner_history"
-OUTCOMES = ("started", "applied", "failed", "interrupted")
+OUTCOMES = ("started", "applied", "reverted", "failed", "interrupted")
 RESOLUTIONS = ("applied", "not-applied")
 _ERROR_MAX_CHARS = 2000
 
@@ -44,7 +44,7 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
     """The ledger's table definition.
 
     Columns: ``id``; ``tool`` (``alembic``); ``revision``; ``direction``
-    (``up``); ``outcome`` (one of :data:`OUTCOMES`); ``transactional`` (the step
+    (``up`` or ``down``); ``outcome`` (one of :data:`OUTCOMES`); ``transactional`` (the step
     ran inside one transaction, so a failure left nothing behind);
     ``started_at`` and ``finished_at`` (server time, UTC); ``duration_seconds``;
     ``run_id``; ``host`` (the pod or host name); ``namespace``; ``node``;
@@ -112,6 +112,7 @@ class Ledger:
             transaction) or ``mysql`` (a ``started`` row first).
         tool: the migration system, e.g. ``alembic``.
         run_id, host, namespace, node, version: where this run runs.
+        direction: ``up`` (rows end ``applied``) or ``down`` (``reverted``).
     """
 
     table: sa.Table
@@ -122,6 +123,7 @@ class Ledger:
     namespace: str | None
     node: str | None
     version: str
+    direction: str = "up"
     connection: Connection | None = None
     _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours
     _open_rows: dict[str, int] = field(default_factory=dict)
@@ -166,7 +168,7 @@ class Ledger:
         return {
             "tool": self.tool,
             "revision": revision,
-            "direction": "up",
+            "direction": self.direction,
             "outcome": outcome,
             "transactional": transactional,
             "started_at": self._stored(self._started.get(revision) or self.now()),
@@ -205,14 +207,15 @@ class Ledger:
         """Record ``revision`` as applied, inside its own transaction (``execute`` runs a statement there)."""
         finished = self.now()
         duration = (finished - self._started.get(revision, finished)).total_seconds()
-        done = {"outcome": "applied", "finished_at": self._stored(finished), "duration_seconds": duration}
+        outcome = "applied" if self.direction == "up" else "reverted"
+        done = {"outcome": outcome, "finished_at": self._stored(finished), "duration_seconds": duration}
         if revision in self._open_rows:
             row_id = self._open_rows.pop(revision)
             execute(self.table.update().where(self.table.c.id == row_id).values(done), {})
         else:
             # The values as parameters: the statement compiles once per run (SQLAlchemy's compiled
             # cache); .values(row) would build and coerce a new statement for every revision.
-            execute(self.table.insert(), {**self._row(revision, "applied", transactional=transactional), **done})
+            execute(self.table.insert(), {**self._row(revision, outcome, transactional=transactional), **done})
 
     def ended(self, revision: str, outcome: str, *, transactional: bool, error: str) -> None:
         """Record that ``revision`` ``failed`` or was ``interrupted``, after its transaction ended.

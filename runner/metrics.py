@@ -58,10 +58,16 @@ class Metrics:
         self.lock_wait = Gauge(
             f"{PREFIX}_lock_wait_seconds", "Seconds the run waited for the migration lock.", registry=r
         )
-        self.revisions_applied = Counter(f"{PREFIX}_revisions_applied", "Revisions applied by the run.", registry=r)
+        self.revisions_applied = Counter(
+            f"{PREFIX}_revisions_applied",
+            "Revisions applied (direction up) or reverted (down) by the run.",
+            ["direction"],
+            registry=r,
+        )
         self.revision_duration = Histogram(
             f"{PREFIX}_revision_duration_seconds",
-            "Seconds to apply one revision and record it.",
+            "Seconds to apply or revert one revision and record it.",
+            ["direction"],
             buckets=REVISION_BUCKETS,
             registry=r,
         )
@@ -87,6 +93,9 @@ class Metrics:
         self.retries.labels(reason="connect")
         self.retries.labels(reason="reconnect")
         self.retries.labels(reason="revision")
+        direction = "down" if command == "downgrade" else "up"
+        self.revisions_applied.labels(direction=direction)
+        self.revision_duration.labels(direction=direction)
 
     def database_at(self, revisions: Sequence[str]) -> None:
         """Record the database's current revisions (replacing the previous ones)."""

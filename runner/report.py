@@ -39,7 +39,8 @@ class RunReport:
         after: its revisions when the run last read them.
         target: the revisions the run aimed at.
         heads: the script directory's heads.
-        applied: revisions this run applied, in order.
+        direction: ``up``, or ``down`` for ``downgrade`` (``applied`` then lists what it reverted).
+        applied: revisions this run applied (or reverted), in order.
         pending: revisions still between the database and the target.
         lock_wait_seconds: time spent waiting for the lock; ``None`` if not taken.
         exit_code: set by :meth:`finish`.
@@ -48,6 +49,7 @@ class RunReport:
 
     command: str
     metrics: Metrics | None = None
+    direction: str = "up"
     started: float = field(default_factory=time.monotonic)
     before: list[str] | None = None
     after: list[str] | None = None
@@ -85,15 +87,18 @@ class RunReport:
         """A revision was applied and committed."""
         self.applied.append(applied)
         # Committed: the database's heads move on without another query.
-        self.after = sorted((set(self.after or []) - set(applied.replaces)) | {applied.revision})
+        if self.direction == "up":
+            self.after = sorted((set(self.after or []) - set(applied.replaces)) | {applied.revision})
+        else:
+            self.after = sorted((set(self.after or []) - {applied.revision}) | set(applied.replaces))
         if self.pending and self.pending[0]["id"] == applied.revision:  # the usual case: in plan order
             del self.pending[0]
         else:
             self.pending = [p for p in self.pending if p["id"] != applied.revision]
         if self.metrics:
             self.metrics.database_at(self.after)
-            self.metrics.revisions_applied.inc()
-            self.metrics.revision_duration.observe(applied.duration_seconds)
+            self.metrics.revisions_applied.labels(direction=self.direction).inc()
+            self.metrics.revision_duration.labels(direction=self.direction).observe(applied.duration_seconds)
             self.metrics.pending.set(len(self.pending))
 
     def retried(self, reason: str) -> None:
@@ -137,6 +142,7 @@ class RunReport:
             "schema_version": SCHEMA_VERSION,
             "success": self.exit_code == 0,
             "command": self.command,
+            "direction": self.direction,
             "exit_code": self.exit_code,
             "outcome": self.outcome,
             "from": self.before,

@@ -427,7 +427,7 @@ def test_termination_message_and_metrics_have_the_alembic_shape(cli: Cli, projec
     assert message["outcome"] == "success"
     assert message["to"] == EXAMPLE_LEAVES
     metrics = textfile.read_text()
-    assert f"migration_runner_revisions_applied_total {EXAMPLE_MIGRATIONS}.0" in metrics
+    assert f'migration_runner_revisions_applied_total{{direction="up"}} {EXAMPLE_MIGRATIONS}.0' in metrics
     assert 'migration_runner_database_revision_info{revision="shop.0003_product_name_index"} 1.0' in metrics
 
 

@@ -51,10 +51,13 @@ class Step:
     Attributes:
         revision: its id (an Alembic revision id; Django's ``app_label.migration_name``).
         message: its one-line description.
+        replaces: the ids it follows (Alembic: its ``down_revision`` ids; Django:
+            its parents in its app): what the database is at once it is reverted.
     """
 
     revision: str
     message: str
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,14 @@ class Driver(Protocol):
         """Record ``revision`` as applied without running it."""
         ...
 
+    def reverting(self, current: Sequence[str], target: str) -> list[Step]:
+        """The steps a downgrade from ``current`` to ``target`` reverts, in order; ConfigError for a bad target."""
+        ...
+
+    def irreversible(self, steps: Sequence[Step]) -> list[str]:
+        """Why each of ``steps`` that cannot be reverted cannot, one phrase each naming it (none: all can)."""
+        ...
+
     def upgrade(
         self,
         *,
@@ -151,6 +162,20 @@ class Driver(Protocol):
         in_transaction: Callable[[Execute, str, bool], None],
     ) -> None:
         """Apply the pending steps; raises MigrationFailed, BrokenProject, ConnectionLost or Stopped."""
+        ...
+
+    def downgrade(
+        self,
+        *,
+        connection: Connection,
+        url: URL,
+        target: str,
+        version_table: VersionTable,
+        on_applied: Callable[[Applied], None],
+        before_each: Callable[[str], None],
+        in_transaction: Callable[[Execute, str, bool], None],
+    ) -> None:
+        """Revert the steps down to ``target``, each as :meth:`upgrade` applies one; the same errors."""
         ...
 
 

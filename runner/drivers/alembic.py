@@ -725,6 +725,36 @@ class Project:
             if connection.in_transaction():
                 connection.rollback()
 
+    def reverting(self, current: Sequence[str], target: str) -> list[Step]:
+        """The revisions a downgrade from ``current`` to ``target`` reverts, newest first.
+
+        Targets as ``alembic downgrade`` takes them: a revision id or prefix,
+        ``-N`` or ``base``. Uses ``ScriptDirectory._downgrade_revs``, the private
+        method ``alembic downgrade`` itself plans with (no public API lists the
+        steps; ``tests/test_downgrade.py`` pins it).
+
+        Raises:
+            ConfigError: the target is unknown, or is not below the database (``heads``, a newer revision).
+        """
+        if target in ("heads", "head") or self.is_relative(target):
+            raise ConfigError(
+                f"MIGRATION_TARGET={target!r} is not below the database: downgrade takes a revision id, -N or base"
+            )
+        with _history_errors(target):
+            steps = self.script._downgrade_revs(target, _heads_arg(current))
+        return [Step(step.revision.revision, step.revision.doc, _down_revisions(step.revision)) for step in steps]
+
+    def irreversible(self, steps: Sequence[Step]) -> list[str]:
+        """The revisions whose ``downgrade()`` is missing, does nothing (``pass``, a docstring) or only raises."""
+        found = []
+        for step in steps:
+            script = self.script.get_revision(step.revision)
+            function = getattr(script.module if script else None, "downgrade", None)
+            why = _why_irreversible(function)
+            if why:
+                found.append(f"{step.revision} ({why})")
+        return found
+
     def upgrade(
         self,
         *,
@@ -736,16 +766,66 @@ class Project:
         before_each: Callable[[str], None] = lambda _: None,
         in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
     ) -> None:
-        """Run the project's env.py to upgrade the database to ``target``.
+        """Run the project's env.py to upgrade the database to ``target``; see :meth:`_run_env`."""
+        self._run_env(
+            self.script._upgrade_revs,
+            connection=connection,
+            url=url,
+            target=target,
+            version_table=version_table,
+            on_applied=on_applied,
+            before_each=before_each,
+            in_transaction=in_transaction,
+        )
+
+    def downgrade(
+        self,
+        *,
+        connection: Connection,
+        url: URL,
+        target: str,
+        version_table: VersionTable,
+        on_applied: Callable[[Applied], None],
+        before_each: Callable[[str], None] = lambda _: None,
+        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
+    ) -> None:
+        """Run the project's env.py to downgrade the database to ``target`` (as ``alembic downgrade``)."""
+        self._run_env(
+            self.script._downgrade_revs,
+            connection=connection,
+            url=url,
+            target=target,
+            version_table=version_table,
+            on_applied=on_applied,
+            before_each=before_each,
+            in_transaction=in_transaction,
+        )
+
+    def _run_env(
+        self,
+        plan: Callable[[str, str], Sequence[Any]],
+        *,
+        connection: Connection,
+        url: URL,
+        target: str,
+        version_table: VersionTable,
+        on_applied: Callable[[Applied], None],
+        before_each: Callable[[str], None],
+        in_transaction: Callable[[Execute, str, bool], None],
+    ) -> None:
+        """Run the project's env.py over the steps ``plan(target, heads)`` gives.
 
         The URL is set as ``sqlalchemy.url`` and the open connection is passed as
         ``config.attributes["connection"]`` (Alembic cookbook, "Sharing a
         Connection"), so both kinds of env.py work.
 
         Args:
+            plan: ``ScriptDirectory._upgrade_revs`` or ``_downgrade_revs``, what
+                Alembic's own ``upgrade`` and ``downgrade`` commands hand to
+                ``run_migrations`` (private; ``tests/test_downgrade.py`` pins both).
             connection: an open connection outside any transaction.
             url: the database URL, for an env.py that builds its own engine.
-            target: the revision(s) to upgrade to.
+            target: the revision(s) to upgrade or downgrade to.
             version_table: where the revisions are recorded.
             on_applied: called after each revision's transaction has committed.
             before_each: called with each revision id before it runs (the lock
@@ -778,7 +858,7 @@ class Project:
         def steps(heads: tuple[str, ...], _: Any) -> Iterator[MigrationStep]:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
-            for step in self.script._upgrade_revs(target, _heads_arg(heads)):
+            for step in plan(target, _heads_arg(heads)):
                 own(before_each, step.revision.revision)
                 running[:] = [step.revision]
                 started_any.append(True)
@@ -864,6 +944,33 @@ def _down_revisions(script: Script) -> tuple[str, ...]:
     from alembic.util import to_tuple  # noqa: PLC0415
 
     return tuple(to_tuple(script.down_revision, default=()))
+
+
+def _why_irreversible(function: Any) -> str | None:
+    """Why a revision's ``downgrade`` cannot revert it: missing, empty (pass, ``...``, a docstring), or only raising."""
+    import inspect  # noqa: PLC0415
+    import textwrap  # noqa: PLC0415
+
+    if not callable(function):
+        return "it has no downgrade()"
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None  # no source to read: Alembic finds out when it runs
+    definition = tree.body[0]
+    if not isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef):
+        return None
+    body = [
+        statement
+        for statement in definition.body
+        if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))  # docstring, ...
+        and not isinstance(statement, ast.Pass)
+    ]
+    if not body:
+        return "its downgrade() does nothing"
+    if len(body) == 1 and isinstance(body[0], ast.Raise):
+        return "its downgrade() only raises"
+    return None
 
 
 def _heads_arg(heads: Sequence[str]) -> str:

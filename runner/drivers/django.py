@@ -81,6 +81,8 @@ _DJANGO_PG_OPTIONS = frozenset({"isolation_level", "server_side_binding", "pool"
 # OPTIONS of mysqlclient that are also PyMySQL URL parameters.
 _MYSQL_URL_OPTIONS = ("charset", "unix_socket", "read_timeout", "write_timeout", "connect_timeout")
 _RECORDS_APPLIED = re.compile(r"^\s*INSERT\s+INTO\s+[`\"]?django_migrations\b", re.IGNORECASE)
+# MigrationRecorder.record_unapplied: a DELETE of the migration's row.
+_RECORDS_UNAPPLIED = re.compile(r"^\s*DELETE\s+FROM\s+[`\"]?django_migrations\b", re.IGNORECASE)
 _ALEMBIC_ONLY = ("alembic_config", "script_location", "version_table", "version_table_schema")
 
 
@@ -584,14 +586,78 @@ class Project:
             ConnectionLost: the connection was lost while migrating.
             Stopped: the runner's own signal or deadline, with the running migration attached.
         """
+        app, _, name = ("" if target == "heads" else target).partition(":")
+        self._call_migrate(
+            [part for part in (app, name) if part], _RECORDS_APPLIED, before_each, on_applied, in_transaction
+        )
+
+    def reverting(self, current: Sequence[str], target: str) -> list[Step]:
+        """The migrations ``migrate app_label migration_name`` (or ``zero``) unapplies, in order.
+
+        Django's own plan (``MigrationExecutor.migration_plan``, which reads
+        ``django_migrations`` again); ``current`` is not needed.
+
+        Raises:
+            ConfigError: not ``app_label:migration_name`` or ``app_label:zero``, or not below the database.
+        """
+        from django.db import connections  # noqa: PLC0415
+        from django.db.migrations.executor import MigrationExecutor  # noqa: PLC0415
+
+        if ":" not in target:
+            raise ConfigError(
+                f"MIGRATION_TARGET={target!r} is not below the database: downgrade takes "
+                "app_label:migration_name or app_label:zero"
+            )
+        targets = self._targets(target)
+        with self._database_errors():
+            plan = MigrationExecutor(connections[self.alias]).migration_plan(targets)
+        if any(not backwards for _, backwards in plan):
+            raise ConfigError(f"MIGRATION_TARGET={target!r} is not below the database: use upgrade to go forward")
+        return [Step(_id((m.app_label, m.name)), _message(m), _parents_in_app(m)) for m, _ in plan]
+
+    def irreversible(self, steps: Sequence[Step]) -> list[str]:
+        """The migrations with an operation Django cannot reverse (``Operation.reversible``).
+
+        That is a ``RunPython`` without ``reverse_code`` or a ``RunSQL`` without ``reverse_sql``.
+        """
+        found = []
+        for step in steps:
+            migration = self._loader.graph.nodes.get(_key(step.revision))
+            for operation in getattr(migration, "operations", ()):
+                if not operation.reversible:
+                    found.append(f"{step.revision} ({operation.describe()}: no reverse)")
+        return found
+
+    def downgrade(
+        self,
+        *,
+        connection: Connection,
+        url: URL,
+        target: str,
+        version_table: VersionTable,
+        on_applied: Callable[[Applied], None],
+        before_each: Callable[[str], None] = lambda _: None,
+        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
+    ) -> None:
+        """Run Django's ``migrate app_label migration_name`` (or ``zero``) backwards; as :meth:`upgrade`."""
+        app, _, name = target.partition(":")
+        self._call_migrate([app, name], _RECORDS_UNAPPLIED, before_each, on_applied, in_transaction)
+
+    def _call_migrate(
+        self,
+        arguments: list[str],
+        records: re.Pattern[str],
+        before_each: Callable[[str], None],
+        on_applied: Callable[[Applied], None],
+        in_transaction: Callable[[Execute, str, bool], None],
+    ) -> None:
+        """``call_command(migrate, *arguments)`` with the runner's hooks around each migration; see :meth:`upgrade`."""
         from django.core.management import call_command  # noqa: PLC0415
         from django.core.management.base import CommandError  # noqa: PLC0415
         from django.db import connections  # noqa: PLC0415
 
         session = connections[self.alias]
-        progress = _Progress(session, before_each, on_applied, in_transaction)
-        app, _, name = ("" if target == "heads" else target).partition(":")
-        arguments = [part for part in (app, name) if part]
+        progress = _Progress(session, before_each, on_applied, in_transaction, records)
         out, err = _LogLines("info"), _LogLines("warning")
         try:
             with session.execute_wrapper(progress.record), project_code():
@@ -674,6 +740,11 @@ class Project:
             raise translated from error
 
 
+def _parents_in_app(migration: Any) -> tuple[str, ...]:
+    """The migrations of its own app that it depends on, as ``app_label.migration_name``."""
+    return tuple(_id(parent) for parent in migration.dependencies if parent[0] == migration.app_label)
+
+
 def _message(migration: Any) -> str:
     """A one-line description of a migration: its operations, as ``sqlmigrate``'s comments name them."""
     described = [operation.describe() for operation in migration.operations]
@@ -690,8 +761,10 @@ class _Progress:
         before_each: Callable[[str], None],
         on_applied: Callable[[Applied], None],
         in_transaction: Callable[[Execute, str, bool], None],
+        records: re.Pattern[str],
     ) -> None:
         self.session = session
+        self.records = records
         self.before_each = before_each
         self.on_applied = on_applied
         self.in_transaction = in_transaction
@@ -715,15 +788,14 @@ class _Progress:
 
     def applied(self, migration: Any) -> None:
         key = (migration.app_label, migration.name)
-        parents = tuple(_id(parent) for parent in migration.dependencies if parent[0] == migration.app_label)
         duration = time.monotonic() - self._started
         self.running = None
-        own(self.on_applied, Applied(_id(key), _message(migration), duration, parents))
+        own(self.on_applied, Applied(_id(key), _message(migration), duration, _parents_in_app(migration)))
 
     def record(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         """Django's ``execute_wrapper``: after its ``django_migrations`` insert, the ledger row on that session."""
         result = execute(sql, params, many, context)
-        if self.running is not None and not self._recorded and _RECORDS_APPLIED.match(sql):
+        if self.running is not None and not self._recorded and self.records.match(sql):
             self._recorded = True
             dialect = _pyformat_dialect(self.session.vendor)
 
@@ -744,9 +816,9 @@ def _migrate_command(progress: _Progress) -> Any:
     # Django has no type information, so Migrate is Any to mypy.
     class RunnerMigrate(Migrate):  # type: ignore[misc]
         def migration_progress_callback(self, action: str, migration: Any = None, fake: bool = False) -> None:
-            if action == "apply_start":
+            if action in ("apply_start", "unapply_start"):
                 progress.starting(migration)
-            elif action == "apply_success":
+            elif action in ("apply_success", "unapply_success"):
                 progress.applied(migration)
 
     return RunnerMigrate()

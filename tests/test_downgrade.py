@@ -1,0 +1,177 @@
+"""`downgrade`: explicit, guarded, under the same lock and contract as `upgrade`.
+
+Revision k of the generated project creates table t_<k>; its downgrade drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from support import REPO, Cli, advisory_locks_held, copy_django_example, make_project, query, version
+
+SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
+
+
+def tables(url: str) -> list[str]:
+    rows = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename ~ '^t_[0-9]+$'")
+    return sorted(row[0] for row in rows)
+
+
+def migrated(cli: Cli, url: str, revisions: int = 5) -> dict[str, str]:
+    make_project(cli.cwd, revisions=revisions)
+    env = {"MIGRATION_DATABASE_URL": url}
+    assert cli("upgrade", env=env).code == 0
+    return env
+
+
+def test_downgrade_to_a_revision_then_one_step(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    env = migrated(cli, pg_url)
+    textfile = tmp_path / "metrics.prom"
+
+    to_three = cli(
+        "downgrade", "--target", "0003", "--output", "json", env={**env, "MIGRATION_METRICS_TEXTFILE": str(textfile)}
+    )
+    one_more = cli("downgrade", "-1", env=env)
+
+    assert to_three.code == 0, to_three.stderr
+    assert [e["revision"] for e in to_three.named("revision.reverted")] == ["0005", "0004"]
+    document = json.loads(to_three.stdout)
+    jsonschema.validate(document, SCHEMA)
+    assert document["direction"] == "down"
+    assert [step["id"] for step in document["applied"]] == ["0005", "0004"]
+    assert document["from"] == ["0005"]
+    assert document["to"] == ["0003"]
+    assert document["target"] == ["0003"]
+    assert 'migration_runner_revisions_applied_total{direction="down"} 2.0' in textfile.read_text()
+    assert one_more.code == 0, one_more.stderr
+    assert version(pg_url) == ["0002"]
+    assert tables(pg_url) == ["t_0001", "t_0002"]
+    assert advisory_locks_held(pg_url) == 0
+    rows = query(
+        pg_url,
+        "SELECT revision, direction, outcome FROM migration_runner_history WHERE direction = 'down' ORDER BY id",
+    )
+    assert rows == [("0005", "down", "reverted"), ("0004", "down", "reverted"), ("0003", "down", "reverted")]
+
+
+def test_downgrade_to_base(cli: Cli, pg_url: str) -> None:
+    env = migrated(cli, pg_url, revisions=3)
+
+    result = cli("downgrade", "base", env=env)
+
+    assert result.code == 0, result.stderr
+    assert version(pg_url) == []
+    assert tables(pg_url) == []
+
+
+def test_a_downgrade_needs_a_target(cli: Cli, pg_url: str) -> None:
+    env = migrated(cli, pg_url, revisions=2)
+
+    result = cli("downgrade", env=env)
+
+    assert result.code == 78
+    assert "downgrade needs a target" in result.one("config.invalid")["error"]
+    assert version(pg_url) == ["0002"]
+
+
+@pytest.mark.parametrize("target", ["heads", "0004"])
+def test_a_target_that_is_not_below_the_database_is_refused(cli: Cli, pg_url: str, target: str) -> None:
+    env = migrated(cli, pg_url, revisions=5)
+    assert cli("downgrade", "0003", env=env).code == 0
+
+    result = cli("downgrade", target, env=env)
+
+    assert result.code == 78, result.stderr
+    assert version(pg_url) == ["0003"]
+
+
+def test_refused_in_production_unless_allowed(cli: Cli, pg_url: str) -> None:
+    env = migrated(cli, pg_url, revisions=3)
+    production = {**env, "MIGRATION_ENVIRONMENT": "production"}
+
+    refused = cli("downgrade", "-1", env=production)
+    allowed = cli("downgrade", "-1", env={**production, "MIGRATION_ALLOW_DOWNGRADE": "true"})
+
+    assert refused.code == 78
+    assert "MIGRATION_ALLOW_DOWNGRADE=true" in refused.one("config.invalid")["error"]
+    assert allowed.code == 0, allowed.stderr
+    assert version(pg_url) == ["0002"]
+
+
+def test_an_irreversible_step_stops_it_before_any_change(cli: Cli, pg_url: str) -> None:
+    env = migrated(cli, pg_url, revisions=5)
+    four = cli.cwd / "migrations" / "versions" / "0004_r.py"
+    four.write_text(four.read_text().replace('    op.drop_table("t_0004")', '    raise NotImplementedError("one way")'))
+    two = cli.cwd / "migrations" / "versions" / "0002_r.py"
+    two.write_text(two.read_text().replace('    op.drop_table("t_0002")', "    pass"))
+
+    result = cli("downgrade", "base", env=env)
+
+    assert result.code == 78, result.stderr
+    error = result.one("config.invalid")["error"]
+    assert "0004" in error
+    assert "0002" in error
+    assert "nothing was reverted" in error
+    assert version(pg_url) == ["0005"]
+    assert tables(pg_url) == [f"t_000{k}" for k in range(1, 6)]
+    assert cli("downgrade", "0004", env=env).code == 0  # above the irreversible one it goes
+
+
+def test_five_concurrent_downgrades_are_serialized_by_the_lock(cli: Cli, pg_url: str) -> None:
+    env = migrated(cli, pg_url, revisions=6)
+
+    started = time.monotonic()
+    processes = [cli.start("downgrade", "0002", env=env) for _ in range(5)]
+    results = [cli.finish(process, started, timeout=90) for process in processes]
+
+    assert [r.code for r in results] == [0] * 5, [r.stderr for r in results]
+    reverted = [e["revision"] for r in results for e in r.named("revision.reverted")]
+    assert sorted(reverted) == ["0003", "0004", "0005", "0006"]  # each once, by whichever runner won
+    assert version(pg_url) == ["0002"]
+
+
+def test_sigterm_mid_way_leaves_the_last_fully_reverted_revision(cli: Cli, pg_url: str) -> None:
+    env = migrated(cli, pg_url, revisions=5)
+    three = cli.cwd / "migrations" / "versions" / "0003_r.py"
+    three.write_text(three.read_text().replace('    op.drop_table("t_0003")', '    op.execute("SELECT pg_sleep(30)")'))
+
+    started = time.monotonic()
+    process = cli.start("downgrade", "base", env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reverting_three = query(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
+        if reverting_three[0][0] == 1:  # the runner is in revision 0003's downgrade
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    result = cli.finish(process, started, timeout=60)
+
+    assert result.code == 143, result.stderr
+    assert version(pg_url) == ["0003"]
+    assert tables(pg_url) == ["t_0001", "t_0002", "t_0003"]
+    assert advisory_locks_held(pg_url) == 0
+
+
+def test_django_downgrade_to_a_migration_and_to_zero(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    project = copy_django_example(tmp_path / "django")
+    env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    assert cli("upgrade", env=env, cwd=project).code == 0
+
+    to_one = cli("downgrade", "shop:0001", env=env, cwd=project)
+    to_zero = cli("downgrade", "shop:zero", env=env, cwd=project)
+
+    assert to_one.code == 0, to_one.stderr
+    assert [e["revision"] for e in to_one.named("revision.reverted")] == [
+        "shop.0003_product_name_index",
+        "shop.0002_product_slug",
+    ]
+    assert to_zero.code == 0, to_zero.stderr
+    assert [e["revision"] for e in to_zero.named("revision.reverted")] == ["shop.0001_initial"]
+    shop = query(pg_url, "SELECT name FROM django_migrations WHERE app = 'shop'")
+    assert shop == []
+    assert query(pg_url, "SELECT to_regclass('shop_product')") == [(None,)]
