@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from runner.errors import MEANINGS, ExitCode, Interrupted, Outcome, RunTimeout, outcome_of
+from runner.errors import MEANINGS, ConfigError, ExitCode, Interrupted, Outcome, RunTimeout, outcome_of
 
 if TYPE_CHECKING:
     from runner.commands import Run
@@ -75,6 +75,13 @@ COMMANDS: dict[str, Command] = {
         (0, 65, 66, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
+    "plan": Command(
+        "read-only, no lock: the pending revisions, their SQL and what it locks; exit 1 if any is pending "
+        "(--output text | json | markdown)",
+        ("target",),
+        (0, 1, 66, 69, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
     "check": Command(
         "exit 0 if the database is at (or past) the target, 1 and list what is pending if not",
         ("target",),
@@ -98,7 +105,7 @@ COMMANDS: dict[str, Command] = {
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
 }
 # Commands whose stdout is a document: their log lines go to stderr instead.
-_DOCUMENT_COMMANDS = {"current", "config"}
+_DOCUMENT_COMMANDS = {"current", "config", "plan"}
 _FLAGS = (
     "output",
     "environment",
@@ -375,8 +382,10 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
         _watchdog.grace_seconds = settings.grace_period
         wants_json = settings.output == "json"
-        if wants_json and document is sys.stdout:
-            document = _claim_stdout()
+        if settings.output == "markdown" and args.command != "plan":
+            raise ConfigError(f"MIGRATION_OUTPUT=markdown is for plan only; {args.command} takes text or json")
+        if (wants_json or args.command == "plan") and document is sys.stdout:
+            document = _claim_stdout()  # plan's stdout is the plan, in every format
         _watchdog.on_expiry = lambda code: _abandoned(report, settings, code)
         logs.configure(
             level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
@@ -445,7 +454,7 @@ def _finish(
         outcome=report.outcome,
         duration_seconds=round(report.duration_seconds or 0.0, 6),
     )
-    _report(report, settings, document=document if command != "config" else None)
+    _report(report, settings, document=document if command not in ("config", "plan") else None)
 
 
 def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
@@ -467,7 +476,6 @@ def _log_stream(command: str, *, wants_json: bool) -> TextIO:
 
 
 def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
-    from runner.errors import ConfigError  # noqa: PLC0415
 
     assert settings.metrics_port is not None and report.metrics is not None  # noqa: S101  (checked by the caller)
     try:
@@ -538,6 +546,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
     handlers: dict[str, Callable[[Run], ExitCode]] = {
         "upgrade": commands.upgrade,
         "downgrade": commands.downgrade,
+        "plan": commands.plan,
         "check": commands.check,
         "current": commands.current,
         "wait": commands.wait,

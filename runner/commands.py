@@ -1,4 +1,4 @@
-"""The commands: ``upgrade``, ``check``, ``current``, ``wait``, ``resolve`` and ``config``.
+"""The commands: ``upgrade``, ``downgrade``, ``plan``, ``check``, ``current``, ``wait``, ``resolve``, ``config``.
 
 Each takes a :class:`Run` and returns an exit code, or raises one of the errors
 in :mod:`runner.errors`; :mod:`runner.cli` turns those into exit codes.
@@ -471,8 +471,9 @@ def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[s
     steps = project.reverting(current, target[0])
     blocked = project.irreversible(steps)
     if blocked:
+        named = "; ".join(f"{revision} ({why})" for revision, why in blocked)
         raise ConfigError(
-            f"downgrade to {target[0]!r} would revert {'; '.join(blocked)}, which cannot be reverted; "
+            f"downgrade to {target[0]!r} would revert {named}, which cannot be reverted; "
             "nothing was reverted: choose a target above it"
         )
     reverted = {s.revision for s in steps}
@@ -644,6 +645,69 @@ def check(run: Run) -> ExitCode:
         return ExitCode.NOT_AT_TARGET
     get_logger().info("check.ok", current=run.shown(current), target=run.settings.target)
     return ExitCode.OK
+
+
+def plan(run: Run) -> ExitCode:
+    """Show what an upgrade to the target would do, read-only and without the lock: steps, SQL, flags.
+
+    Prints the plan on stdout as text, JSON (``docs/plan.schema.json``) or
+    Markdown (a pull-request comment), by ``MIGRATION_OUTPUT``.
+
+    Returns:
+        ``ExitCode.OK`` when nothing is pending, ``ExitCode.NOT_AT_TARGET`` when something is (as ``check``).
+
+    Raises:
+        ConfigError, DatabaseUnavailable, UnknownRevision.
+    """
+    from runner import plan as planning  # noqa: PLC0415
+
+    settings = run.settings
+    project = run.project()
+    engine = database.make_engine(settings.url, application_name=run.application_name)
+    with run.connect(engine) as connection:
+        current = run.read_heads(connection)
+        pending = _plan(run, project, current, allow_unknown=False, upgrading=True)
+        existing = database.table_names(connection, run.version_table.schema) if pending else set()
+    rendered = {r.revision: r for r in project.render(current, settings.target, settings.url)} if pending else {}
+    irreversible = dict(project.irreversible(pending))
+    tool_tables = (run.version_table.name, settings.history_table, "django_migrations")
+    steps = []
+    for step in pending:
+        shown = rendered.get(step.revision)
+        sql = shown.sql if shown else None
+        flags = planning.flags_of(sql or "", existing, family=database.family(settings.url), ignored=tool_tables)
+        existing -= planning.created_tables(sql or "")  # a table an earlier step creates is new, not existing
+        steps.append(
+            planning.PlannedStep(
+                revision=step.revision,
+                message=step.message,
+                transactional=shown.transactional if shown else True,
+                sql=sql,
+                not_rendered=shown.not_rendered if shown else "not rendered",
+                irreversible=irreversible.get(step.revision),
+                flags=flags,
+            )
+        )
+    document = planning.document(
+        tool=project.tool,
+        database=settings.light_url.database_name,
+        current=run.shown(current),
+        target=run.report.target,
+        steps=steps,
+    )
+    if settings.output == "json":
+        run.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        run.stdout.write(planning.markdown(document) if settings.output == "markdown" else planning.text(document))
+    run.stdout.flush()
+    get_logger().info(
+        "plan.finished",
+        current=run.shown(current),
+        target=settings.target,
+        pending=len(steps),
+        flagged=sum(1 for s in steps if s.flags or s.irreversible),
+    )
+    return ExitCode.NOT_AT_TARGET if steps else ExitCode.OK
 
 
 def current(run: Run) -> ExitCode:

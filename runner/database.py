@@ -488,3 +488,15 @@ def read_only_reason(connection: Connection) -> str | None:
     finally:
         _end_read(connection)
     return None
+
+
+def table_names(connection: Connection, schema: str | None = None) -> set[str]:
+    """The tables in ``schema`` (default: the connection's default schema), from SQLAlchemy's inspector.
+
+    Ends the transaction the inspector opened, so the connection can be handed on.
+    """
+    try:
+        return set(sqlalchemy.inspect(connection).get_table_names(schema=schema))
+    finally:
+        if connection.in_transaction():
+            connection.rollback()

@@ -182,8 +182,10 @@ class Settings(BaseSettings):
     before_apply_timeout: Seconds = Field(
         600.0, gt=0, description="Seconds MIGRATION_BEFORE_APPLY_COMMAND may run before it is stopped."
     )
-    output: Literal["text", "json"] = Field(
-        "text", description="json: print one result document on stdout at the end (logs go to stderr)."
+    output: Literal["text", "json", "markdown"] = Field(
+        "text",
+        description="json: print one result document on stdout at the end (logs go to stderr); "
+        "plan also takes markdown.",
     )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port while the run lasts (off if unset)."

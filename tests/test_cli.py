@@ -63,4 +63,5 @@ def test_unknown_arguments_are_a_usage_error_naming_the_valid_ones(arguments: li
     assert result.returncode == 2
     assert "usage: migration-runner" in result.stderr
     if arguments == ["bogus"]:
-        assert "choose from 'upgrade', 'downgrade', 'check', 'current', 'wait', 'resolve', 'config'" in result.stderr
+        commands = "'upgrade', 'downgrade', 'plan', 'check', 'current', 'wait', 'resolve', 'config'"
+        assert f"choose from {commands}" in result.stderr

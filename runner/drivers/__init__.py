@@ -79,6 +79,23 @@ class Applied:
 
 
 @dataclass(frozen=True)
+class Rendered:
+    """A pending step's SQL, rendered without running it.
+
+    Attributes:
+        revision: the step's id.
+        sql: its statements as text; ``None`` when they cannot be rendered.
+        not_rendered: why not (it reads data, it runs Python), or what is missing from ``sql``.
+        transactional: it runs inside a transaction.
+    """
+
+    revision: str
+    sql: str | None
+    not_rendered: str | None
+    transactional: bool
+
+
+@dataclass(frozen=True)
 class VersionTable:
     """Where the tool records what is applied (Alembic: ``alembic_version``; Django: ``django_migrations``)."""
 
@@ -146,8 +163,12 @@ class Driver(Protocol):
         """The steps a downgrade from ``current`` to ``target`` reverts, in order; ConfigError for a bad target."""
         ...
 
-    def irreversible(self, steps: Sequence[Step]) -> list[str]:
-        """Why each of ``steps`` that cannot be reverted cannot, one phrase each naming it (none: all can)."""
+    def irreversible(self, steps: Sequence[Step]) -> list[tuple[str, str]]:
+        """``(revision, why)`` for each of ``steps`` that cannot be reverted (none: all can)."""
+        ...
+
+    def render(self, current: Sequence[str], target: str, url: URL) -> list[Rendered]:
+        """The SQL of each step an upgrade from ``current`` to ``target`` applies, without running it."""
         ...
 
     def upgrade(

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
+import io
+import itertools
 import os
 import re
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from runner import logs
-from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own, project_code, where
+from runner.drivers import Applied, CallbackFailed, Driver, Rendered, Step, VersionTable, own, project_code, where
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -744,7 +746,7 @@ class Project:
             steps = self.script._downgrade_revs(target, _heads_arg(current))
         return [Step(step.revision.revision, step.revision.doc, _down_revisions(step.revision)) for step in steps]
 
-    def irreversible(self, steps: Sequence[Step]) -> list[str]:
+    def irreversible(self, steps: Sequence[Step]) -> list[tuple[str, str]]:
         """The revisions whose ``downgrade()`` is missing, does nothing (``pass``, a docstring) or only raises."""
         found = []
         for step in steps:
@@ -752,8 +754,84 @@ class Project:
             function = getattr(script.module if script else None, "downgrade", None)
             why = _why_irreversible(function)
             if why:
-                found.append(f"{step.revision} ({why})")
+                found.append((step.revision, why))
         return found
+
+    def render(self, current: Sequence[str], target: str, url: URL) -> list[Rendered]:
+        """Each pending revision's SQL from Alembic's offline mode (``alembic upgrade CURRENT:TARGET --sql``).
+
+        The project's env.py runs its offline branch (``context.is_offline_mode()``),
+        starting at the database's revisions. The output is cut per revision at
+        the points where Alembic asks for the next step. A revision that raises
+        offline (it reads data through ``op.get_bind()``, say) is reported as not
+        rendered, and the rendering goes on after it as if it had run.
+
+        Raises:
+            ConfigError: the target cannot be resolved.
+        """
+        from runner import database  # noqa: PLC0415
+
+        pending = self.pending(current, target)
+        mysql = database.family(url) == "mysql"
+        done: dict[str, Rendered] = {}
+        start = tuple(current)
+        self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+        while len(done) < len(pending):
+            marks, text, failure = self._render_from(start, target)
+            for (revision, begin), (_, end) in itertools.pairwise(marks):
+                if revision is not None:
+                    sql = text[begin:end]
+                    done[revision] = Rendered(revision, sql, None, self._transactional_step(revision, mysql))
+            if failure is None:
+                break
+            first_line = (str(failure).splitlines() or [""])[0]
+            why = f"cannot be rendered offline: {type(failure).__name__}: {first_line}"
+            failed = marks[-1][0] if marks else None
+            if failed is None:  # env.py itself failed offline: nothing more can be shown
+                for step in pending:
+                    done.setdefault(step.revision, Rendered(step.revision, None, f"env.py {why}", not mysql))
+                break
+            done[failed] = Rendered(failed, None, why, self._transactional_step(failed, mysql))
+            start = (failed,)  # go on after it, as if it had run
+        return [done[s.revision] for s in pending if s.revision in done]
+
+    def _render_from(
+        self, start: tuple[str, ...], target: str
+    ) -> tuple[list[tuple[str | None, int]], str, Exception | None]:
+        """One offline run of env.py from ``start``: where each step's SQL begins, the SQL, and what it raised."""
+        from alembic.runtime.environment import EnvironmentContext  # noqa: PLC0415
+
+        buffer = io.StringIO()
+        marks: list[tuple[str | None, int]] = []
+
+        def steps(heads: tuple[str, ...], _: Any) -> Iterator[Any]:
+            for step in self.script._upgrade_revs(target, _heads_arg(heads)):
+                marks.append((step.revision.revision, buffer.tell()))
+                yield step
+            marks.append((None, buffer.tell()))
+
+        self.config.output_buffer = buffer
+        environment = EnvironmentContext(
+            self.config, self.script, fn=steps, as_sql=True, starting_rev=start or None, destination_rev=target
+        )
+        try:
+            with environment, logs.env_py_file_config_ignored(), project_code():
+                self.script.run_env()
+        except Exception as error:  # project code, offline: what it cannot render is reported, not raised
+            return marks, buffer.getvalue(), error
+        finally:
+            self.config.output_buffer = None
+        return marks, buffer.getvalue(), None
+
+    def _transactional_step(self, revision: str, mysql: bool) -> bool:
+        """It runs in a transaction: not on MySQL (DDL commits), and no ``autocommit_block`` in its file."""
+        if mysql:
+            return False
+        script = self.script.get_revision(revision)
+        try:
+            return "autocommit_block" not in Path(script.path).read_text(encoding="utf-8") if script else True
+        except OSError:
+            return True
 
     def upgrade(
         self,

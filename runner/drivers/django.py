@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from runner import logs, urls
-from runner.drivers import Applied, CallbackFailed, Driver, Step, VersionTable, own, project_code, where
+from runner.drivers import Applied, CallbackFailed, Driver, Rendered, Step, VersionTable, own, project_code, where
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -615,7 +615,7 @@ class Project:
             raise ConfigError(f"MIGRATION_TARGET={target!r} is not below the database: use upgrade to go forward")
         return [Step(_id((m.app_label, m.name)), _message(m), _parents_in_app(m)) for m, _ in plan]
 
-    def irreversible(self, steps: Sequence[Step]) -> list[str]:
+    def irreversible(self, steps: Sequence[Step]) -> list[tuple[str, str]]:
         """The migrations with an operation Django cannot reverse (``Operation.reversible``).
 
         That is a ``RunPython`` without ``reverse_code`` or a ``RunSQL`` without ``reverse_sql``.
@@ -625,8 +625,35 @@ class Project:
             migration = self._loader.graph.nodes.get(_key(step.revision))
             for operation in getattr(migration, "operations", ()):
                 if not operation.reversible:
-                    found.append(f"{step.revision} ({operation.describe()}: no reverse)")
+                    found.append((step.revision, f"{operation.describe()}: no reverse"))
         return found
+
+    def render(self, current: Sequence[str], target: str, url: URL) -> list[Rendered]:
+        """Each pending migration's SQL as ``sqlmigrate`` shows it (``MigrationLoader.collect_sql``), run-free.
+
+        A migration with ``RunPython`` keeps the SQL of its other operations,
+        and says that its Python is not in it.
+        """
+        from django.db import connections  # noqa: PLC0415
+        from django.db.migrations.operations.special import RunPython  # noqa: PLC0415
+
+        session = connections[self.alias]
+        rendered = []
+        for step in self.pending(current, target):
+            migration = self._loader.graph.nodes[_key(step.revision)]
+            transactional = bool(migration.atomic and session.features.can_rollback_ddl)
+            python = [op.describe() for op in migration.operations if isinstance(op, RunPython)]
+            try:
+                with self._database_errors(), project_code():
+                    statements = self._loader.collect_sql([(migration, False)])
+            except Exception as error:  # project code: what cannot be rendered is reported, not raised
+                first_line = (str(error).splitlines() or [""])[0]
+                why = f"cannot be rendered: {type(error).__name__}: {first_line}"
+                rendered.append(Rendered(step.revision, None, why, transactional))
+                continue
+            note = f"runs Python, not shown as SQL: {'; '.join(python)}" if python else None
+            rendered.append(Rendered(step.revision, "\n".join(statements) + "\n", note, transactional))
+        return rendered
 
     def downgrade(
         self,

@@ -1,0 +1,133 @@
+"""`plan`: the pending revisions, their SQL and what it locks, read-only; exit 1 while something is pending."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from support import REPO, Cli, copy_django_example, make_project, query, version
+
+SCHEMA = json.loads((REPO / "docs" / "plan.schema.json").read_text())
+BODIES = {
+    3: 'op.create_table("orders", sa.Column("id", sa.Integer), sa.Column("total", sa.Integer))',
+    4: 'op.alter_column("orders", "total", type_=sa.Numeric(12, 2))',
+}
+
+
+def at_three_of_five(cli: Cli, url: str) -> dict[str, str]:
+    """A database at revision 3 of 5; revision 4 changes the type of a column of a table revision 3 made."""
+    make_project(cli.cwd, revisions=5, bodies=BODIES)
+    env = {"MIGRATION_DATABASE_URL": url}
+    assert cli("upgrade", "0003", env=env).code == 0
+    return env
+
+
+def unchanged(url: str) -> None:
+    assert version(url) == ["0003"]
+    column = "SELECT data_type FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'total'"
+    assert query(url, column) == [("integer",)]
+    assert query(url, "SELECT to_regclass('t_0005')") == [(None,)]
+
+
+def test_plan_shows_the_sql_and_the_lock_then_exits_1(cli: Cli, pg_url: str) -> None:
+    env = at_three_of_five(cli, pg_url)
+
+    text = cli("plan", env=env)
+    document = cli("plan", "--output", "json", env=env)
+    markdown = cli("plan", "--output", "markdown", env=env)
+
+    assert (text.code, document.code, markdown.code) == (1, 1, 1), text.stderr
+    assert "ALTER TABLE orders ALTER COLUMN total TYPE NUMERIC(12, 2)" in text.stdout
+    assert "CREATE TABLE t_0005" in text.stdout
+    assert "ACCESS EXCLUSIVE" in text.stdout
+    plan = json.loads(document.stdout)
+    jsonschema.validate(plan, SCHEMA)
+    assert plan["current"] == ["0003"]
+    assert [step["id"] for step in plan["pending"]] == ["0004", "0005"]
+    four, five = plan["pending"]
+    assert [(f["kind"], f["table"]) for f in four["flags"]] == [("rewrite", "orders")]
+    assert five["flags"] == []  # a table created by the plan itself is not an existing one
+    assert four["transactional"] is True
+    assert "CREATE TABLE t_0005" in five["sql"]
+    assert markdown.stdout.startswith("### Migration plan")
+    assert "| `0004` | revision 4 | yes | ⚠️ changes a column's type" in markdown.stdout
+    assert "```sql" in markdown.stdout
+    assert not text.stdout.lstrip().startswith("{")  # the logs went to stderr
+    assert text.one("plan.finished")["pending"] == 2
+    unchanged(pg_url)
+
+
+def test_plan_at_head_exits_0(cli: Cli, pg_url: str) -> None:
+    env = at_three_of_five(cli, pg_url)
+    assert cli("upgrade", env=env).code == 0
+
+    result = cli("plan", "--json", env=env)
+
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["pending"] == []
+
+
+def test_a_revision_that_reads_data_is_shown_as_not_rendered(cli: Cli, pg_url: str) -> None:
+    reads = 'count = op.get_bind().execute(sa.text("SELECT count(*) FROM applied_log")).scalar()\nprint(count)'
+    make_project(cli.cwd, revisions=4, bodies={3: reads})
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", "0002", env=env).code == 0
+
+    result = cli("plan", "--json", env=env)
+
+    assert result.code == 1, result.stderr
+    three, four = json.loads(result.stdout)["pending"]
+    assert three["sql"] is None
+    assert "cannot be rendered offline" in three["not_rendered"]
+    assert "CREATE TABLE t_0004" in four["sql"]  # the plan goes on after it
+    assert version(pg_url) == ["0002"]
+
+
+def test_an_irreversible_revision_is_flagged(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=2)
+    two = cli.cwd / "migrations" / "versions" / "0002_r.py"
+    two.write_text(two.read_text().replace('    op.drop_table("t_0002")', "    pass"))
+
+    result = cli("plan", "--json", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 1, result.stderr
+    steps = {step["id"]: step for step in json.loads(result.stdout)["pending"]}
+    assert steps["0002"]["irreversible"] == "its downgrade() does nothing"
+    assert steps["0001"]["irreversible"] is None
+
+
+def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    project = copy_django_example(tmp_path / "django")
+    env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    assert cli("upgrade", "shop:0001", env=env, cwd=project).code == 0
+
+    result = cli("plan", "--json", env=env, cwd=project)
+
+    assert result.code == 1, result.stderr
+    plan = json.loads(result.stdout)
+    jsonschema.validate(plan, SCHEMA)
+    steps = {step["id"]: step for step in plan["pending"]}
+    assert [step for step in steps if step.startswith("shop.")] == [
+        "shop.0002_product_slug",
+        "shop.0003_product_name_index",
+    ]  # and the contrib apps' migrations, which shop:0001 does not need
+    slug = steps["shop.0002_product_slug"]
+    assert 'ALTER TABLE "shop_product" ADD COLUMN "slug"' in slug["sql"]
+    assert "runs Python" in slug["not_rendered"]
+    assert {flag["table"] for flag in slug["flags"]} == {"shop_product"}
+    index = steps["shop.0003_product_name_index"]
+    assert [flag["kind"] for flag in index["flags"]] == ["blocks_writes"]
+    assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(1,)]
+
+
+@pytest.mark.parametrize("command", ["upgrade", "check"])
+def test_markdown_is_for_plan_only(cli: Cli, pg_url: str, command: str) -> None:
+    make_project(cli.cwd, revisions=1)
+
+    result = cli(command, "--output", "markdown", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 78
+    assert "markdown is for plan only" in result.one("config.invalid")["error"]
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
