@@ -195,6 +195,9 @@ class PgBouncer:
             f"[databases]\n{database} = host=127.0.0.1 port={server_port} dbname={database}\n"
             f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\nauth_type = trust\n"
             f"auth_file = {directory}/users.txt\npool_mode = transaction\ndefault_pool_size = 4\n"
+            # Round robin: each transaction may get another server session, as under steady application
+            # traffic; the default (the last used one first) can hand an idle pooler's one session back.
+            "server_round_robin = 1\n"
             f"unix_socket_dir =\nlogfile = {directory}/pgbouncer.log\n"
             "ignore_startup_parameters = extra_float_digits,options,application_name\n"
         )
