@@ -78,8 +78,8 @@ COMMANDS: dict[str, Command] = {
     "plan": Command(
         "read-only, no lock: the pending revisions, their SQL and what it locks; exit 1 if any is pending "
         "(--output text | json | markdown)",
-        ("target",),
-        (0, 1, 66, 69, 75, 78, *_STOPPED),
+        ("target", "allow_trace", "lock_timeout", "lock_key"),
+        (0, 1, 65, 66, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
     "check": Command(
@@ -197,6 +197,13 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 help="revision to reach: heads, head, an id or prefix, +N (upgrade), -N or base (downgrade); "
                 "Django: app_label, app_label:migration_name, app_label:zero; the same as --target",
             )
+        if name == "plan":
+            sub.add_argument(
+                "--trace",
+                action="store_true",
+                help="PostgreSQL: run the pending revisions under the lock in a transaction that is always rolled "
+                "back, and report the locks each statement took (refused in production unless MIGRATION_ALLOW_TRACE)",
+            )
         if name == "resolve":
             sub.add_argument(
                 "--mark", required=True, choices=["applied", "not-applied"], help="what the revision's changes are"
@@ -212,6 +219,7 @@ def _parse(arguments: list[str]) -> argparse.Namespace:
         args.target = args.revision
     for name in (*_FLAGS, "mark"):
         setattr(args, name, getattr(args, name, None))
+    args.trace = bool(getattr(args, "trace", False))
     if getattr(args, "json", False):
         args.output = "json"
     return args
@@ -538,6 +546,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         run_id=run_id,
         stdout=document,
         resolution=args.mark,
+        trace=args.trace,
         preloaded=verdict.project,
     )
     if settings.database_url is None and args.command != "config":

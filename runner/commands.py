@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -60,6 +60,7 @@ class Run:
         stdout: where a command's document goes (the real stdout, even when
             ``sys.stdout`` has been pointed at stderr).
         resolution: ``resolve``'s ``--mark``: ``applied`` or ``not-applied``.
+        trace: ``plan --trace``.
         preloaded: the project, if the no-op check loaded it already.
     """
 
@@ -69,6 +70,7 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     resolution: str | None = None
+    trace: bool = False
     preloaded: Driver | None = None
     _driver: Driver | None = field(default=None, init=False, repr=False)
     _before_apply_ran: bool = field(default=False, init=False, repr=False)
@@ -240,17 +242,48 @@ def upgrade(run: Run) -> ExitCode:
     """
     project = run.project()
     engine = database.make_engine(run.migration_url(), application_name=run.application_name)
-    reconnecting = tenacity.Retrying(
+    for attempt in _reconnecting(run):
+        with attempt:
+            _upgrade_once(run, project, engine)
+    return ExitCode.OK
+
+
+def _reconnecting(run: Run) -> tenacity.Retrying:
+    """Runs the work again after a lost connection (the lock, the re-read and all), with backoff."""
+    return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(ConnectionLost),
         stop=tenacity.stop_after_attempt(MAX_RECONNECTS + 1),
         wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
         before_sleep=_log_retry(run, "database.reconnecting", "reconnect"),
         reraise=True,
     )
-    for attempt in reconnecting:
-        with attempt:
-            _upgrade_once(run, project, engine)
-    return ExitCode.OK
+
+
+@contextlib.contextmanager
+def _migration_lock(run: Run, connection: Connection) -> Iterator[locks.HeldLock]:
+    """The migration lock of ``connection``'s database, after checking that the server takes writes.
+
+    Raises:
+        ReadOnlyDatabase: a hot standby, or ``default_transaction_read_only``.
+        LockTimeout, LockLost: from :func:`runner.locks.migration_lock`.
+    """
+    settings = run.settings
+    read_only = database.read_only_reason(connection)
+    if read_only:
+        raise ReadOnlyDatabase(
+            f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
+            "point MIGRATION_DATABASE_URL at the primary (during a failover, retrying finds the new one)"
+        )
+    with locks.migration_lock(
+        settings.url,
+        key=run.lock_key(connection),
+        timeout=settings.lock_timeout,
+        application_name=run.application_name,
+        connect_for=settings.connect_timeout,
+        on_connect_retry=lambda: run.report.retried("connect"),
+    ) as held:
+        run.report.lock_acquired(held.wait_seconds)
+        yield held
 
 
 def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
@@ -265,21 +298,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
         if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
             log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
             return
-        read_only = database.read_only_reason(connection)
-        if read_only:
-            raise ReadOnlyDatabase(
-                f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
-                "point MIGRATION_DATABASE_URL at the primary (during a failover, retrying finds the new one)"
-            )
-        with locks.migration_lock(
-            settings.url,
-            key=run.lock_key(connection),
-            timeout=settings.lock_timeout,
-            application_name=run.application_name,
-            connect_for=settings.connect_timeout,
-            on_connect_retry=lambda: run.report.retried("connect"),
-        ) as held:
-            run.report.lock_acquired(held.wait_seconds)
+        with _migration_lock(run, connection) as held:
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
             if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
                 # Followers pass the lock on one by one: this path stays short (no ledger work).
@@ -380,15 +399,8 @@ def downgrade(run: Run) -> ExitCode:
     run.report.direction = "down"
     project = run.project()
     engine = database.make_engine(run.migration_url(), application_name=run.application_name)
-    reconnecting = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(ConnectionLost),
-        stop=tenacity.stop_after_attempt(MAX_RECONNECTS + 1),
-        wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
-        before_sleep=_log_retry(run, "database.reconnecting", "reconnect"),
-        reraise=True,
-    )
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
-    for attempt in reconnecting:
+    for attempt in _reconnecting(run):
         with attempt:
             _downgrade_once(run, project, engine, target)
     return ExitCode.OK
@@ -396,7 +408,6 @@ def downgrade(run: Run) -> ExitCode:
 
 def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]) -> None:
     log = get_logger()
-    settings = run.settings
     with (
         run.connect(engine) as connection,
         database.losing_connection_raises(),
@@ -405,21 +416,7 @@ def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]
         if not _reverting(run, project, current, target):
             log.info("downgrade.noop", current=run.shown(current), target=target[0], reason="already at target")
             return
-        read_only = database.read_only_reason(connection)
-        if read_only:
-            raise ReadOnlyDatabase(
-                f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
-                "point MIGRATION_DATABASE_URL at the primary"
-            )
-        with locks.migration_lock(
-            settings.url,
-            key=run.lock_key(connection),
-            timeout=settings.lock_timeout,
-            application_name=run.application_name,
-            connect_for=settings.connect_timeout,
-            on_connect_retry=lambda: run.report.retried("connect"),
-        ) as held:
-            run.report.lock_acquired(held.wait_seconds)
+        with _migration_lock(run, connection) as held:
             current = run.read_heads(connection)  # another runner may have reverted meanwhile
             steps = _reverting(run, project, current, target)
             if not steps:
@@ -668,6 +665,7 @@ def plan(run: Run) -> ExitCode:
         current = run.read_heads(connection)
         pending = _plan(run, project, current, allow_unknown=False, upgrading=True)
         existing = database.table_names(connection, run.version_table.schema) if pending else set()
+    traced = _rehearse(run, project) if pending and run.trace else None
     rendered = {r.revision: r for r in project.render(current, settings.target, settings.url)} if pending else {}
     irreversible = dict(project.irreversible(pending))
     tool_tables = (run.version_table.name, settings.history_table, "django_migrations")
@@ -686,9 +684,12 @@ def plan(run: Run) -> ExitCode:
                 not_rendered=shown.not_rendered if shown else "not rendered",
                 irreversible=irreversible.get(step.revision),
                 flags=flags,
+                trace=None if traced is None else traced[0].get(step.revision, []),
+                not_traced=None if traced is None else traced[1].get(step.revision),
             )
         )
     document = planning.document(
+        traced=traced is not None,
         tool=project.tool,
         database=settings.light_url.database_name,
         current=run.shown(current),
@@ -708,6 +709,42 @@ def plan(run: Run) -> ExitCode:
         flagged=sum(1 for s in steps if s.flags or s.irreversible),
     )
     return ExitCode.NOT_AT_TARGET if steps else ExitCode.OK
+
+
+def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """``plan --trace``: the pending steps run under the lock and rolled back; per step, its statements' locks.
+
+    Returns:
+        Each step's traced statements (:func:`runner.trace.report`), and why each step not run was not.
+
+    Raises:
+        ConfigError: not PostgreSQL, or production without ``MIGRATION_ALLOW_TRACE=true``.
+    """
+    from runner import trace  # noqa: PLC0415
+
+    settings = run.settings
+    if database.family(settings.url) != "postgresql":
+        raise ConfigError(
+            f"plan --trace reads pg_locks, which only PostgreSQL has; {database.family(settings.url)} cannot be "
+            "traced (plan without --trace shows the SQL and its flags)"
+        )
+    if settings.environment == "production" and not settings.allow_trace:
+        raise ConfigError(
+            "plan --trace holds the locks it measures while it runs, so it is refused in production unless "
+            "MIGRATION_ALLOW_TRACE=true; trace a copy of the database instead"
+        )
+    engine = database.make_engine(run.migration_url(), application_name=run.application_name)
+    tracer = trace.Tracer()
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+        _migration_lock(run, connection),
+    ):
+        skipped = project.rehearse(
+            url=run.migration_url(), target=settings.target, version_table=run.version_table, tracer=tracer
+        )
+    get_logger().info("plan.traced", statements=len(tracer.statements), not_run=[step for step, _ in skipped])
+    return trace.report(tracer.statements), dict(skipped)
 
 
 def current(run: Run) -> ExitCode:

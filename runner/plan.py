@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.trace import BLOCKS_WRITES
+
 SCHEMA_VERSION = 1
 _STATEMENT_SHOWN_CHARS = 200
 
@@ -53,6 +55,8 @@ class PlannedStep:
         not_rendered: why not, when ``sql`` is ``None`` (it reads data, or runs Python).
         irreversible: why it cannot be reverted, if it cannot.
         flags: what its SQL locks or rewrites (:func:`flags_of`).
+        trace: ``plan --trace``: its statements, with the locks and rewrites measured (:func:`runner.trace.report`).
+        not_traced: why ``--trace`` did not run it.
     """
 
     revision: str
@@ -62,6 +66,8 @@ class PlannedStep:
     not_rendered: str | None = None
     irreversible: str | None = None
     flags: list[Flag] = field(default_factory=list)
+    trace: list[dict[str, Any]] | None = None
+    not_traced: str | None = None
 
 
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
@@ -206,6 +212,7 @@ def _alter_flag(table: str, rest: str, family: str, shown: str) -> Flag | None:
 
 def document(
     *,
+    traced: bool = False,
     tool: str,
     database: str,
     current: Sequence[str],
@@ -215,6 +222,7 @@ def document(
     """The plan as a document (schema version :data:`SCHEMA_VERSION`, ``docs/plan.schema.json``)."""
     return {
         "schema_version": SCHEMA_VERSION,
+        "traced": traced,
         "tool": tool,
         "database": database,
         "current": list(current),
@@ -230,6 +238,8 @@ def document(
                 "flags": [
                     {"kind": f.kind, "table": f.table, "detail": f.detail, "statement": f.statement} for f in step.flags
                 ],
+                "trace": step.trace,
+                "not_traced": step.not_traced,
             }
             for step in steps
         ],
@@ -249,6 +259,7 @@ def text(plan: dict[str, Any]) -> str:
             lines.append(f"  ! {flag['detail']}")
         if step["irreversible"]:
             lines.append(f"  ! irreversible: {step['irreversible']}")
+        lines.extend(f"  ! traced: {note}" for note in _traced_notes(step))
         if step["sql"] is None:
             lines.append(f"  (SQL not shown: {step['not_rendered']})")
         else:
@@ -277,6 +288,7 @@ def markdown(plan: dict[str, Any]) -> str:
         notes = [flag["detail"] for flag in step["flags"]]
         if step["irreversible"]:
             notes.append(f"irreversible: {step['irreversible']}")
+        notes.extend(f"traced: {note}" for note in _traced_notes(step))
         review = "<br>".join(f"⚠️ {_cell(note)}" for note in notes) or "none"
         transaction = "yes" if step["transactional"] else "**no**"
         out.append(f"| `{step['id']}` | {_cell(step['message'])} | {transaction} | {review} |")
@@ -289,6 +301,18 @@ def markdown(plan: dict[str, Any]) -> str:
             out += ["```sql", step["sql"].strip(), "```", ""]
         out += ["</details>", ""]
     return "\n".join(out)
+
+
+def _traced_notes(step: dict[str, Any]) -> list[str]:
+    """What ``--trace`` measured of a step that a reviewer must see: blocking locks, rewrites, a step not run."""
+    notes = [f"not run: {step['not_traced']}"] if step.get("not_traced") else []
+    for traced in step.get("trace") or []:
+        blocking = [f"{lock['mode']} on {lock['table']}" for lock in traced["locks"] if lock["mode"] in BLOCKS_WRITES]
+        rewritten = [f"rewrote {table}" for table in traced["rewritten"]]
+        if blocking or rewritten:
+            took = ", ".join([*blocking, *rewritten])
+            notes.append(f"{took} ({traced['duration_seconds'] * 1000:.1f} ms): {traced['statement']}")
+    return notes
 
 
 def _cell(value: str) -> str:

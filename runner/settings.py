@@ -169,6 +169,9 @@ class Settings(BaseSettings):
         description="Treat a database at a revision the script directory lacks "
         "(an application rollback) as success in 'upgrade' and 'wait'.",
     )
+    allow_trace: bool = Field(
+        False, description="Let 'plan --trace' run in production: it holds the locks it measures while it runs."
+    )
     allow_downgrade: bool = Field(
         False, description="Let 'downgrade' run in production (refused there otherwise); set it only on its own Job."
     )

@@ -281,27 +281,21 @@ def test_behind_a_transaction_pooler_the_lost_lock_is_detected(cli: Cli, pg_url:
     bouncer = PgBouncer(port, database)
     make_project(cli.cwd, revisions=2)
     try:
-        # A second client keeps the pool busy, as application traffic does, so statements change server sessions.
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{bouncer.port}/{database}", autocommit=True) as other:
-            stop = threading.Event()
+        url = f"postgresql://postgres@127.0.0.1:{bouncer.port}/{database}"
 
-            def traffic() -> None:
-                while not stop.is_set():
-                    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{bouncer.port}/{database}") as busy:
-                        busy.execute("SELECT pg_sleep(0.05)")
+        def hold() -> None:
+            with psycopg.connect(url) as busy:
+                busy.execute("SELECT pg_sleep(0.3)")
 
-            threads = [threading.Thread(target=traffic) for _ in range(3)]
-            for thread in threads:
-                thread.start()
-            try:
-                result = cli(
-                    env={"MIGRATION_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{bouncer.port}/{database}"}
-                )
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(10)
-            other.execute("SELECT 1")
+        # Four transactions at once make the pool open all its server sessions; round robin
+        # (PgBouncer's server_round_robin) then gives each of the runner's transactions the next
+        # idle one, so its second transaction never lands on the session that holds the lock.
+        warm = [threading.Thread(target=hold) for _ in range(4)]
+        for thread in warm:
+            thread.start()
+        for thread in warm:
+            thread.join(10)
+        result = cli(env={"MIGRATION_DATABASE_URL": url})
     finally:
         bouncer.stop()
 

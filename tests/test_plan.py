@@ -131,3 +131,84 @@ def test_markdown_is_for_plan_only(cli: Cli, pg_url: str, command: str) -> None:
     assert result.code == 78
     assert "markdown is for plan only" in result.one("config.invalid")["error"]
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
+def test_trace_names_the_lock_and_the_rewrite_and_changes_nothing(cli: Cli, pg_url: str) -> None:
+    env = at_three_of_five(cli, pg_url)
+
+    result = cli("plan", "--trace", "--json", env=env)
+
+    assert result.code == 1, result.stderr
+    plan = json.loads(result.stdout)
+    jsonschema.validate(plan, SCHEMA)
+    assert plan["traced"] is True
+    four, five = plan["pending"]
+    (alter,) = [s for s in four["trace"] if s["statement"].startswith("ALTER TABLE orders")]
+    assert {"table": "public.orders", "mode": "AccessExclusiveLock"} in alter["locks"]
+    assert alter["rewritten"] == ["public.orders"]
+    assert alter["blocks_reads"] == ["public.orders"]
+    assert all(not s["blocks_writes"] for s in five["trace"])  # it only touches its own new table
+    assert five["trace"], "revision 5 ran in the rehearsal too"
+    assert result.one("lock.acquired")
+    unchanged(pg_url)
+    assert query(pg_url, "SELECT count(*) FROM applied_log WHERE revision IN ('0004', '0005')") == [(0,)]
+
+
+def test_trace_is_refused_in_production_unless_allowed(cli: Cli, pg_url: str) -> None:
+    env = {**at_three_of_five(cli, pg_url), "MIGRATION_ENVIRONMENT": "production"}
+
+    refused = cli("plan", "--trace", env=env)
+    allowed = cli("plan", "--trace", env={**env, "MIGRATION_ALLOW_TRACE": "true"})
+
+    assert refused.code == 78
+    assert "MIGRATION_ALLOW_TRACE=true" in refused.one("config.invalid")["error"]
+    assert allowed.code == 1, allowed.stderr
+    unchanged(pg_url)
+
+
+def test_trace_needs_postgresql(cli: Cli, mysql_url: str) -> None:
+    make_project(cli.cwd, revisions=1)
+
+    result = cli("plan", "--trace", env={"MIGRATION_DATABASE_URL": mysql_url})
+
+    assert result.code == 78
+    assert "only PostgreSQL" in result.one("config.invalid")["error"]
+
+
+def test_trace_does_not_run_a_revision_outside_a_transaction(cli: Cli, pg_url: str) -> None:
+    concurrently = (
+        "with op.get_context().autocommit_block():\n"
+        '    op.create_index("ix_total", "orders", ["total"], postgresql_concurrently=True)'
+    )
+    make_project(cli.cwd, revisions=5, bodies={**BODIES, 4: concurrently})
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", "0003", env=env).code == 0
+
+    result = cli("plan", "--trace", "--json", env=env)
+
+    assert result.code == 1, result.stderr
+    four, five = json.loads(result.stdout)["pending"]
+    assert four["transactional"] is False
+    assert "autocommit_block" in four["not_traced"]
+    assert "not run" in five["not_traced"]
+    assert query(pg_url, "SELECT to_regclass('ix_total')") == [(None,)]
+    assert version(pg_url) == ["0003"]
+
+
+def test_django_trace(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    project = copy_django_example(tmp_path / "django")
+    env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    assert cli("upgrade", env=env, cwd=project).code == 0
+    assert cli("downgrade", "shop:0001", env=env, cwd=project).code == 0
+
+    result = cli("plan", "--trace", "--json", env=env, cwd=project)
+
+    assert result.code == 1, result.stderr
+    steps = {step["id"]: step for step in json.loads(result.stdout)["pending"]}
+    slug = steps["shop.0002_product_slug"]
+    assert any("public.shop_product" in s["blocks_reads"] for s in slug["trace"])
+    assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(1,)]
+    column = (
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'shop_product' AND column_name = 'slug'"
+    )
+    assert query(pg_url, column) == [(0,)]

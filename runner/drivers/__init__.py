@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from sqlalchemy.sql import Executable
 
     from runner.settings import Settings
+    from runner.trace import Tracer
 
     # Runs one SQLAlchemy statement, with its parameters, in the transaction of the step being applied.
     Execute = Callable[[Executable, Mapping[str, Any]], object]
@@ -169,6 +170,13 @@ class Driver(Protocol):
 
     def render(self, current: Sequence[str], target: str, url: URL) -> list[Rendered]:
         """The SQL of each step an upgrade from ``current`` to ``target`` applies, without running it."""
+        ...
+
+    def rehearse(self, *, url: URL, target: str, version_table: VersionTable, tracer: Tracer) -> list[tuple[str, str]]:
+        """Run the pending steps in one transaction that is always rolled back, each statement shown to ``tracer``.
+
+        Returns ``(step, why)`` for the steps it did not run (they cannot run in a transaction).
+        """
         ...
 
     def upgrade(

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from runner.drivers import Execute
     from runner.settings import Settings
+    from runner.trace import Tracer
 
 
 def detect(cwd: Path, environ: Mapping[str, str], settings: Settings) -> str | None:
@@ -823,6 +824,47 @@ class Project:
             self.config.output_buffer = None
         return marks, buffer.getvalue(), None
 
+    def rehearse(self, *, url: URL, target: str, version_table: VersionTable, tracer: Tracer) -> list[tuple[str, str]]:
+        """Run the pending revisions in one transaction that is always rolled back, showing ``tracer`` each statement.
+
+        env.py runs online as in :meth:`upgrade`. When it configures its
+        connection, a transaction is begun on it first, so Alembic treats the
+        transaction as external (``MigrationContext``'s ``_in_external_transaction``:
+        ``begin_transaction()`` then neither begins nor commits), and the
+        runner rolls it back after the last revision. A revision with an
+        ``autocommit_block`` would commit: it and those after it are not run.
+
+        Returns:
+            ``(revision, why)`` of the revisions that were not run.
+
+        Raises:
+            ConfigError: env.py configures no connection in online mode.
+            MigrationFailed: a revision raised (nothing stays: it is all rolled back).
+        """
+        from alembic.runtime.environment import EnvironmentContext  # noqa: PLC0415
+
+        rehearsal = _Rehearsal(self, target, version_table, tracer)
+        environment = EnvironmentContext(
+            self.config, self.script, fn=rehearsal.steps, as_sql=False, starting_rev=None, destination_rev=target
+        )
+        rehearsal.configure = environment.configure
+        environment.configure = rehearsal.configure_rolled_back  # type: ignore[method-assign]
+        self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+        try:
+            with environment, logs.env_py_file_config_ignored(), project_code():
+                self.script.run_env()
+        except (ConfigError, Stopped):
+            raise
+        except BaseException as error:  # project code
+            from runner import database  # noqa: PLC0415
+
+            failed = rehearsal.running[0] if rehearsal.running else None
+            message = f"plan --trace: {database.error_message(error)} (rolled back: nothing was changed)"
+            raise MigrationFailed(message, revision=failed, sqlstate=database.classify(error).code) from error
+        finally:
+            rehearsal.roll_back()
+        return rehearsal.skipped
+
     def _transactional_step(self, revision: str, mysql: bool) -> bool:
         """It runs in a transaction: not on MySQL (DDL commits), and no ``autocommit_block`` in its file."""
         if mysql:
@@ -1022,6 +1064,71 @@ def _down_revisions(script: Script) -> tuple[str, ...]:
     from alembic.util import to_tuple  # noqa: PLC0415
 
     return tuple(to_tuple(script.down_revision, default=()))
+
+
+class _Rehearsal:
+    """The hooks of one :meth:`Project.rehearse`: its steps, the statement events, the rolled-back transaction."""
+
+    def __init__(self, project: Project, target: str, version_table: VersionTable, tracer: Tracer) -> None:
+        self.project, self.target, self.version_table, self.tracer = project, target, version_table, tracer
+        self.skipped: list[tuple[str, str]] = []
+        self.running: list[str] = []
+        self.transactions: list[Any] = []
+        self.configure: Callable[..., None] = lambda *_, **__: None
+
+    def steps(self, heads: tuple[str, ...], _: Any) -> Iterator[Any]:
+        plan = list(self.project.script._upgrade_revs(self.target, _heads_arg(heads)))
+        try:
+            for number, step in enumerate(plan):
+                revision = step.revision.revision
+                if not self.project._transactional_step(revision, mysql=False):
+                    why = "runs outside a transaction (autocommit_block), so it cannot be rolled back: not run"
+                    self.skipped.append((revision, why))
+                    later = plan[number + 1 :]
+                    self.skipped.extend((s.revision.revision, "comes after a revision that was not run") for s in later)
+                    return
+                self.running[:] = [revision]
+                self.tracer.revision = revision
+                yield step
+                self.tracer.revision = None
+        finally:
+            self.running.clear()
+            self.roll_back()  # the end of the rehearsal, whatever env.py does next
+
+    def configure_rolled_back(self, *args: Any, **kwargs: Any) -> None:
+        from sqlalchemy import event  # noqa: PLC0415
+
+        connection = kwargs.get("connection")
+        if connection is None:
+            raise ConfigError(
+                "plan --trace: env.py configured no connection in online mode, so its statements cannot be "
+                "rolled back; nothing was run"
+            )
+        if not self.transactions:
+            event.listen(connection, "before_cursor_execute", lambda *_: self.tracer.before())
+            event.listen(connection, "after_cursor_execute", self._after)
+            cursor = connection.connection.driver_connection.cursor()
+            try:
+                self.tracer.begin(cursor)
+            finally:
+                cursor.close()
+            self.transactions.append(connection.begin())
+        kwargs.setdefault("version_table", self.version_table.name)
+        kwargs.setdefault("version_table_schema", self.version_table.schema)
+        self.configure(*args, **kwargs)
+
+    def _after(self, _: Any, cursor: Any, statement: str, *__: Any) -> None:
+        own_cursor = cursor.connection.cursor()  # the DB-API connection: no SQLAlchemy events, same transaction
+        try:
+            self.tracer.after(own_cursor, statement)
+        finally:
+            own_cursor.close()
+
+    def roll_back(self) -> None:
+        for transaction in self.transactions:
+            with contextlib.suppress(Exception):
+                if transaction.is_active:
+                    transaction.rollback()
 
 
 def _why_irreversible(function: Any) -> str | None:

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from runner.drivers import Execute
     from runner.settings import Settings
+    from runner.trace import Tracer
 
 Key = tuple[str, str]
 
@@ -655,6 +656,62 @@ class Project:
             rendered.append(Rendered(step.revision, "\n".join(statements) + "\n", note, transactional))
         return rendered
 
+    def rehearse(self, *, url: URL, target: str, version_table: VersionTable, tracer: Tracer) -> list[tuple[str, str]]:
+        """Run ``migrate`` inside ``transaction.atomic()`` and roll it back, showing ``tracer`` each statement.
+
+        Each migration's own atomic block becomes a savepoint inside the outer
+        one (Django docs, "Database transactions"). A migration with ``atomic =
+        False`` would run outside any transaction: it and those after it are not run.
+
+        Returns:
+            ``(migration, why)`` of the migrations that were not run.
+
+        Raises:
+            MigrationFailed: a migration raised (nothing stays: it is all rolled back).
+        """
+        from django.core.management import call_command  # noqa: PLC0415
+        from django.db import connections, transaction  # noqa: PLC0415
+
+        session = connections[self.alias]
+        applied = tuple(sorted(_id(key) for key in self._loader.applied_migrations))
+        progress = _Rehearsal(session, tracer, [_key(step.revision) for step in self.pending(applied, target)])
+        app, _, name = ("" if target == "heads" else target).partition(":")
+        out, err = _LogLines("info"), _LogLines("warning")
+        try:
+            with self._database_errors(), project_code(), transaction.atomic(using=self.alias):
+                cursor = session.connection.cursor()
+                try:
+                    tracer.begin(cursor)
+                finally:
+                    cursor.close()
+                with session.execute_wrapper(progress.observed):
+                    call_command(
+                        _migrate_command(progress),
+                        *[part for part in (app, name) if part],
+                        database=self.alias,
+                        interactive=False,
+                        verbosity=1,
+                        skip_checks=True,
+                        no_color=True,
+                        stdout=out,
+                        stderr=err,
+                    )
+                raise _RolledBack
+        except _RolledBack:
+            pass
+        except (ConfigError, Stopped, ConnectionLost):
+            raise
+        except BaseException as error:
+            failure = self._failure(error, progress)
+            message = f"plan --trace: {failure.message} (rolled back: nothing was changed)"
+            raise MigrationFailed(
+                message, revision=tracer.revision, sqlstate=getattr(failure, "sqlstate", None)
+            ) from error
+        finally:
+            out.flush()
+            err.flush()
+        return progress.skipped
+
     def downgrade(
         self,
         *,
@@ -833,6 +890,46 @@ class _Progress:
                     cursor.execute(str(compiled), compiled.construct_params(parameters))
 
             own(self.in_transaction, run, self.running_id, self.transactional)
+        return result
+
+
+class _RolledBack(Exception):
+    """Leaves ``plan --trace``'s outer atomic block, which rolls everything back."""
+
+
+class _Rehearsal(_Progress):
+    """``migrate``'s progress under ``plan --trace``: tells the tracer what runs; stops before a non-atomic one."""
+
+    def __init__(self, session: Any, tracer: Tracer, plan: list[Key]) -> None:
+        super().__init__(session, lambda _: None, lambda _: None, lambda *_: None, _RECORDS_APPLIED)
+        self.tracer, self.plan = tracer, plan
+        self.skipped: list[tuple[str, str]] = []
+
+    def starting(self, migration: Any) -> None:
+        key = (migration.app_label, migration.name)
+        if not migration.atomic:
+            later = self.plan[self.plan.index(key) + 1 :] if key in self.plan else []
+            self.skipped.append(
+                (_id(key), "atomic = False: it runs outside a transaction, so it cannot be rolled back")
+            )
+            self.skipped.extend((_id(k), "comes after a migration that was not run") for k in later)
+            raise _RolledBack
+        super().starting(migration)
+        self.tracer.revision = _id(key)
+
+    def applied(self, migration: Any) -> None:
+        self.tracer.revision = None
+        self.running = None
+
+    def observed(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        """Django's ``execute_wrapper``: each statement of the migration, shown to the tracer."""
+        self.tracer.before()
+        result = execute(sql, params, many, context)
+        raw = context["connection"].connection.cursor()  # the DB-API connection: outside Django's wrappers
+        try:
+            self.tracer.after(raw, sql)
+        finally:
+            raw.close()
         return result
 
 
