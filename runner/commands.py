@@ -483,26 +483,30 @@ def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[s
 
 
 def _refuse_unfinished(project: Driver, book: ledger.Ledger, current: Sequence[str]) -> None:
-    """Stop before running anything while the ledger shows a revision that may be partly applied.
+    """Stop before running anything while the ledger shows a revision that may be partly applied or reverted.
 
-    A row whose revision the version table already records (someone ran
-    ``alembic stamp``) counts as resolved ``applied``.
+    A row the version table already agrees with counts as resolved ``applied``:
+    for an upgrade step, the table records the revision (someone ran ``alembic
+    stamp``); for a downgrade step, it no longer does.
 
     Raises:
         InterruptedRevision: the oldest such revision, with the way out.
     """
     for row in book.unfinished():
-        if project.is_applied(current, row.revision):
+        up = row.direction != "down"
+        if project.is_applied(current, row.revision) == up:
             book.resolve(row.row_id, "applied")
             get_logger().warning("ledger.resolved", revision=row.revision, resolution="applied", reason="stamped")
             continue
         how = "was interrupted" if row.outcome in ("started", "interrupted") else "failed"
+        what = f"revision {row.revision}" if up else f"the downgrade of revision {row.revision}"
+        done, undone = ("its changes are all there", "undo them") if up else ("it is fully reverted", "restore them")
         raise InterruptedRevision(
-            f"revision {row.revision} {how} at {row.started_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"{what} {how} at {row.started_at:%Y-%m-%d %H:%M:%S} UTC "
             f"(run {row.run_id} on {row.host}); it ran outside a transaction (MySQL cannot roll back DDL), "
-            "so it may be partly applied. Inspect the schema, then run `migration-runner resolve --mark applied` "
-            "if its changes are all there, or undo them and run `migration-runner resolve --mark not-applied` "
-            "so that the next upgrade runs it again",
+            f"so it may be partly {'applied' if up else 'reverted'}. Inspect the schema, then run "
+            f"`migration-runner resolve --mark applied` if {done}, or {undone} and run "
+            "`migration-runner resolve --mark not-applied` so that the next run does it again",
             revision=row.revision,
         )
 
@@ -833,8 +837,9 @@ def resolve(run: Run) -> ExitCode:
     """Record what the operator found about a revision the ledger shows as unfinished, under the lock.
 
     ``--mark applied``: its changes are all there; the version table is stamped
-    with it (Alembic's ``MigrationContext.stamp``). ``--mark not-applied``: its
-    changes were undone; the next upgrade runs it again.
+    with it (Alembic's ``MigrationContext.stamp``), or, for a downgrade step, no
+    longer records it. ``--mark not-applied``: its changes were undone; the next
+    run does it again.
 
     Returns:
         ``ExitCode.OK``, also when nothing is unfinished.
@@ -869,7 +874,9 @@ def resolve(run: Run) -> ExitCode:
                     f"resolve them in {settings.history_table} by hand"
                 )
             row = rows[0]
-            if run.resolution == "applied":
+            if run.resolution == "applied" and row.direction == "down":
+                project.unstamp(connection, row.revision, run.version_table)
+            elif run.resolution == "applied":
                 project.stamp(connection, row.revision, run.version_table)
             book.resolve(row.row_id, run.resolution)
             run.read_heads(connection)

@@ -91,6 +91,7 @@ class Unfinished:
         run_id: the run that started it.
         host: the pod or host of that run.
         error: the error recorded with it, if any.
+        direction: ``up``, or ``down`` for an interrupted downgrade step.
     """
 
     row_id: int
@@ -100,6 +101,7 @@ class Unfinished:
     run_id: str
     host: str | None
     error: str | None
+    direction: str = "up"
 
 
 @dataclass
@@ -157,7 +159,7 @@ class Ledger:
         blocking = sa.or_(
             t.outcome == "started", sa.and_(t.outcome.in_(("interrupted", "failed")), t.transactional.is_(False))
         )
-        query = sa.select(t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error).where(
+        query = sa.select(t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error, t.direction).where(
             t.tool == self.tool, t.resolution.is_(None), blocking
         )
         with _transaction(connection):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import REPO, Cli, advisory_locks_held, copy_django_example, make_project, query, version
+from support import REPO, Cli, advisory_locks_held, copy_django_example, make_project, mysql_query, query, version
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 
@@ -175,3 +175,33 @@ def test_django_downgrade_to_a_migration_and_to_zero(cli: Cli, pg_url: str, tmp_
     shop = query(pg_url, "SELECT name FROM django_migrations WHERE app = 'shop'")
     assert shop == []
     assert query(pg_url, "SELECT to_regclass('shop_product')") == [(None,)]
+
+
+def test_an_interrupted_downgrade_on_mariadb_blocks_until_resolved(cli: Cli, mysql_url: str) -> None:
+    """MySQL commits DDL as it goes: a downgrade step that died half-way is named, and resolve moves past it."""
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": mysql_url}
+    assert cli("upgrade", env=env).code == 0
+    # What a runner killed inside revision 3's downgrade leaves: its started row, the version table at 0003.
+    mysql_query(
+        mysql_url,
+        "INSERT INTO migration_runner_history (tool, revision, direction, outcome, transactional, started_at, run_id, "
+        "host) VALUES ('alembic', '0003', 'down', 'started', 0, UTC_TIMESTAMP(6), 'killed', 'pod-a')",
+    )
+
+    def versions() -> list[str]:
+        return sorted(row[0] for row in mysql_query(mysql_url, "SELECT version_num FROM alembic_version"))
+
+    blocked = cli("downgrade", "0001", env=env)
+    assert blocked.code == 65, blocked.stderr
+    assert "the downgrade of revision 0003 was interrupted" in blocked.one("revision.interrupted")["error"]
+    assert versions() == ["0003"]  # nothing was run
+
+    resolved = cli("resolve", "--mark", "applied", env=env)  # the operator found it fully reverted
+    assert resolved.code == 0, resolved.stderr
+    assert versions() == ["0002"]
+
+    after = cli("downgrade", "0001", env=env)
+    assert after.code == 0, after.stderr
+    assert [e["revision"] for e in after.named("revision.reverted")] == ["0002"]
+    assert versions() == ["0001"]

@@ -160,6 +160,10 @@ class Driver(Protocol):
         """Record ``revision`` as applied without running it."""
         ...
 
+    def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as not applied without running its downgrade."""
+        ...
+
     def reverting(self, current: Sequence[str], target: str) -> list[Step]:
         """The steps a downgrade from ``current`` to ``target`` reverts, in order; ConfigError for a bad target."""
         ...

@@ -686,6 +686,30 @@ class Project:
         with _history_errors(revision), connection.begin():
             context.stamp(self.script, revision)
 
+    def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as reverted without running it: the version table gets its ``down_revision`` ids.
+
+        ``MigrationContext.stamp`` (Alembic API) to the current heads with
+        ``revision`` replaced by its down revisions, as ``alembic stamp`` takes several.
+
+        Raises:
+            ConfigError: the revision cannot be resolved.
+        """
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
+        context = MigrationContext.configure(
+            connection, opts={"version_table": version_table.name, "version_table_schema": version_table.schema}
+        )
+        with _history_errors(revision):
+            current = set(context.get_current_heads())
+            script = self.script.get_revision(revision)
+            below = set(_down_revisions(script)) if script else set()
+            heads = tuple(sorted((current - {revision}) | below))
+        if connection.in_transaction():
+            connection.rollback()
+        with _history_errors(revision), connection.begin():
+            context.stamp(self.script, cast(str, heads) if heads else "base")
+
     def pending(self, current: Sequence[str], target: str) -> list[Step]:
         """The revisions an upgrade from ``current`` to ``target`` applies, in order.
 

@@ -557,6 +557,15 @@ class Project:
         with self._database_errors():
             MigrationExecutor(connections[self.alias]).record_migration(migration)
 
+    def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as not applied without running it (``MigrationRecorder.record_unapplied``)."""
+        from django.db import connections  # noqa: PLC0415
+        from django.db.migrations.recorder import MigrationRecorder  # noqa: PLC0415
+
+        app, name = _key(revision)
+        with self._database_errors():
+            MigrationRecorder(connections[self.alias]).record_unapplied(app, name)
+
     def upgrade(
         self,
         *,
