@@ -102,10 +102,17 @@ COMMANDS: dict[str, Command] = {
         ("lock_timeout", "lock_key", "history_table"),
         (0, 69, 75, 78, *_STOPPED),
     ),
+    "history": Command(
+        "print the ledger, newest first: who applied or reverted what, when, from where, with which checksum "
+        "(TARGET: one revision's rows; --output json)",
+        ("history_table",),
+        (0, 69, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
 }
 # Commands whose stdout is a document: their log lines go to stderr instead.
-_DOCUMENT_COMMANDS = {"current", "config", "plan"}
+_DOCUMENT_COMMANDS = {"current", "config", "plan", "history"}
 _FLAGS = (
     "output",
     "environment",
@@ -462,7 +469,7 @@ def _finish(
         outcome=report.outcome,
         duration_seconds=round(report.duration_seconds or 0.0, 6),
     )
-    _report(report, settings, document=document if command not in ("config", "plan") else None)
+    _report(report, settings, document=document if command not in ("config", "plan", "history") else None)
 
 
 def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
@@ -560,6 +567,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         "current": commands.current,
         "wait": commands.wait,
         "resolve": commands.resolve,
+        "history": commands.history,
         "config": commands.show_config,
     }
     return handlers[args.command](run)

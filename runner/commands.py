@@ -542,6 +542,9 @@ def _apply(
         if time.monotonic() - verified[0] >= LOCK_CHECK_INTERVAL_SECONDS:
             held.verify()
             verified[0] = time.monotonic()
+        found = project.checksum(revision)
+        if found:
+            book.checksums[revision] = found
         book.starting(revision)
 
     def in_transaction(execute: drivers.Execute, revision: str, transactional: bool) -> None:
@@ -813,6 +816,43 @@ def wait(run: Run) -> ExitCode:
             "is the migration Job running? Raise MIGRATION_WAIT_TIMEOUT if it needs longer"
         )
     log.info("wait.finished", current=state["current"], waited_seconds=round(waited, 3))
+    return ExitCode.OK
+
+
+HISTORY_SCHEMA_VERSION = 1
+
+
+def history(run: Run) -> ExitCode:
+    """Print the ledger, newest first (``MIGRATION_TARGET`` given: that revision's rows only), read-only.
+
+    Text by default; ``--output json``: ``{"schema_version": 1, "rows": [...]}``
+    (``docs/history.schema.json``).
+
+    Returns:
+        ``ExitCode.OK``, also when there is no ledger yet.
+    """
+    settings = run.settings
+    project = run.project()
+    engine = database.make_engine(settings.url, application_name=run.application_name)
+    only = settings.target if "target" in settings.model_fields_set else None
+    with run.connect(engine) as connection:
+        rows = run.ledger().history(connection, only)
+    if settings.output == "json":
+        json.dump({"schema_version": HISTORY_SCHEMA_VERSION, "tool": project.tool, "rows": rows}, run.stdout, indent=2)
+        print(file=run.stdout)
+        return ExitCode.OK
+    out = run.stdout
+    if not rows:
+        print(f"no ledger rows for {project.tool} in {settings.history_table}", file=out)
+    for row in rows:
+        duration = row.get("duration_seconds")
+        took = f"{duration:.3f} s" if isinstance(duration, float) else "-"
+        where = "/".join(part for part in (row.get("namespace"), row.get("host")) if part) or "-"
+        print(
+            f"{row['started_at']}  {row['direction']:<4} {row['outcome']:<11} {row['revision']}  {took}  "
+            f"run {row['run_id']} on {where}  checksum {(row.get('checksum') or '-')[:12]}",
+            file=out,
+        )
     return ExitCode.OK
 
 

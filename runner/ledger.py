@@ -34,6 +34,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from runner import checksum
+
 DEFAULT_TABLE = "migration_runner_history"
 OUTCOMES = ("started", "applied", "reverted", "failed", "interrupted")
 RESOLUTIONS = ("applied", "not-applied")
@@ -49,7 +51,8 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
     ``started_at`` and ``finished_at`` (server time, UTC); ``duration_seconds``;
     ``run_id``; ``host`` (the pod or host name); ``namespace``; ``node``;
     ``runner_version``; ``error``; ``resolution`` (one of :data:`RESOLUTIONS`),
-    ``resolved_at`` and ``resolved_by``.
+    ``resolved_at`` and ``resolved_by``; ``checksum`` and ``checksum_version``
+    (:mod:`runner.checksum` of the revision's file, when the driver can read it).
     """
     from sqlalchemy.dialects import mysql  # noqa: PLC0415  (only when a ledger is used, not on every no-op run)
 
@@ -71,6 +74,8 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
         sa.Column("namespace", sa.String(255)),
         sa.Column("node", sa.String(255)),
         sa.Column("runner_version", sa.String(64)),
+        sa.Column("checksum", sa.String(64)),
+        sa.Column("checksum_version", sa.Integer()),
         sa.Column("error", sa.Text()),
         sa.Column("resolution", sa.String(16)),
         sa.Column("resolved_at", timestamp),
@@ -128,6 +133,7 @@ class Ledger:
     direction: str = "up"
     connection: Connection | None = None
     _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours
+    checksums: dict[str, str] = field(default_factory=dict)  # revision -> checksum.of_python of its file
     _open_rows: dict[str, int] = field(default_factory=dict)
     _started: dict[str, dt.datetime] = field(default_factory=dict)
 
@@ -141,7 +147,17 @@ class Ledger:
         self.connection = connection
         with _transaction(connection):
             self.table.create(connection, checkfirst=True)
+            self._add_missing_columns(connection)
             self._clock_offset = _server_now(connection) - _utcnow()
+
+    def _add_missing_columns(self, connection: Connection) -> None:
+        """A ledger made by an older runner gets the columns added since, in place (under the caller's lock)."""
+        present = {column["name"] for column in sa.inspect(connection).get_columns(self.table.name, self.table.schema)}
+        table = connection.dialect.identifier_preparer.format_table(self.table)
+        for column in self.table.columns:
+            if column.name not in present:
+                definition = sa.schema.CreateColumn(column).compile(dialect=connection.dialect)
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {definition}")
 
     def now(self) -> dt.datetime:
         """The server's time now (UTC), from the offset read by :meth:`prepare`."""
@@ -151,6 +167,35 @@ class Ledger:
         if self.connection is None:
             raise RuntimeError("Ledger.prepare() was not called")
         return self.connection
+
+    def history(self, connection: Connection, revision: str | None = None) -> list[dict[str, Any]]:
+        """The ledger's rows of this tool, newest first, read-only; none when there is no ledger yet.
+
+        Args:
+            connection: any connection to the database.
+            revision: only this revision's rows.
+
+        Returns:
+            One dict per row: every column, timestamps as ISO-8601 text.
+        """
+        t = self.table
+        if not sa.inspect(connection).has_table(t.name, schema=t.schema):
+            if connection.in_transaction():
+                connection.rollback()
+            return []
+        present = {column["name"] for column in sa.inspect(connection).get_columns(t.name, t.schema)}
+        query = sa.select(*(column for column in t.columns if column.name in present)).where(t.c.tool == self.tool)
+        if revision is not None:
+            query = query.where(t.c.revision == revision)
+        try:
+            rows = connection.execute(query.order_by(t.c.id.desc())).mappings().all()
+        finally:
+            if connection.in_transaction():
+                connection.rollback()
+        return [
+            {key: value.isoformat() if isinstance(value, dt.datetime) else value for key, value in row.items()}
+            for row in rows
+        ]
 
     def unfinished(self) -> list[Unfinished]:
         """The rows that block an upgrade, oldest first."""
@@ -179,6 +224,8 @@ class Ledger:
             "namespace": self.namespace,
             "node": self.node,
             "runner_version": self.version,
+            "checksum": self.checksums.get(revision),
+            "checksum_version": checksum.VERSION if revision in self.checksums else None,
         }
 
     @property

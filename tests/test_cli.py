@@ -63,5 +63,5 @@ def test_unknown_arguments_are_a_usage_error_naming_the_valid_ones(arguments: li
     assert result.returncode == 2
     assert "usage: migration-runner" in result.stderr
     if arguments == ["bogus"]:
-        commands = "'upgrade', 'downgrade', 'plan', 'check', 'current', 'wait', 'resolve', 'config'"
+        commands = "'upgrade', 'downgrade', 'plan', 'check', 'current', 'wait', 'resolve', 'history', 'config'"
         assert f"choose from {commands}" in result.stderr

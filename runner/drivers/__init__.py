@@ -160,6 +160,10 @@ class Driver(Protocol):
         """Record ``revision`` as applied without running it."""
         ...
 
+    def checksum(self, revision: str) -> str | None:
+        """:func:`runner.checksum.of_python` of the step's file; None when it has none that can be read."""
+        ...
+
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
         """Record ``revision`` as not applied without running its downgrade."""
         ...

@@ -686,6 +686,16 @@ class Project:
         with _history_errors(revision), connection.begin():
             context.stamp(self.script, revision)
 
+    def checksum(self, revision: str) -> str | None:
+        """The checksum of the revision's file (:func:`runner.checksum.of_python`); None if it cannot be read."""
+        from runner import checksum  # noqa: PLC0415
+
+        script = self.script.get_revision(revision)
+        try:
+            return checksum.of_python(Path(script.path).read_bytes()) if script else None
+        except (OSError, SyntaxError, ValueError):
+            return None
+
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
         """Record ``revision`` as reverted without running it: the version table gets its ``down_revision`` ids.
 

@@ -557,6 +557,17 @@ class Project:
         with self._database_errors():
             MigrationExecutor(connections[self.alias]).record_migration(migration)
 
+    def checksum(self, revision: str) -> str | None:
+        """The checksum of the migration's module file (:func:`runner.checksum.of_python`); None if none."""
+        from runner import checksum  # noqa: PLC0415
+
+        migration = self._loader.graph.nodes.get(_key(revision))
+        path = getattr(sys.modules.get(type(migration).__module__), "__file__", None) if migration else None
+        try:
+            return checksum.of_python(Path(path).read_bytes()) if path else None
+        except (OSError, SyntaxError, ValueError):
+            return None
+
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
         """Record ``revision`` as not applied without running it (``MigrationRecorder.record_unapplied``)."""
         from django.db import connections  # noqa: PLC0415

@@ -1,0 +1,111 @@
+"""The ledger records each applied revision's checksum, and an older ledger gains the columns in place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+from support import REPO, Cli, copy_django_example, make_project, mysql_query, query, version
+
+from runner import checksum
+
+ROWS = "SELECT revision, checksum, checksum_version FROM migration_runner_history ORDER BY id"
+
+
+def file_checksum(project: Path, revision: str) -> str:
+    return checksum.of_python((project / "migrations" / "versions" / f"{revision}_r.py").read_bytes())
+
+
+def test_each_applied_revision_has_its_files_checksum(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=3)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 0, result.stderr
+    assert query(pg_url, ROWS) == [(r, file_checksum(cli.cwd, r), checksum.VERSION) for r in ("0001", "0002", "0003")]
+
+
+def test_on_mariadb_too(cli: Cli, mysql_url: str) -> None:
+    make_project(cli.cwd, revisions=2)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": mysql_url})
+
+    assert result.code == 0, result.stderr
+    assert mysql_query(mysql_url, ROWS) == [(r, file_checksum(cli.cwd, r), checksum.VERSION) for r in ("0001", "0002")]
+
+
+def test_an_older_ledger_gains_the_checksum_columns(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=2)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", env=env).code == 0
+    query(pg_url, "ALTER TABLE migration_runner_history DROP COLUMN checksum, DROP COLUMN checksum_version")
+    make_project(cli.cwd, revisions=3)
+
+    result = cli("upgrade", env=env)
+
+    assert result.code == 0, result.stderr
+    assert query(pg_url, ROWS) == [
+        ("0001", None, None),
+        ("0002", None, None),
+        ("0003", file_checksum(cli.cwd, "0003"), checksum.VERSION),
+    ]
+
+
+def test_django_migrations_have_their_files_checksum(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    project = copy_django_example(tmp_path / "django")
+    env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+
+    result = cli("upgrade", env=env, cwd=project)
+
+    assert result.code == 0, result.stderr
+    rows = {revision: (value, version) for revision, value, version in query(pg_url, ROWS)}
+    initial = checksum.of_python((project / "shop" / "migrations" / "0001_initial.py").read_bytes())
+    assert rows["shop.0001_initial"] == (initial, checksum.VERSION)
+    assert all(value is not None and version == checksum.VERSION for value, version in rows.values())
+
+
+HISTORY_SCHEMA = json.loads((REPO / "docs" / "history.schema.json").read_text())
+
+
+def test_history_lists_the_ledger_newest_first(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    upgraded = cli("upgrade", env=env)
+    reverted = cli("downgrade", "-1", env=env)
+
+    document = cli("history", "--json", env=env)
+    one = cli("history", "0003", "--json", env=env)
+    text = cli("history", env=env)
+
+    assert (upgraded.code, reverted.code, document.code, one.code, text.code) == (0, 0, 0, 0, 0), document.stderr
+    history = json.loads(document.stdout)
+    jsonschema.validate(history, HISTORY_SCHEMA)
+    rows = [(r["revision"], r["direction"], r["outcome"]) for r in history["rows"]]
+    assert rows == [
+        ("0003", "down", "reverted"),
+        ("0003", "up", "applied"),
+        ("0002", "up", "applied"),
+        ("0001", "up", "applied"),
+    ]
+    newest = history["rows"][0]
+    assert newest["run_id"] == reverted.one("run.started")["run_id"]
+    assert newest["checksum"] == file_checksum(cli.cwd, "0003")
+    assert all(r["duration_seconds"] is not None and r["duration_seconds"] >= 0 for r in history["rows"])
+    assert [r["direction"] for r in json.loads(one.stdout)["rows"]] == ["down", "up"]
+    assert "0003" in text.stdout.splitlines()[0] and "reverted" in text.stdout.splitlines()[0]
+    # What the ledger says is applied is what the version table says.
+    net = {r["revision"] for r in history["rows"] if r["outcome"] == "applied"} - {
+        r["revision"] for r in history["rows"] if r["outcome"] == "reverted"
+    }
+    assert sorted(net) == ["0001", "0002"]
+    assert version(pg_url) == ["0002"]
+
+
+def test_history_without_a_ledger_is_empty(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=1)
+
+    result = cli("history", "--json", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout) == {"schema_version": 1, "tool": "alembic", "rows": []}
