@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -109,3 +110,32 @@ def test_history_without_a_ledger_is_empty(cli: Cli, pg_url: str) -> None:
 
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout) == {"schema_version": 1, "tool": "alembic", "rows": []}
+
+
+def test_ten_runners_at_once_leave_one_row_per_revision(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=20)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+
+    started = time.monotonic()
+    processes = [cli.start("upgrade", env=env) for _ in range(10)]
+    results = [cli.finish(process, started, timeout=90) for process in processes]
+
+    assert [r.code for r in results] == [0] * 10, [r.stderr for r in results]
+    rows = query(pg_url, "SELECT revision, count(*) FROM migration_runner_history GROUP BY revision ORDER BY revision")
+    assert rows == [(f"{k:04d}", 1) for k in range(1, 21)]
+    assert version(pg_url) == ["0020"]
+
+
+def test_ten_runners_at_once_on_mariadb_leave_one_row_per_revision(cli: Cli, mysql_url: str) -> None:
+    make_project(cli.cwd, revisions=10)
+    env = {"MIGRATION_DATABASE_URL": mysql_url}
+
+    started = time.monotonic()
+    processes = [cli.start("upgrade", env=env) for _ in range(10)]
+    results = [cli.finish(process, started, timeout=90) for process in processes]
+
+    assert [r.code for r in results] == [0] * 10, [r.stderr for r in results]
+    sql = (
+        "SELECT revision, outcome, count(*) FROM migration_runner_history GROUP BY revision, outcome ORDER BY revision"
+    )
+    assert mysql_query(mysql_url, sql) == [(f"{k:04d}", "applied", 1) for k in range(1, 11)]
