@@ -34,31 +34,27 @@ def of_python(source: str | bytes) -> str:
     Raises:
         SyntaxError: the source does not parse.
     """
-    tree = ast.parse(source)
-    _drop_docstrings(tree)
-    return hashlib.sha256(_canonical(tree).encode()).hexdigest()
+    return hashlib.sha256(_canonical(ast.parse(source)).encode()).hexdigest()
 
 
-def _drop_docstrings(tree: ast.AST) -> None:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.body:
-            first = node.body[0]
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                node.body = node.body[1:] or [ast.Pass()]
+# Nodes whose body may open with a docstring, which the checksum leaves out.
+_WITH_DOCSTRING = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 def _canonical(value: object) -> str:
     if isinstance(value, ast.AST):
-        fields = [
-            f"{name}={_canonical(field)}"
-            for name in value._fields
-            if name not in _FORMATTING_FIELDS and (field := getattr(value, name, None)) is not None and field != []
-        ]
+        fields = []
+        for name in value._fields:
+            field = getattr(value, name, None)
+            if name == "body" and isinstance(value, _WITH_DOCSTRING) and field and _is_docstring(field[0]):
+                field = field[1:] or [ast.Pass()]  # a body that was only its docstring: as if it were pass
+            if name not in _FORMATTING_FIELDS and field is not None and field != []:
+                fields.append(f"{name}={_canonical(field)}")
         return f"{type(value).__name__}({','.join(fields)})"
     if isinstance(value, list):
         return "[" + ",".join(_canonical(item) for item in value) + "]"
     return f"{type(value).__name__}:{value!r}"
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.Expr) and isinstance(getattr(statement.value, "value", None), str)
