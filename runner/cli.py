@@ -386,7 +386,7 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         environment=(args.environment or os.environ.get("MIGRATION_ENVIRONMENT") or "development").lower(),
         host=os.environ.get("MIGRATION_POD_NAME") or socket.gethostname(),
     )
-    report = RunReport(command=args.command, direction="down" if args.command == "downgrade" else "up")
+    report = RunReport(command=args.command)
     settings: Settings | None = None
     stop_serving: Callable[[], None] = lambda: None  # noqa: E731
     failure: BaseException | None = None

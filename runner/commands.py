@@ -174,6 +174,7 @@ class Run:
             namespace=settings.pod_namespace,
             node=settings.node_name,
             version=__version__,
+            direction=self.report.direction,
         )
 
 
@@ -309,7 +310,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             book.prepare(held.connection or connection)
             _refuse_unfinished(project, book, current)
             pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
-            _before_apply(run, project, held, current, pending, direction="up")
+            _before_apply(run, project, held, current, pending)
             log.info(
                 "upgrade.started",
                 current=run.shown(current),
@@ -337,7 +338,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
 
 
 def _before_apply(
-    run: Run, project: Driver, held: locks.HeldLock, current: Sequence[str], pending: Sequence[Step], *, direction: str
+    run: Run, project: Driver, held: locks.HeldLock, current: Sequence[str], pending: Sequence[Step]
 ) -> None:
     """Run ``MIGRATION_BEFORE_APPLY_COMMAND``, if set, once per run: under the lock, before the first revision.
 
@@ -355,7 +356,7 @@ def _before_apply(
         run_id=run.run_id,
         environment=run.settings.environment,
         tool=project.tool,
-        direction=direction,
+        direction=run.report.direction,
         current=run.shown(current),
         target=run.report.target,
         pending=[step.revision for step in pending],
@@ -396,7 +397,6 @@ def downgrade(run: Run) -> ExitCode:
             "downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really needed, "
             "run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted"
         )
-    run.report.direction = "down"
     project = run.project()
     engine = database.make_engine(run.migration_url(), application_name=run.application_name)
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
@@ -424,10 +424,9 @@ def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]
                 log.info("downgrade.noop", current=run.shown(current), target=target[0], reason=reason)
                 return
             book = run.ledger()
-            book.direction = "down"
             book.prepare(held.connection or connection)
             _refuse_unfinished(project, book, current)
-            _before_apply(run, project, held, current, steps, direction="down")
+            _before_apply(run, project, held, current, steps)
             log.info(
                 "downgrade.started",
                 current=run.shown(current),
@@ -740,16 +739,15 @@ def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]
             "plan --trace holds the locks it measures while it runs, so it is refused in production unless "
             "MIGRATION_ALLOW_TRACE=true; trace a copy of the database instead"
         )
-    engine = database.make_engine(run.migration_url(), application_name=run.application_name)
+    url = run.migration_url()
+    engine = database.make_engine(url, application_name=run.application_name)
     tracer = trace.Tracer()
     with (
         run.connect(engine) as connection,
         database.losing_connection_raises(),
         _migration_lock(run, connection),
     ):
-        skipped = project.rehearse(
-            url=run.migration_url(), target=settings.target, version_table=run.version_table, tracer=tracer
-        )
+        skipped = project.rehearse(url=url, target=settings.target, version_table=run.version_table, tracer=tracer)
     get_logger().info("plan.traced", statements=len(tracer.statements), not_run=[step for step, _ in skipped])
     return trace.report(tracer.statements), dict(skipped)
 

@@ -179,11 +179,12 @@ class Ledger:
             One dict per row: every column, timestamps as ISO-8601 text.
         """
         t = self.table
-        if not sa.inspect(connection).has_table(t.name, schema=t.schema):
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(t.name, schema=t.schema):
             if connection.in_transaction():
                 connection.rollback()
             return []
-        present = {column["name"] for column in sa.inspect(connection).get_columns(t.name, t.schema)}
+        present = {column["name"] for column in inspector.get_columns(t.name, t.schema)}
         query = sa.select(*(column for column in t.columns if column.name in present)).where(t.c.tool == self.tool)
         if revision is not None:
             query = query.where(t.c.revision == revision)

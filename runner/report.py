@@ -39,7 +39,6 @@ class RunReport:
         after: its revisions when the run last read them.
         target: the revisions the run aimed at.
         heads: the script directory's heads.
-        direction: ``up``, or ``down`` for ``downgrade`` (``applied`` then lists what it reverted).
         applied: revisions this run applied (or reverted), in order.
         pending: revisions still between the database and the target.
         lock_wait_seconds: time spent waiting for the lock; ``None`` if not taken.
@@ -49,7 +48,6 @@ class RunReport:
 
     command: str
     metrics: Metrics | None = None
-    direction: str = "up"
     started: float = field(default_factory=time.monotonic)
     before: list[str] | None = None
     after: list[str] | None = None
@@ -62,6 +60,11 @@ class RunReport:
     outcome: str | None = None
     duration_seconds: float | None = None
     error: dict[str, Any] | None = None
+
+    @property
+    def direction(self) -> str:
+        """``up``, or ``down`` for ``downgrade`` (``applied`` then lists what it reverted)."""
+        return "down" if self.command == "downgrade" else "up"
 
     def database_at(self, revisions: Sequence[str]) -> None:
         """The database was read at these revisions."""

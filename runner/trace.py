@@ -63,8 +63,9 @@ class TracedStatement:
 class Tracer:
     """Watches one connection's statements: call :meth:`begin` once, then :meth:`before`/:meth:`after` each.
 
-    Args:
-        cursor_of: returns a new DB-API cursor on the migration's connection.
+    The drivers hand it cursors of the DB-API connection itself, which neither
+    SQLAlchemy's events nor Django's ``execute_wrapper`` see, so its own queries
+    are never traced.
     """
 
     def __init__(self) -> None:
@@ -73,7 +74,6 @@ class Tracer:
         self._tables: dict[int, tuple[str, int]] = {}
         self._held: set[tuple[int, str]] = set()
         self._started = 0.0
-        self._busy = False
 
     def begin(self, cursor: Any) -> None:
         """Snapshot the tables that exist before the trace (their oid, name and relfilenode)."""
@@ -82,23 +82,18 @@ class Tracer:
 
     def before(self) -> None:
         """A statement of the migration is about to run."""
-        if not self._busy:
-            self._started = time.monotonic()
+        self._started = time.monotonic()
 
     def after(self, cursor: Any, statement: str) -> None:
         """A statement of the migration ran: read what it locked and rewrote, with ``cursor`` (not the migration's)."""
-        if self._busy or self.revision is None:
+        if self.revision is None:
             return
         duration = time.monotonic() - self._started
-        self._busy = True  # our own queries must not be traced
-        try:
-            oids = list(self._tables)
-            cursor.execute(_LOCKS, (oids,))
-            held = {(int(oid), str(mode)) for oid, mode in cursor.fetchall()}
-            cursor.execute(_FILENODES, (oids,))
-            nodes = {int(oid): int(node) for oid, node in cursor.fetchall()}
-        finally:
-            self._busy = False
+        oids = list(self._tables)
+        cursor.execute(_LOCKS, (oids,))
+        held = {(int(oid), str(mode)) for oid, mode in cursor.fetchall()}
+        cursor.execute(_FILENODES, (oids,))
+        nodes = {int(oid): int(node) for oid, node in cursor.fetchall()}
         new = sorted(held - self._held)
         self._held |= held
         rewritten = []

@@ -810,7 +810,7 @@ class Project:
         mysql = database.family(url) == "mysql"
         done: dict[str, Rendered] = {}
         start = tuple(current)
-        self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+        self._use_url(url)
         while len(done) < len(pending):
             marks, text, failure = self._render_from(start, target)
             for (revision, begin), (_, end) in itertools.pairwise(marks):
@@ -883,7 +883,7 @@ class Project:
         )
         rehearsal.configure = environment.configure
         environment.configure = rehearsal.configure_rolled_back  # type: ignore[method-assign]
-        self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+        self._use_url(url)
         try:
             with environment, logs.env_py_file_config_ignored(), project_code():
                 self.script.run_env()
@@ -898,6 +898,11 @@ class Project:
         finally:
             rehearsal.roll_back()
         return rehearsal.skipped
+
+    def _use_url(self, url: URL) -> None:
+        """Give env.py the run's URL as ``sqlalchemy.url``, for an env.py that builds its own engine."""
+        # configparser interpolation: a literal % must be doubled (Alembic docs, Config.set_main_option).
+        self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
 
     def _transactional_step(self, revision: str, mysql: bool) -> bool:
         """It runs in a transaction: not on MySQL (DDL commits), and no ``autocommit_block`` in its file."""
@@ -1002,9 +1007,7 @@ class Project:
 
         from runner import database  # noqa: PLC0415
 
-        # configparser interpolation: a literal % must be doubled (Alembic docs,
-        # Config.set_main_option).
-        self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+        self._use_url(url)
         self.config.attributes["connection"] = connection
         running: list[Script] = []
         started_any: list[bool] = []

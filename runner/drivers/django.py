@@ -496,7 +496,7 @@ class Project:
                     "it depends on (fix django_migrations, or fake the missing dependency)"
                 ) from None
         self._loader = loader
-        return tuple(sorted(_id(key) for key in loader.applied_migrations))
+        return _applied_ids(loader)
 
     def unknown(self, current: Sequence[str]) -> list[str]:
         """Applied migrations of installed apps that are neither on disk nor replaced by a squash on disk.
@@ -693,8 +693,8 @@ class Project:
         from django.db import connections, transaction  # noqa: PLC0415
 
         session = connections[self.alias]
-        applied = tuple(sorted(_id(key) for key in self._loader.applied_migrations))
-        progress = _Rehearsal(session, tracer, [_key(step.revision) for step in self.pending(applied, target)])
+        plan = [_key(step.revision) for step in self.pending(_applied_ids(self._loader), target)]
+        progress = _Rehearsal(session, tracer, plan)
         app, _, name = ("" if target == "heads" else target).partition(":")
         out, err = _LogLines("info"), _LogLines("warning")
         try:
@@ -842,6 +842,11 @@ class Project:
                     f"connection lost (SQLSTATE {failure.code or '08006'}): {database.error_message(translated)}"
                 ) from error
             raise translated from error
+
+
+def _applied_ids(loader: Any) -> tuple[str, ...]:
+    """What a ``MigrationLoader`` read as applied, as sorted ``app_label.migration_name`` ids."""
+    return tuple(sorted(_id(key) for key in loader.applied_migrations))
 
 
 def _parents_in_app(migration: Any) -> tuple[str, ...]:
