@@ -59,6 +59,7 @@ _UPGRADE_SETTINGS = (
     "before_apply_command",
     "before_apply_timeout",
     "history_table",
+    "drift",
     "timeout",
     "grace_period",
 )
@@ -83,9 +84,10 @@ COMMANDS: dict[str, Command] = {
         takes_target=True,
     ),
     "check": Command(
-        "exit 0 if the database is at (or past) the target, 1 and list what is pending if not",
-        ("target",),
-        (0, 1, 66, 69, 75, 78, *_STOPPED),
+        "exit 0 if the database is at (or past) the target, 1 and list what is pending if not; "
+        "compares applied revisions' files with the ledger (MIGRATION_DRIFT)",
+        ("target", "drift", "history_table"),
+        (0, 1, 65, 66, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
     "current": Command(
@@ -106,6 +108,13 @@ COMMANDS: dict[str, Command] = {
         "print the ledger, newest first: who applied or reverted what, when, from where, with which checksum "
         "(TARGET: one revision's rows; --output json)",
         ("history_table",),
+        (0, 69, 75, 78, *_STOPPED),
+        takes_target=True,
+    ),
+    "accept": Command(
+        "record an applied revision's file as it is now, after you reviewed an edit: clears its drift "
+        "(TARGET: the revision; the ledger keeps the change)",
+        ("lock_timeout", "lock_key", "history_table"),
         (0, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
@@ -535,12 +544,15 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         # What every pod start sees: already at head (upgrade in the migration init-container or Job,
         # wait in the application's). Answered, when it can be, without SQLAlchemy or the tool.
         name = noop.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
-        verdict = noop.at_target(settings, Path.cwd(), name=name, ready=log_started)
+        compare = args.command in ("upgrade", "check")
+        verdict = noop.at_target(settings, Path.cwd(), name=name, ready=log_started, ledger=compare)
         if verdict.at_target is not None:
             found = verdict.at_target
             report.target, report.heads = list(found.heads), list(found.heads)
             report.database_at(found.current)
             report.planned([])
+            if found.compared:
+                report.drift_compared([])
             event, fields = _AT_TARGET_EVENTS[args.command]
             logs.get_logger().info(event, current=list(found.current), **fields(settings))
             return ExitCode.OK
@@ -568,6 +580,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         "wait": commands.wait,
         "resolve": commands.resolve,
         "history": commands.history,
+        "accept": commands.accept,
         "config": commands.show_config,
     }
     return handlers[args.command](run)

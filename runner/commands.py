@@ -1,4 +1,7 @@
-"""The commands: ``upgrade``, ``downgrade``, ``plan``, ``check``, ``current``, ``wait``, ``resolve``, ``config``.
+"""The commands a run executes, from ``upgrade`` to ``config``.
+
+``upgrade``, ``downgrade``, ``plan``, ``check``, ``current``, ``wait``,
+``resolve``, ``accept``, ``history`` and ``config``.
 
 Each takes a :class:`Run` and returns an exit code, or raises one of the errors
 in :mod:`runner.errors`; :mod:`runner.cli` turns those into exit codes.
@@ -21,7 +24,7 @@ from typing import Any, TextIO
 import tenacity
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import __version__, database, drivers, ledger, locks, logs, noop, polling
+from runner import __version__, checksum, database, drift, drivers, ledger, locks, logs, noop, polling
 from runner.drivers import Applied, Driver, Step, VersionTable
 from runner.errors import (
     BrokenProject,
@@ -32,6 +35,7 @@ from runner.errors import (
     InterruptedRevision,
     MigrationFailed,
     ReadOnlyDatabase,
+    RevisionDrifted,
     Stopped,
     UnknownRevision,
     WaitTimeout,
@@ -227,8 +231,11 @@ def _plan(
 def upgrade(run: Run) -> ExitCode:
     """Apply the pending revisions under the migration lock, surviving lost connections.
 
-    A database already at the target returns at once, without the lock: that is
-    what every init-container sees on every pod start. Otherwise the lock is
+    First the applied revisions' files are compared with the checksums the
+    ledger recorded (``MIGRATION_DRIFT``). A database already at the target
+    returns at once, without the lock: that is what every init-container sees on
+    every pod start; unless the ledger lacks some applied revisions (they are
+    adopted under the lock) or shows an unfinished step. Otherwise the lock is
     taken, the version table read again (another runner may have migrated
     meanwhile), and the revisions still pending are applied one transaction
     each. A revision that fails with 55P03, 40P01 or 40001 is rolled back and
@@ -239,7 +246,8 @@ def upgrade(run: Run) -> ExitCode:
         ``ExitCode.OK``.
 
     Raises:
-        ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision.
+        ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision,
+        RevisionDrifted (``MIGRATION_DRIFT=fail``).
     """
     project = run.project()
     engine = database.make_engine(run.migration_url(), application_name=run.application_name)
@@ -296,20 +304,27 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
         database.losing_connection_raises(),
     ):
         current = run.read_heads(connection)
-        if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
+        pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
+        view = _read_ledger(run, project, connection, current)
+        _judge_drift(run, view)
+        if not pending and not _ledger_work(run, view, connection):
             log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
             return
         with _migration_lock(run, connection) as held:
             current = run.read_heads(connection)  # another runner may have migrated meanwhile
-            if not _plan(run, project, current, allow_unknown=allow, upgrading=True):
+            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
+            if not pending and not view.needs_lock:
                 # Followers pass the lock on one by one: this path stays short (no ledger work).
                 reason = "another runner migrated while this one waited for the lock"
                 log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason=reason)
                 return
             book = run.ledger()
             book.prepare(held.connection or connection)
+            _adopt(project, book, current)
             _refuse_unfinished(project, book, current)
-            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
+            if not pending:
+                log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
+                return
             _before_apply(run, project, held, current, pending)
             log.info(
                 "upgrade.started",
@@ -335,6 +350,103 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
                 applied=len(pending),
                 duration_seconds=round(time.monotonic() - started, 6),
             )
+
+
+@dataclass(frozen=True)
+class _LedgerView:
+    """What the ledger says, read before the lock.
+
+    Attributes:
+        drifted: applied revisions whose file changed (empty with ``MIGRATION_DRIFT=off``).
+        unrecorded: applied revisions the ledger has no checksum for, to adopt.
+        unfinished: a row blocks the next run (:meth:`runner.ledger.Ledger.unfinished`).
+    """
+
+    drifted: list[drift.Drift]
+    unrecorded: list[str]
+    unfinished: bool
+
+    @property
+    def needs_lock(self) -> bool:
+        """Something must be written (adoption) or refused (an unfinished step) under the lock."""
+        return bool(self.unrecorded or self.unfinished)
+
+
+def _sources(project: Driver, current: Sequence[str]) -> dict[str, Path]:
+    """Each applied revision's file."""
+    return {r: path for r in project.applied_revisions(current) if (path := project.source(r)) is not None}
+
+
+def _read_ledger(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> _LedgerView:
+    """Compare the applied revisions' files with the ledger, read-only (:mod:`runner.drift`)."""
+    rows = run.ledger().recording_rows(connection)
+    sources = _sources(project, current)
+    comparison = drift.compare(drift.recorded(rows), sources, checksums=run.settings.drift != "off")
+    return _LedgerView(comparison.drifted, comparison.unrecorded, drift.any_unfinished(rows))
+
+
+def _ledger_work(run: Run, view: _LedgerView, connection: Connection) -> bool:
+    """Whether a database at the target still needs the lock: to adopt revisions, or to refuse an unfinished one.
+
+    Adoption alone is skipped on a read-only server (a standby has the primary's
+    ledger, or gets it once the primary's runner adopts).
+    """
+    if view.unfinished:
+        return True
+    if view.unrecorded and database.read_only_reason(connection):
+        get_logger().info("ledger.adoption_skipped", unrecorded=len(view.unrecorded), reason="read-only server")
+        return False
+    return bool(view.unrecorded)
+
+
+def _judge_drift(run: Run, view: _LedgerView) -> None:
+    """Log each drifted revision (``revision.drifted``), put them in the result, and refuse on ``fail``.
+
+    Raises:
+        RevisionDrifted: ``MIGRATION_DRIFT=fail`` and something drifted; nothing was done.
+    """
+    if run.settings.drift == "off" or run.report.drift is not None:  # off, or judged before a reconnect
+        return
+    log = get_logger()
+    for found in view.drifted:
+        log.warning(
+            "revision.drifted",
+            revision=found.revision,
+            file=str(found.path),
+            recorded_checksum=found.recorded,
+            current_checksum=found.current,
+            recorded_at=found.recorded_at,
+            recorded_by_run=found.run_id,
+        )
+    run.report.drift_compared([found.document() for found in view.drifted])
+    if view.drifted and run.settings.drift == "fail":
+        names = [found.revision for found in view.drifted]
+        raise RevisionDrifted(
+            f"{', '.join(names)}: changed since {'it was' if len(names) == 1 else 'they were'} applied "
+            "(another checksum than the ledger recorded), and MIGRATION_DRIFT=fail; nothing was done. "
+            "Restore the file, or review the change and run `migration-runner accept REVISION`",
+            revisions=names,
+        )
+
+
+def _adopt(project: Driver, book: ledger.Ledger, current: Sequence[str]) -> None:
+    """Record the applied revisions the ledger has no checksum for as ``adopted``, under the lock.
+
+    They were applied before the ledger recorded checksums, or by another tool
+    (``alembic upgrade``, ``manage.py migrate``): their files now are taken as
+    what ran, and are compared from then on.
+    """
+    sources = _sources(project, current)
+    unrecorded = drift.compare(drift.recorded(book.recording_rows()), sources, checksums=False).unrecorded
+    entries = [(revision, *found) for revision in unrecorded if (found := checksum.fingerprint(sources[revision]))]
+    if entries:
+        book.record(entries, "adopted")
+        get_logger().info(
+            "ledger.adopted",
+            count=len(entries),
+            revisions=[entry[0] for entry in entries],
+            reason="applied before the ledger recorded checksums, or by another tool",
+        )
 
 
 def _before_apply(
@@ -541,7 +653,7 @@ def _apply(
         if time.monotonic() - verified[0] >= LOCK_CHECK_INTERVAL_SECONDS:
             held.verify()
             verified[0] = time.monotonic()
-        found = project.checksum(revision)
+        found = checksum.fingerprint(project.source(revision))
         if found:
             book.checksums[revision] = found
         book.starting(revision)
@@ -629,18 +741,23 @@ def _log_retry(run: Run, event: str, reason: str) -> Callable[[tenacity.RetryCal
 
 
 def check(run: Run) -> ExitCode:
-    """Compare the database with the target, read-only and without the lock.
+    """Compare the database with the target, and the applied revisions' files with the ledger; read-only, no lock.
 
     Returns:
         ``ExitCode.OK`` at (or past) the target, ``ExitCode.NOT_AT_TARGET`` with
         the pending revisions logged otherwise.
 
+    Raises:
+        RevisionDrifted: ``MIGRATION_DRIFT=fail`` and an applied revision's file changed.
+        ConfigError, DatabaseUnavailable, UnknownRevision.
     """
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
     with run.connect(engine) as connection:
         current = run.read_heads(connection)
-    pending = _plan(run, project, current, allow_unknown=False)
+        pending = _plan(run, project, current, allow_unknown=False)
+        if run.settings.drift != "off":
+            _judge_drift(run, _read_ledger(run, project, connection, current))
     if pending:
         get_logger().warning(
             "check.pending", current=run.shown(current), target=run.settings.target, pending=_describe(pending)
@@ -851,6 +968,54 @@ def history(run: Run) -> ExitCode:
             f"run {row['run_id']} on {where}  checksum {(row.get('checksum') or '-')[:12]}",
             file=out,
         )
+    return ExitCode.OK
+
+
+def accept(run: Run) -> ExitCode:
+    """Record an applied revision's file as it is now, after a reviewed edit: an ``accepted`` ledger row.
+
+    The revision is ``MIGRATION_TARGET`` (``accept REVISION``). The row keeps
+    the new checksum, and the rows before it keep the old one, so the change
+    stays in ``history``; drift is compared with the new checksum from then on.
+
+    Returns:
+        ``ExitCode.OK``.
+
+    Raises:
+        ConfigError: no revision, an unknown one, one that is not applied, or one without a readable file.
+        DatabaseUnavailable, LockTimeout.
+    """
+    settings = run.settings
+    if "target" not in settings.model_fields_set:
+        raise ConfigError("accept needs the revision whose file you reviewed: migration-runner accept REVISION")
+    project = run.project()
+    named = project.target_revisions(settings.target)
+    if len(named) != 1:
+        raise ConfigError(f"accept takes one revision; {settings.target!r} names {len(named)}")
+    revision = named[0]
+    found = checksum.fingerprint(project.source(revision))
+    if found is None:
+        raise ConfigError(f"revision {revision} has no Python file that can be read and parsed; nothing to accept")
+    engine = database.make_engine(settings.url, application_name=run.application_name)
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+        _migration_lock(run, connection) as held,
+    ):
+        current = run.read_heads(connection)
+        if not project.is_applied(current, revision):
+            raise ConfigError(f"revision {revision} is not applied here; a pending revision has nothing to accept")
+        book = run.ledger()
+        book.prepare(held.connection or connection)
+        before = drift.recorded(book.recording_rows()).get(revision)
+        book.record([(revision, *found)], "accepted")
+    get_logger().warning(
+        "revision.accepted",
+        revision=revision,
+        previous_checksum=before.checksum if before else None,
+        checksum=found[0],
+        changed=before is None or before.checksum != found[0],
+    )
     return ExitCode.OK
 
 

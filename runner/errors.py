@@ -18,7 +18,8 @@ retrying (69, 75) from one that will fail the same way again (65, 66, 78)::
     │   ├── WaitTimeout              75  EX_TEMPFAIL
     │   ├── BeforeApplyFailed        75  (MIGRATION_BEFORE_APPLY_COMMAND: nothing was applied)
     │   ├── MigrationFailed          65  EX_DATAERR
-    │   │   └── InterruptedRevision  65  (the ledger shows a revision that never finished)
+    │   │   ├── InterruptedRevision  65  (the ledger shows a revision that never finished)
+    │   │   └── RevisionDrifted      65  (MIGRATION_DRIFT=fail: an applied revision's file changed)
     │   └── UnknownRevision          66  EX_NOINPUT
     └── KeyboardInterrupt
         ├── Interrupted              130 (SIGINT) / 143 (SIGTERM)
@@ -63,7 +64,8 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.NOT_AT_TARGET: "check: database not at target",
     ExitCode.USAGE: "command-line usage error",
     ExitCode.MIGRATION_FAILED: "a migration failed, or an earlier one was interrupted where it cannot be rolled "
-    "back (MySQL): the revision, SQLSTATE if any, and message are logged",
+    "back (MySQL), or MIGRATION_DRIFT=fail found an applied revision whose file changed: the revision, SQLSTATE "
+    "if any, and message are logged",
     ExitCode.UNKNOWN_REVISION: "the database is at a revision the script directory does not have "
     "(e.g. after an application rollback); MIGRATION_ALLOW_UNKNOWN_REVISION=true makes "
     "upgrade and wait exit 0",
@@ -249,6 +251,28 @@ class InterruptedRevision(MigrationFailed):
 
     def __init__(self, message: str, *, revision: str) -> None:
         super().__init__(message, revision=revision, sqlstate=None, transactional=False)
+
+
+class RevisionDrifted(MigrationFailed):
+    """``MIGRATION_DRIFT=fail``: applied revisions' files changed since they ran; nothing was done.
+
+    Not worth retrying: the files stay as they are until someone reviews them
+    and runs ``migration-runner accept``, or restores them.
+
+    Args:
+        message: what changed and the way out.
+        revisions: the drifted revisions.
+    """
+
+    event = "revision.drift_refused"
+
+    def __init__(self, message: str, *, revisions: list[str]) -> None:
+        super().__init__(message, revision=revisions[0] if revisions else None, sqlstate=None)
+        self.revisions = revisions
+
+    def details(self) -> dict[str, Any]:
+        """The first drifted revision, and all of them."""
+        return {"revision": self.revision, "drifted": self.revisions}
 
 
 class Stopped(KeyboardInterrupt):

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from runner import checksum
 
 DEFAULT_TABLE = "migration_runner_history"
-OUTCOMES = ("started", "applied", "reverted", "failed", "interrupted")
+OUTCOMES = ("started", "applied", "reverted", "failed", "interrupted", "adopted", "accepted")
 RESOLUTIONS = ("applied", "not-applied")
 _ERROR_MAX_CHARS = 2000
 
@@ -52,7 +52,14 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
     ``run_id``; ``host`` (the pod or host name); ``namespace``; ``node``;
     ``runner_version``; ``error``; ``resolution`` (one of :data:`RESOLUTIONS`),
     ``resolved_at`` and ``resolved_by``; ``checksum`` and ``checksum_version``
-    (:mod:`runner.checksum` of the revision's file, when the driver can read it).
+    (:mod:`runner.checksum` of the revision's file, when the driver can read it);
+    ``source_sha256`` (the SHA-256 of the file's bytes, so that drift detection
+    parses only files whose bytes changed).
+
+    Outcomes ``adopted`` (a revision applied before the ledger existed, or by
+    another tool, recorded with its file's checksum then) and ``accepted`` (a
+    reviewed edit, recorded by ``migration-runner accept``) record a checksum
+    without running anything.
     """
     from sqlalchemy.dialects import mysql  # noqa: PLC0415  (only when a ledger is used, not on every no-op run)
 
@@ -76,6 +83,7 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
         sa.Column("runner_version", sa.String(64)),
         sa.Column("checksum", sa.String(64)),
         sa.Column("checksum_version", sa.Integer()),
+        sa.Column("source_sha256", sa.String(64)),
         sa.Column("error", sa.Text()),
         sa.Column("resolution", sa.String(16)),
         sa.Column("resolved_at", timestamp),
@@ -133,7 +141,7 @@ class Ledger:
     direction: str = "up"
     connection: Connection | None = None
     _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours
-    checksums: dict[str, str] = field(default_factory=dict)  # revision -> checksum.of_python of its file
+    checksums: dict[str, tuple[str, str]] = field(default_factory=dict)  # revision -> checksum.fingerprint()
     _open_rows: dict[str, int] = field(default_factory=dict)
     _started: dict[str, dt.datetime] = field(default_factory=dict)
 
@@ -198,6 +206,59 @@ class Ledger:
             for row in rows
         ]
 
+    def recording_rows(self, connection: Connection | None = None) -> list[tuple[Any, ...]]:
+        """This tool's rows as drift detection reads them (:data:`runner.drift.COLUMNS`), oldest first.
+
+        Args:
+            connection: where to read, read-only; by default the ledger connection.
+
+        Returns:
+            The rows; a column an older ledger lacks reads as ``None``; no rows when there is no ledger yet.
+        """
+        from runner import drift  # noqa: PLC0415
+
+        connection = connection or self._bound()
+        began = not connection.in_transaction()
+        t = self.table
+        inspector = sa.inspect(connection)
+        try:
+            if not inspector.has_table(t.name, schema=t.schema):
+                return []
+            present = {column["name"] for column in inspector.get_columns(t.name, t.schema)}
+            columns = [t.c[name] if name in present else sa.null().label(name) for name in drift.COLUMNS]
+            query = sa.select(*columns).where(t.c.tool == self.tool).order_by(t.c.id)
+            return [tuple(row) for row in connection.execute(query).all()]
+        finally:
+            if began and connection.in_transaction():
+                connection.rollback()
+
+    def record(self, entries: list[tuple[str, str, str]], outcome: str) -> None:
+        """Record checksums without running anything: ``adopted`` or ``accepted`` rows, committed at once.
+
+        Args:
+            entries: ``(revision, checksum, source_sha256)`` each.
+            outcome: ``adopted`` or ``accepted``.
+        """
+        if not entries:
+            return
+        now = self._stored(self.now())
+        rows = []
+        for revision, value, digest in entries:
+            row = self._row(revision, outcome, transactional=True)
+            row.update(
+                direction="up",
+                checksum=value,
+                checksum_version=checksum.VERSION,
+                source_sha256=digest,
+                started_at=now,
+                finished_at=now,
+                duration_seconds=0.0,
+            )
+            rows.append(row)
+        connection = self._bound()
+        with _transaction(connection):
+            connection.execute(self.table.insert(), rows)
+
     def unfinished(self) -> list[Unfinished]:
         """The rows that block an upgrade, oldest first."""
         connection = self._bound()
@@ -225,8 +286,9 @@ class Ledger:
             "namespace": self.namespace,
             "node": self.node,
             "runner_version": self.version,
-            "checksum": self.checksums.get(revision),
+            "checksum": self.checksums[revision][0] if revision in self.checksums else None,
             "checksum_version": checksum.VERSION if revision in self.checksums else None,
+            "source_sha256": self.checksums[revision][1] if revision in self.checksums else None,
         }
 
     @property

@@ -89,6 +89,14 @@ class Metrics:
         self.last_success = Gauge(
             f"{PREFIX}_last_success_timestamp_seconds", "Unix time of the last successful run.", registry=None
         )
+        # Registered only by a run that compared the files (upgrade, check), so that other
+        # commands' pushes leave the last comparison's value in place.
+        self.drifted = Gauge(
+            f"{PREFIX}_drifted_revisions",
+            "Applied revisions whose file's checksum differs from the one the ledger recorded, as last compared.",
+            registry=None,
+        )
+        self._drift_registered = False
         self.build.labels(version=version).set(1)
         self.retries.labels(reason="connect")
         self.retries.labels(reason="reconnect")
@@ -102,6 +110,13 @@ class Metrics:
         self.database_revision.clear()
         for revision in revisions or ["base"]:
             self.database_revision.labels(revision=revision).set(1)
+
+    def drifted_revisions(self, count: int) -> None:
+        """Record how many applied revisions drifted, by the comparison just made."""
+        self.drifted.set(count)
+        if not self._drift_registered:
+            self.registry.register(self.drifted)
+            self._drift_registered = True
 
     def finish(self, *, outcome: str, duration_seconds: float) -> None:
         """Record the end of the run: its outcome and duration, and the success time on success."""

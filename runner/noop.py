@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import urls
+from runner import drift, urls
 
 if TYPE_CHECKING:
     from runner.settings import Settings
@@ -49,10 +49,12 @@ class AtTarget:
     Attributes:
         current: the database's revisions as the logs show them (the driver's ``summary``), sorted.
         heads: the project's heads, sorted.
+        compared: every applied revision's file was compared with the ledger and none drifted.
     """
 
     current: tuple[str, ...]
     heads: tuple[str, ...]
+    compared: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Verdict:
     project: Any = None
 
 
-def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], None]) -> Verdict:
+def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], None], ledger: bool = False) -> Verdict:
     """Whether the database is exactly at the project's heads; without an answer, the full path decides.
 
     Only for ``MIGRATION_TARGET=heads``. A driver module answers with
@@ -81,6 +83,9 @@ def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], N
         cwd: the working directory.
         name: the sessions' ``application_name``.
         ready: called once the database URL is known, before the database is read (``run.started``).
+        ledger: also read the ledger (``upgrade``, ``check``): the answer is yes only when it records
+            every applied revision, no step is unfinished and no file drifted (:mod:`runner.drift`).
+            An unchanged file costs a SHA-256 of its bytes, not a parse.
 
     Raises:
         ConfigError: the project cannot be loaded (Django), as on the full path.
@@ -91,25 +96,80 @@ def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], N
     quick_noop = getattr(module, "quick_noop", None)
     if quick_noop is not None:
         project, current = quick_noop(settings, cwd, ready)
-        return Verdict(current and AtTarget(tuple(project.summary(current)), tuple(project.heads())), project)
+        return _loaded_verdict(project, current, settings, ledger=ledger)
     read_heads: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_heads", None)
     read_current: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_current", None)
     if settings.database_url is None or read_heads is None or read_current is None:
         return Verdict(None)
     ready()
-    current = _read(settings, read_current, name)
-    heads = read_heads(settings, cwd) if current else None  # an empty database need not read the files
+    query = None
+    if ledger:
+        quote = drift.quote_for(settings.light_url.family)
+        query = drift.select_statement(quote, settings.history_table, settings.version_table_schema, "alembic")
+    read = _read(settings, read_current, name, query)
+    current, rows = read if read is not None else (None, None)
+    sources: dict[str, tuple[Path | str, bytes | None]] = {}
+    heads = read_heads(settings, cwd, sources) if current else None  # an empty database need not read the files
     if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
         return Verdict(None)
-    return Verdict(AtTarget(tuple(sorted(current)), heads))
+    if ledger and (rows is None or not _ledger_clean(rows, sources, settings)):  # at the heads, all are applied
+        return Verdict(None)
+    return Verdict(AtTarget(tuple(sorted(current)), heads, compared=_compares(settings, ledger)))
 
 
-def _read(settings: Settings, read_current: Callable[..., tuple[str, ...] | None], name: str) -> tuple[str, ...] | None:
+def _loaded_verdict(project: Any, current: tuple[str, ...] | None, settings: Settings, *, ledger: bool) -> Verdict:
+    """The verdict for a driver that loaded the project to answer (Django), from what is applied."""
+    if not current:
+        return Verdict(None, project)
+    if ledger:
+        try:
+            rows = project.quick_ledger_rows(settings.history_table)
+        except Exception:  # no ledger yet, or any doubt: the full path decides
+            return Verdict(None, project)
+        sources = {r: path for r in project.applied_revisions(current) if (path := project.source(r)) is not None}
+        if not _ledger_clean(rows, {r: (path, None) for r, path in sources.items()}, settings):
+            return Verdict(None, project)
+    found = AtTarget(tuple(project.summary(current)), tuple(project.heads()), compared=_compares(settings, ledger))
+    return Verdict(found, project)
+
+
+def _compares(settings: Settings, ledger: bool) -> bool:
+    return ledger and settings.drift != "off"
+
+
+def _ledger_clean(rows: list[Any], sources: dict[str, tuple[Path | str, bytes | None]], settings: Settings) -> bool:
+    """The ledger records every applied revision, none unfinished, and no file drifted."""
+    if drift.any_unfinished(rows):
+        return False
+    contents = {revision: data for revision, (_, data) in sources.items() if data is not None}
+    comparison = drift.compare(
+        drift.recorded(rows),
+        {revision: path for revision, (path, _) in sources.items()},
+        contents=contents,
+        checksums=settings.drift != "off",
+    )
+    return not comparison.drifted and not comparison.unrecorded
+
+
+def _read(
+    settings: Settings, read_current: Callable[..., tuple[str, ...] | None], name: str, ledger_query: str | None
+) -> tuple[tuple[str, ...] | None, list[Any] | None] | None:
+    """The version table's revisions and, if asked and any, the ledger's rows, on one session; None on any doubt."""
     url = settings.light_url
     try:
         with _connect(url, name) as connection:
-            return None if connection is None else read_current(connection, url.family, settings)
-    except Exception:  # any doubt: the full path decides, and reports what is wrong
+            if connection is None:
+                return None
+            current = read_current(connection, url.family, settings)
+            if not current or ledger_query is None:
+                return current, None
+            cursor = connection.cursor()
+            try:
+                cursor.execute(ledger_query)
+                return current, list(cursor.fetchall())
+            finally:
+                cursor.close()
+    except Exception:  # any doubt (no ledger yet included): the full path decides, and reports what is wrong
         return None
 
 

@@ -44,6 +44,8 @@ class RunReport:
         lock_wait_seconds: time spent waiting for the lock; ``None`` if not taken.
         exit_code: set by :meth:`finish`.
         error: ``{class, sqlstate, revision, message}`` of the failure, if any.
+        drift: applied revisions whose file changed (:meth:`runner.drift.Drift.document`);
+            ``None`` when the run did not compare (``MIGRATION_DRIFT=off``, other commands).
     """
 
     command: str
@@ -60,6 +62,7 @@ class RunReport:
     outcome: str | None = None
     duration_seconds: float | None = None
     error: dict[str, Any] | None = None
+    drift: list[dict[str, Any]] | None = None
 
     @property
     def direction(self) -> str:
@@ -79,6 +82,12 @@ class RunReport:
         self.pending = [{"id": s.revision, "message": s.message} for s in pending]
         if self.metrics:
             self.metrics.pending.set(len(self.pending))
+
+    def drift_compared(self, drifted: Sequence[dict[str, Any]]) -> None:
+        """The applied revisions were compared with their files; these drifted."""
+        self.drift = list(drifted)
+        if self.metrics:
+            self.metrics.drifted_revisions(len(self.drift))
 
     def lock_acquired(self, wait_seconds: float) -> None:
         """The lock was taken after ``wait_seconds``."""
@@ -160,6 +169,7 @@ class RunReport:
             "lock_wait_seconds": None if self.lock_wait_seconds is None else round(self.lock_wait_seconds, 6),
             "duration_seconds": round(self.duration_seconds or 0.0, 6),
             "error": self.error,
+            "drift": self.drift,
         }
 
     def termination_message(self) -> str:

@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         description="Treat a database at a revision the script directory lacks "
         "(an application rollback) as success in 'upgrade' and 'wait'.",
     )
+    drift: Literal["warn", "fail", "off"] = Field(
+        "warn",
+        description="upgrade and check compare each applied revision's file with the checksum the ledger "
+        "recorded: warn logs revision.drifted, fail exits 65 before any change, off skips the comparison.",
+    )
     allow_trace: bool = Field(
         False, description="Let 'plan --trace' run in production: it holds the locks it measures while it runs."
     )

@@ -196,6 +196,10 @@ def test_an_interrupted_downgrade_on_mariadb_blocks_until_resolved(cli: Cli, mys
     assert blocked.code == 65, blocked.stderr
     assert "the downgrade of revision 0003 was interrupted" in blocked.one("revision.interrupted")["error"]
     assert versions() == ["0003"]  # nothing was run
+    # upgrade sees it too: the version table says "at head", the ledger says the schema may be half-reverted.
+    upgrading = cli("upgrade", env=env)
+    assert upgrading.code == 65, upgrading.stderr
+    assert upgrading.one("revision.interrupted")["revision"] == "0003"
 
     resolved = cli("resolve", "--mark", "applied", env=env)  # the operator found it fully reverted
     assert resolved.code == 0, resolved.stderr

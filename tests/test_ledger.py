@@ -15,7 +15,7 @@ ROWS = "SELECT revision, checksum, checksum_version FROM migration_runner_histor
 
 
 def file_checksum(project: Path, revision: str) -> str:
-    return checksum.of_python((project / "migrations" / "versions" / f"{revision}_r.py").read_bytes())
+    return checksum.of_file(project / "migrations" / "versions" / f"{revision}_r.py")
 
 
 def test_each_applied_revision_has_its_files_checksum(cli: Cli, pg_url: str) -> None:
@@ -37,10 +37,15 @@ def test_on_mariadb_too(cli: Cli, mysql_url: str) -> None:
 
 
 def test_an_older_ledger_gains_the_checksum_columns(cli: Cli, pg_url: str) -> None:
+    """The columns are added in place, and the revisions recorded without a checksum are adopted."""
     make_project(cli.cwd, revisions=2)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli("upgrade", env=env).code == 0
-    query(pg_url, "ALTER TABLE migration_runner_history DROP COLUMN checksum, DROP COLUMN checksum_version")
+    query(
+        pg_url,
+        "ALTER TABLE migration_runner_history DROP COLUMN checksum, DROP COLUMN checksum_version, "
+        "DROP COLUMN source_sha256",
+    )
     make_project(cli.cwd, revisions=3)
 
     result = cli("upgrade", env=env)
@@ -49,8 +54,11 @@ def test_an_older_ledger_gains_the_checksum_columns(cli: Cli, pg_url: str) -> No
     assert query(pg_url, ROWS) == [
         ("0001", None, None),
         ("0002", None, None),
+        ("0001", file_checksum(cli.cwd, "0001"), checksum.VERSION),
+        ("0002", file_checksum(cli.cwd, "0002"), checksum.VERSION),
         ("0003", file_checksum(cli.cwd, "0003"), checksum.VERSION),
     ]
+    assert result.one("ledger.adopted")["revisions"] == ["0001", "0002"]
 
 
 def test_django_migrations_have_their_files_checksum(cli: Cli, pg_url: str, tmp_path: Path) -> None:
@@ -61,7 +69,7 @@ def test_django_migrations_have_their_files_checksum(cli: Cli, pg_url: str, tmp_
 
     assert result.code == 0, result.stderr
     rows = {revision: (value, version) for revision, value, version in query(pg_url, ROWS)}
-    initial = checksum.of_python((project / "shop" / "migrations" / "0001_initial.py").read_bytes())
+    initial = checksum.of_file(project / "shop" / "migrations" / "0001_initial.py")
     assert rows["shop.0001_initial"] == (initial, checksum.VERSION)
     assert all(value is not None and version == checksum.VERSION for value, version in rows.values())
 

@@ -35,6 +35,7 @@ METRIC_NAMES = {
     "migration_runner_last_success_timestamp_seconds",
     "migration_runner_database_revision_info",
     "migration_runner_build_info",
+    "migration_runner_drifted_revisions",  # upgrade and check compare the files with the ledger
 }
 
 

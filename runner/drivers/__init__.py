@@ -160,8 +160,12 @@ class Driver(Protocol):
         """Record ``revision`` as applied without running it."""
         ...
 
-    def checksum(self, revision: str) -> str | None:
-        """:func:`runner.checksum.of_python` of the step's file; None when it has none that can be read."""
+    def source(self, revision: str) -> Path | None:
+        """The step's source file, whose checksum the ledger records (:mod:`runner.checksum`); None if it has none."""
+        ...
+
+    def applied_revisions(self, current: Sequence[str]) -> list[str]:
+        """Every step that ``current`` (from :meth:`read_applied`) records as applied, ancestors included."""
         ...
 
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:

@@ -126,7 +126,9 @@ _DYNAMIC = (
 _IDENTIFIERS = ("revision", "down_revision", "depends_on")
 
 
-def quick_heads(settings: Settings, cwd: Path) -> tuple[str, ...] | None:
+def quick_heads(
+    settings: Settings, cwd: Path, sources: dict[str, tuple[str, bytes]] | None = None
+) -> tuple[str, ...] | None:
     """The heads, read from the revision files' text without importing Alembic or the files; None when unsure.
 
     Sure means: the configuration is one ini file (or MIGRATION_SCRIPT_LOCATION
@@ -140,6 +142,11 @@ def quick_heads(settings: Settings, cwd: Path) -> tuple[str, ...] | None:
     itself decides. Heads are the revisions no ``down_revision`` names
     (``RevisionMap.heads``); ``depends_on`` does not make or unmake a head.
 
+    Args:
+        settings: the run's settings.
+        cwd: the working directory.
+        sources: if given, filled with each revision's file (its path as text) and bytes (for :mod:`runner.drift`).
+
     Returns:
         The heads, sorted; or None.
     """
@@ -147,7 +154,7 @@ def quick_heads(settings: Settings, cwd: Path) -> tuple[str, ...] | None:
         directory = _quick_script_directory(settings, cwd)
         if directory is None:
             return None
-        texts = _revision_texts(directory / "versions")
+        names, texts, contents = _revision_texts(directory / "versions")
     except (OSError, ValueError, configparser.Error):  # UnicodeDecodeError is a ValueError
         return None
     # One look over all the files at once for what would leave a file unsure: usually nothing.
@@ -158,6 +165,10 @@ def quick_heads(settings: Settings, cwd: Path) -> tuple[str, ...] | None:
     downs = _read_history(texts, screened=_DEFINES_IDENTIFIER.search(everything) is None)
     if not downs:
         return None
+    if sources is not None:  # downs is in the files' order
+        versions = f"{directory / 'versions'}{os.sep}"
+        for revision, name, data in zip(downs, names, contents, strict=True):
+            sources[revision] = versions + name, data
     named = {down for parents, _ in downs.values() for down in parents}
     return tuple(sorted(set(downs) - named))
 
@@ -225,8 +236,10 @@ def _quick_script_directory(settings: Settings, cwd: Path) -> Path | None:
 _READ_BYTES = 65536
 
 
-def _revision_texts(versions: Path) -> list[str]:
-    """The text of each revision file (Alembic's own filter over ``versions/``), in name order, after a newline.
+def _revision_texts(versions: Path) -> tuple[list[str], list[str], list[bytes]]:
+    """The name, text and bytes of each revision file (Alembic's own filter over ``versions/``), in name order.
+
+    Each text starts with a newline that is not in the file.
 
     The leading newline lets the line-start patterns look for a newline, which is
     faster than ``re.MULTILINE``'s ``^``. Plain ``os.read`` on a directory
@@ -240,7 +253,7 @@ def _revision_texts(versions: Path) -> list[str]:
     try:
         with os.scandir(directory) as entries:
             names = sorted(entry.name for entry in entries if _REVISION_FILE.match(entry.name) and entry.is_file())
-        texts = []
+        texts, contents = [], []
         for name in names:
             fd = os.open(name, os.O_RDONLY, dir_fd=directory)
             try:
@@ -249,8 +262,9 @@ def _revision_texts(versions: Path) -> list[str]:
                     chunks.append(os.read(fd, _READ_BYTES))
             finally:
                 os.close(fd)
-            texts.append("\n" + b"".join(chunks).decode("utf-8"))
-        return texts
+            contents.append(b"".join(chunks))
+            texts.append("\n" + contents[-1].decode("utf-8"))
+        return names, texts, contents
     finally:
         os.close(directory)
 
@@ -686,15 +700,15 @@ class Project:
         with _history_errors(revision), connection.begin():
             context.stamp(self.script, revision)
 
-    def checksum(self, revision: str) -> str | None:
-        """The checksum of the revision's file (:func:`runner.checksum.of_python`); None if it cannot be read."""
-        from runner import checksum  # noqa: PLC0415
+    def source(self, revision: str) -> Path | None:
+        """The revision's file, for its checksum (:mod:`runner.checksum`); None for an unknown one or a .pyc."""
+        script = None if self.unknown([revision]) else self.script.get_revision(revision)
+        path = Path(script.path) if script is not None else None
+        return path if path is not None and path.suffix == ".py" else None
 
-        script = self.script.get_revision(revision)
-        try:
-            return checksum.of_python(Path(script.path).read_bytes()) if script else None
-        except (OSError, SyntaxError, ValueError):
-            return None
+    def applied_revisions(self, current: Sequence[str]) -> list[str]:
+        """Every revision ``current`` implies: the current ones and their ancestors, sorted."""
+        return sorted(self._applied(tuple(current))) if current and not self.unknown(current) else []
 
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
         """Record ``revision`` as reverted without running it: the version table gets its ``down_revision`` ids.

@@ -471,6 +471,23 @@ class Project:
         """The migrations a target names, as ``app_label.migration_name`` (``()`` for ``app:zero``)."""
         return tuple(sorted(_id(cast(Key, key)) for key in self._targets(target) if key[1] is not None))
 
+    def quick_ledger_rows(self, table: str) -> list[Any]:
+        """The ledger's rows of this tool (:func:`runner.drift.select_statement`), on Django's own session.
+
+        For the no-op check, which does not import SQLAlchemy.
+
+        Raises:
+            Exception: whatever the database raises (no ledger yet included).
+        """
+        from django.db import connections  # noqa: PLC0415
+
+        from runner import drift  # noqa: PLC0415
+
+        session = connections[self.alias]
+        with session.cursor() as cursor:
+            cursor.execute(drift.select_statement(session.ops.quote_name, table, None, self.tool))
+            return list(cursor.fetchall())
+
     def read_applied(self, connection: Connection, version_table: VersionTable) -> tuple[str, ...]:
         """Every migration ``django_migrations`` records (a squash counts once all it replaces are), sorted.
 
@@ -557,16 +574,15 @@ class Project:
         with self._database_errors():
             MigrationExecutor(connections[self.alias]).record_migration(migration)
 
-    def checksum(self, revision: str) -> str | None:
-        """The checksum of the migration's module file (:func:`runner.checksum.of_python`); None if none."""
-        from runner import checksum  # noqa: PLC0415
-
+    def source(self, revision: str) -> Path | None:
+        """The migration's module file, for its checksum (:mod:`runner.checksum`); None if it has none."""
         migration = self._loader.graph.nodes.get(_key(revision))
         path = getattr(sys.modules.get(type(migration).__module__), "__file__", None) if migration else None
-        try:
-            return checksum.of_python(Path(path).read_bytes()) if path else None
-        except (OSError, SyntaxError, ValueError):
-            return None
+        return Path(path) if path and path.endswith(".py") else None
+
+    def applied_revisions(self, current: Sequence[str]) -> list[str]:
+        """The applied migrations: ``current`` itself (``django_migrations`` lists every one)."""
+        return sorted(current)
 
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
         """Record ``revision`` as not applied without running it (``MigrationRecorder.record_unapplied``)."""
