@@ -177,6 +177,9 @@ def test_ten_runners_at_once_apply_each_migration_once(cli: Cli, project: Path, 
     assert sum(len(r.named("revision.applied")) for r in results) == EXAMPLE_MIGRATIONS
     assert len(permissions(pg_url)) == 20
     assert advisory_locks_held(pg_url) == 0
+    ledger = query(pg_url, "SELECT revision, count(*) FROM migration_runner_history GROUP BY revision")
+    assert sorted(revision for revision, _ in ledger) == rows  # one ledger row per migration, no more
+    assert {count for _, count in ledger} == {1}
 
 
 def test_wait_returns_once_another_process_migrates(cli: Cli, project: Path, pg_url: str) -> None:

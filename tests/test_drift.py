@@ -333,3 +333,47 @@ def test_sigkill_mid_revision_on_postgresql_leaves_no_ledger_row_without_its_rev
         ("0003", "applied"),
     ]
     assert version(pg_url) == ["0003"]
+
+
+SLOW_DJANGO_MIGRATION = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_product_name_index")]
+    operations = [
+        migrations.RunSQL("CREATE TABLE shop_slow (id integer)", "DROP TABLE shop_slow"),
+        migrations.RunSQL("SELECT pg_sleep(30)", migrations.RunSQL.noop),
+    ]
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_mid_django_migration_on_postgresql_leaves_no_ledger_row_without_it(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    """Django too: the ledger row is written on the migration's own cursor, in its transaction."""
+    project = copy_django_example(tmp_path / "django")
+    slow = project / "shop" / "migrations" / "0004_slow.py"
+    slow.write_text(SLOW_DJANGO_MIGRATION)
+    env = django_env(pg_url)
+    runner = cli.start("upgrade", env=env, cwd=project)
+
+    def sleeping() -> list[tuple[Any, ...]]:
+        return query(pg_url, "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'")
+
+    wait_until(sleeping, 60, "the slow migration's pg_sleep to run")
+    runner.kill()
+    runner.communicate(timeout=10)
+    ledger_after_kill = {r for r, _, _ in query(pg_url, LEDGER)}
+    recorded_after_kill = {f"{a}.{n}" for a, n in query(pg_url, "SELECT app, name FROM django_migrations")}
+    for (pid,) in sleeping():
+        query(pg_url, "SELECT pg_terminate_backend(%s)", (pid,))
+    wait_until(lambda: not sleeping(), 10, "the killed runner's session to end")
+    slow.write_text(SLOW_DJANGO_MIGRATION.replace('"SELECT pg_sleep(30)"', '"SELECT 1"'))
+    rerun = cli("upgrade", env=env, cwd=project)
+
+    assert "shop.0004_slow" not in ledger_after_kill
+    assert ledger_after_kill == recorded_after_kill  # every ledger row has its migration, and back
+    assert rerun.code == 0, rerun.stderr
+    rows = query(pg_url, "SELECT revision, count(*) FROM migration_runner_history GROUP BY revision")
+    assert dict(rows)["shop.0004_slow"] == 1 and {count for _, count in rows} == {1}
