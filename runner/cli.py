@@ -62,7 +62,11 @@ _UPGRADE_SETTINGS = (
     "drift",
     "timeout",
     "grace_period",
+    "databases_file",
+    "database_index",
+    "parallelism",
 )
+_MANY = ("databases_file", "database_index", "parallelism")
 COMMANDS: dict[str, Command] = {
     "upgrade": Command(
         "apply pending revisions under the advisory lock (default)",
@@ -86,7 +90,7 @@ COMMANDS: dict[str, Command] = {
     "check": Command(
         "exit 0 if the database is at (or past) the target, 1 and list what is pending if not; "
         "compares applied revisions' files with the ledger (MIGRATION_DRIFT)",
-        ("target", "drift", "history_table"),
+        ("target", "drift", "history_table", *_MANY),
         (0, 1, 65, 66, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
@@ -95,8 +99,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "wait": Command(
         "poll read-only until the database is at the target (init-containers)",
-        ("target", "wait_timeout", "allow_unknown_revision"),
-        (0, 66, 75, 78, *_STOPPED),
+        ("target", "wait_timeout", "allow_unknown_revision", *_MANY),
+        (0, 66, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
     "resolve": Command(
@@ -120,6 +124,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
 }
+# Commands that take --all.
+_ALL_COMMANDS = ("upgrade", "check", "wait")
 # Commands whose stdout is a document: their log lines go to stderr instead.
 _DOCUMENT_COMMANDS = {"current", "config", "plan", "history"}
 _FLAGS = (
@@ -220,6 +226,13 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 help="PostgreSQL: run the pending revisions under the lock in a transaction that is always rolled "
                 "back, and report the locks each statement took (refused in production unless MIGRATION_ALLOW_TRACE)",
             )
+        if name in _ALL_COMMANDS:
+            sub.add_argument(
+                "--all",
+                action="store_true",
+                help="every database of MIGRATION_DATABASES_FILE, MIGRATION_PARALLELISM at a time, each in a "
+                "process of its own; exit with the most severe code (README, 'Many databases')",
+            )
         if name == "resolve":
             sub.add_argument(
                 "--mark", required=True, choices=["applied", "not-applied"], help="what the revision's changes are"
@@ -236,6 +249,8 @@ def _parse(arguments: list[str]) -> argparse.Namespace:
     for name in (*_FLAGS, "mark"):
         setattr(args, name, getattr(args, name, None))
     args.trace = bool(getattr(args, "trace", False))
+    args.all = bool(getattr(args, "all", False))
+    args.argv = [argument for argument in arguments if argument != "--all"]  # for --all's children
     if getattr(args, "json", False):
         args.output = "json"
     return args
@@ -414,13 +429,16 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         logs.configure(
             level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
         )
-        if settings.metrics_port is not None or settings.metrics_textfile or settings.pushgateway_url:
-            from runner.metrics import Metrics  # noqa: PLC0415  (prometheus-client only when metrics go somewhere)
+        if args.all:
+            code = _run_all(args, settings, report, wants_json=wants_json)
+        else:
+            if settings.metrics_port is not None or settings.metrics_textfile or settings.pushgateway_url:
+                from runner.metrics import Metrics  # noqa: PLC0415  (prometheus-client only when metrics go somewhere)
 
-            report.metrics = Metrics(version=_version(), command=args.command)
-        if settings.metrics_port is not None:
-            stop_serving = _serve_metrics(report, settings)
-        code = _run(args, settings, report, document, run_id=run_id)
+                report.metrics = Metrics(version=_version(), command=args.command)
+            if settings.metrics_port is not None:
+                stop_serving = _serve_metrics(report, settings)
+            code = _run(args, settings, report, document, run_id=run_id)
     except BaseException as error:  # every way out goes through outcome_of
         failure = error
     signal.setitimer(signal.ITIMER_REAL, 0)  # the deadline covers the work, not the reporting
@@ -441,6 +459,41 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
     _watchdog.disarm()
     _linger(settings, stop_serving)
     return int(result.code)
+
+
+def _run_all(args: argparse.Namespace, settings: Settings, report: RunReport, *, wants_json: bool) -> ExitCode:
+    """``--all``: every database of ``MIGRATION_DATABASES_FILE``, each in a child process (:mod:`runner.fleet`).
+
+    Raises:
+        ConfigError: no databases file, or an output only one process can own (a textfile, a metrics port).
+    """
+    from runner import fleet, logs, urls  # noqa: PLC0415
+
+    if not settings.databases:
+        raise ConfigError(f"{args.command} --all runs every database of MIGRATION_DATABASES_FILE, which is not set")
+    if settings.metrics_textfile is not None or settings.metrics_port is not None:
+        raise ConfigError(
+            "--all runs each database in a process of its own, which cannot share MIGRATION_METRICS_TEXTFILE or "
+            "MIGRATION_METRICS_PORT: use MIGRATION_PUSHGATEWAY_URL (each database pushes its own group)"
+        )
+    databases = []
+    for index, (_, raw) in enumerate(settings.databases):
+        parsed = urls.parse(raw)
+        for secret in parsed.secrets():
+            logs.add_secret(secret)
+        databases.append(fleet.Database(index=index, name=parsed.database_name or ""))
+    stream = _log_stream(args.command, wants_json=wants_json)
+    log_format = settings.log_format if settings.log_format != "auto" else ("console" if stream.isatty() else "json")
+    report.databases = []
+    return fleet.run_all(
+        args.argv,
+        databases,
+        parallelism=settings.parallelism,
+        log_format=log_format,
+        log_stream=stream,
+        grace_seconds=settings.grace_period,
+        into=report.databases,
+    )
 
 
 class ReportingCut(Exception):
@@ -532,6 +585,10 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         host=host,
         **{k: v for k, v in context.items() if v},
     )
+    if settings.database_index_in_use is not None:  # one line of MIGRATION_DATABASES_FILE: name it, never the URL
+        report.database_index, report.database = settings.database_index_in_use, settings.light_url.database_name
+        # `database_name`: run.started's `database` is the (redacted) URL.
+        logs.bind_run(database_index=report.database_index, database_name=report.database)
     started: list[bool] = []
 
     def log_started() -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,31 @@ MEANINGS: dict[ExitCode, str] = {
 RETRYABLE: frozenset[ExitCode] = frozenset(
     {ExitCode.DATABASE_UNAVAILABLE, ExitCode.TIMEOUT, ExitCode.SIGINT, ExitCode.SIGTERM}
 )
+
+
+# From most to least severe: what ``--all`` exits with when databases end differently
+# (README, "Many databases"). A bug first, then what needs a person (a failed or partial
+# migration, a rolled-back image, a configuration), then what a retry may fix, then "behind".
+SEVERITY: tuple[ExitCode, ...] = (
+    ExitCode.INTERNAL_ERROR,
+    ExitCode.MIGRATION_FAILED,
+    ExitCode.UNKNOWN_REVISION,
+    ExitCode.CONFIG_INVALID,
+    ExitCode.USAGE,
+    ExitCode.DATABASE_UNAVAILABLE,
+    ExitCode.TIMEOUT,
+    ExitCode.SIGTERM,
+    ExitCode.SIGINT,
+    ExitCode.NOT_AT_TARGET,
+    ExitCode.OK,
+)
+
+
+def most_severe(codes: Iterable[int]) -> ExitCode:
+    """The most severe of some exit codes (:data:`SEVERITY`); an unknown code counts as a bug (70); none is 0."""
+    rank = {code: position for position, code in enumerate(SEVERITY)}
+    found = [ExitCode(code) if code in rank else ExitCode.INTERNAL_ERROR for code in codes]
+    return min(found, key=lambda code: rank[code], default=ExitCode.OK)
 
 
 class RunnerError(Exception):

@@ -27,7 +27,7 @@ def _best_effort(target: str) -> Iterator[None]:
 
 
 def grouping_key(settings: Settings) -> dict[str, str]:
-    """The Pushgateway group of this runner: environment and, in Kubernetes, namespace.
+    """The Pushgateway group of this runner: environment, in Kubernetes namespace, and the database's index and name.
 
     The pod name is left out on purpose: a Job's pods get new names on every
     run, and the Pushgateway keeps every group forever, so a per-pod group
@@ -37,6 +37,9 @@ def grouping_key(settings: Settings) -> dict[str, str]:
     key: dict[str, str] = {"environment": settings.environment}
     if settings.pod_namespace:
         key["namespace"] = settings.pod_namespace
+    if settings.database_index_in_use is not None:  # one group per database of MIGRATION_DATABASES_FILE
+        key["database_index"] = str(settings.database_index_in_use)
+        key["database"] = settings.light_url.database_name or ""
     return key
 
 

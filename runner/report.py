@@ -46,6 +46,8 @@ class RunReport:
         error: ``{class, sqlstate, revision, message}`` of the failure, if any.
         drift: applied revisions whose file changed (:meth:`runner.drift.Drift.document`);
             ``None`` when the run did not compare (``MIGRATION_DRIFT=off``, other commands).
+        database_index, database: the database's index in ``MIGRATION_DATABASES_FILE`` and its name.
+        databases: ``--all``: one entry per database (:func:`runner.fleet.run_all`).
     """
 
     command: str
@@ -63,6 +65,9 @@ class RunReport:
     duration_seconds: float | None = None
     error: dict[str, Any] | None = None
     drift: list[dict[str, Any]] | None = None
+    database_index: int | None = None
+    database: str | None = None
+    databases: list[dict[str, Any]] | None = None
 
     @property
     def direction(self) -> str:
@@ -148,9 +153,18 @@ class RunReport:
         if self.metrics:
             self.metrics.finish(outcome=outcome, duration_seconds=self.duration_seconds)
 
+    def _where(self) -> dict[str, Any]:
+        """The database's index and name, for a run of ``MIGRATION_DATABASES_FILE``; nothing otherwise."""
+        if self.database_index is None:
+            return {}
+        return {"database_index": self.database_index, "database": self.database}
+
     def document(self) -> dict[str, Any]:
         """The result document (schema version :data:`SCHEMA_VERSION`, ``docs/result.schema.json``)."""
-        return {
+        extra: dict[str, Any] = self._where()
+        if self.databases is not None:
+            extra["databases"] = self.databases
+        return extra | {
             "schema_version": SCHEMA_VERSION,
             "success": self.exit_code == 0,
             "command": self.command,
@@ -179,7 +193,7 @@ class RunReport:
         The error message is shortened, never the JSON structure.
         """
         error = self.error or {}
-        summary: dict[str, Any] = {
+        summary: dict[str, Any] = self._where() | {
             "outcome": self.outcome,
             "exit_code": self.exit_code,
             "from": self.before,
@@ -188,6 +202,8 @@ class RunReport:
             "sqlstate": error.get("sqlstate"),
             "error": error.get("message"),
         }
+        if self.databases is not None:  # --all: which databases failed, by index
+            summary["failed_indexes"] = [e["database_index"] for e in self.databases if e["exit_code"] != 0]
         text = json.dumps(summary, separators=(",", ":"))
         message = summary["error"] or ""
         while len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and message:

@@ -105,6 +105,19 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL (secret). postgres:// and postgresql:// use psycopg 3. Falls back to "
         "DATABASE_URL, then the Alembic ini's sqlalchemy.url, then (development only) SQLite.",
     )
+    databases_file: Path | None = Field(
+        None,
+        description="A file of database URLs, one per line (blank lines and # comments ignored), e.g. a "
+        "Kubernetes Secret key mounted as a file: the run's database is line MIGRATION_DATABASE_INDEX; "
+        "--all runs every one.",
+    )
+    database_index: int | None = Field(
+        None,
+        ge=0,
+        description="Which database of MIGRATION_DATABASES_FILE this run migrates, from 0. Default: "
+        "JOB_COMPLETION_INDEX, which Kubernetes sets in each pod of an Indexed Job.",
+    )
+    parallelism: int = Field(4, ge=1, le=64, description="--all: how many databases run at once.")
     tool: Literal["auto", "alembic", "django"] = Field(
         "auto",
         description="Migration system: alembic, django, or auto (Django when DJANGO_SETTINGS_MODULE is set "
@@ -265,6 +278,8 @@ class Settings(BaseSettings):
         return value
 
     _database_source: str = PrivateAttr("")
+    _databases: list[tuple[int, str]] = PrivateAttr(default_factory=list)  # (line number, URL)
+    _database_index: int | None = PrivateAttr(None)
     _tool: str = PrivateAttr("alembic")
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _secrets_dir: tuple[str, str] = PrivateAttr((DEFAULT_SECRETS_DIR, "default"))
@@ -297,6 +312,16 @@ class Settings(BaseSettings):
         self._database_source = f"not set: {problem}"
 
     @property
+    def databases(self) -> list[tuple[int, str]]:
+        """``MIGRATION_DATABASES_FILE``'s databases in index order: ``(line number, URL)``; empty without the file."""
+        return list(self._databases)
+
+    @property
+    def database_index_in_use(self) -> int | None:
+        """The index of this run's database in ``MIGRATION_DATABASES_FILE``; None without the file or an index."""
+        return self._database_index
+
+    @property
     def database_source(self) -> str:
         """Which source the database URL came from, e.g. ``DATABASE_URL`` (README, "Which database")."""
         return self._database_source
@@ -323,6 +348,11 @@ class Settings(BaseSettings):
         return urls.parse(self._raw_url())
 
     def _raw_url(self) -> str:
+        if self.database_url is None and self._databases:
+            raise ConfigError(
+                f"MIGRATION_DATABASES_FILE lists {len(self._databases)} database(s): set MIGRATION_DATABASE_INDEX "
+                "(an Indexed Job sets JOB_COMPLETION_INDEX for it), or run every one with --all"
+            )
         if self.database_url is None:
             raise ConfigError(
                 f"MIGRATION_DATABASE_URL is not set; it is required in the {self.environment} "
@@ -545,7 +575,9 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     from runner import drivers  # noqa: PLC0415  (its modules import no tool until one is loaded)
 
     settings._tool = drivers.choose(settings.tool, cwd=cwd, environ=environ, settings=settings)
-    if settings.database_url is not None:
+    if settings.databases_file is not None:
+        _use_databases_file(settings, environ)
+    elif settings.database_url is not None:
         found = settings._sources["database_url"]
         settings._database_source = "MIGRATION_DATABASE_URL" if found == "environment" else found
     elif settings.chosen_tool == "alembic":
@@ -572,6 +604,66 @@ def _sources_of(
         found += [f"the {environment} default"] if name in ENVIRONMENT_DEFAULTS.get(environment, {}) else []
         sources[name] = (found or ["default"])[0]
     return sources
+
+
+def read_databases_file(path: Path) -> list[tuple[int, str]]:
+    """The database URLs of a databases file, with their line numbers; blank lines and ``#`` comments skipped.
+
+    Raises:
+        ConfigError: the file cannot be read, a line is not a URL (named by its number, never echoed),
+            or there is none.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"MIGRATION_DATABASES_FILE={str(path)!r} cannot be read ({_reason(error)})") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            urls.parse(stripped)
+        except ValueError as error:
+            raise ConfigError(f"MIGRATION_DATABASES_FILE line {number}: {error}") from None
+        entries.append((number, stripped))
+    if not entries:
+        raise ConfigError(
+            f"MIGRATION_DATABASES_FILE={str(path)!r} has no database URL (blank lines and # comments do not count)"
+        )
+    return entries
+
+
+def _use_databases_file(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Read ``MIGRATION_DATABASES_FILE`` and take the URL at the run's index, if it has one.
+
+    Raises:
+        ConfigError: a URL is configured too, the file is unusable, or the index is bad or past its end.
+    """
+    if settings.database_url is not None:
+        raise ConfigError(
+            "MIGRATION_DATABASES_FILE and a database URL are both set: use the file (MIGRATION_DATABASE_INDEX "
+            "picks a line) or MIGRATION_DATABASE_URL, not both"
+        )
+    assert settings.databases_file is not None  # noqa: S101  (the caller checked)
+    settings._databases = read_databases_file(settings.databases_file)
+    index, named = settings.database_index, "MIGRATION_DATABASE_INDEX"
+    if index is None and environ.get("JOB_COMPLETION_INDEX"):
+        raw, named = environ["JOB_COMPLETION_INDEX"], "JOB_COMPLETION_INDEX"
+        if not raw.isdigit():
+            raise ConfigError(f"JOB_COMPLETION_INDEX={raw!r} is not an index (0, 1, 2, ...)")
+        index = int(raw)
+    if index is None:
+        return  # --all, or an error once a command needs the URL
+    count = len(settings._databases)
+    if index >= count:
+        raise ConfigError(
+            f"{named}={index}: index {index} is past the end of MIGRATION_DATABASES_FILE, which lists {count} "
+            f"database(s) (indexes 0-{count - 1}); is the Job's completions larger than the file?"
+        )
+    line, raw = settings._databases[index]
+    settings._take_url(raw, f"MIGRATION_DATABASES_FILE index {index} (line {line})", problem=f"line {line}")
+    settings._database_index = index
 
 
 def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> None:

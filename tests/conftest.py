@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,8 @@ import psycopg
 import pymysql
 import pytest
 import sqlalchemy
-from support import Cli, mysql_connect
+from faults import free_port
+from support import Cli, mysql_connect, prometheus_server
 
 
 @pytest.fixture
@@ -99,3 +102,16 @@ def mysql_databases(mysql_admin_url: str) -> Iterator[Callable[[], str]]:
 def mysql_url(mysql_databases: Callable[[], str]) -> str:
     """A new, empty MariaDB database for this test (dropped after it): its ``mysql://`` URL."""
     return mysql_databases()
+
+
+@pytest.fixture
+def pushgateway() -> Iterator[str]:
+    """A real Pushgateway (Debian's prometheus-pushgateway) on a loopback port: its base URL."""
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        pytest.fail("prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as storage:
+        argv = [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={storage}/metrics"]
+        with prometheus_server(argv, port, ready_within=15) as url:
+            yield url

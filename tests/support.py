@@ -11,14 +11,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pymysql
+import pytest
 import sqlalchemy
+import yaml
 
 from runner import locks
 
@@ -294,3 +297,48 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+CHART = REPO / "helm" / "migration-runner"
+HELM = REPO / ".tools" / "bin" / "helm"
+
+
+def helm(*args: str, cwd: Path = CHART) -> subprocess.CompletedProcess[str]:
+    """Run the helm that `.ci/get-helm` installs."""
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: run `bash .ci/get-helm`")
+    return subprocess.run([str(HELM), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def render(*args: str, chart: Path = CHART) -> list[dict[str, Any]]:
+    """`helm template` of release `shop` in namespace `shop`: the rendered objects."""
+    done = helm("template", "shop", str(chart), "--namespace", "shop", *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The one object of this kind."""
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+@contextlib.contextmanager
+def prometheus_server(argv: list[str], port: int, *, ready_within: float) -> Iterator[str]:
+    """Run a Prometheus-family server (Prometheus, the Pushgateway) until the block ends: its base URL.
+
+    Waits for its ``/-/ready`` endpoint, for at most ``ready_within`` seconds.
+    """
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1):  # noqa: S310
+                break
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)

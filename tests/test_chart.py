@@ -11,38 +11,19 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import yaml
-from support import QUICKSTART, REPO, parse_events
+from support import CHART, QUICKSTART, REPO, helm, only, parse_events, render
 
 from runner.errors import MEANINGS, RETRYABLE, ExitCode
 
-CHART = REPO / "helm" / "migration-runner"
 SCENARIOS = sorted((CHART / "ci").glob("*.yaml"))
 KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")  # an older supported release, and the newest the schemas cover
-HELM = REPO / ".tools" / "bin" / "helm"
-
-
-def helm(*args: str, cwd: Path = CHART) -> subprocess.CompletedProcess[str]:
-    if not HELM.exists():
-        pytest.fail(f"{HELM} is missing: run `bash .ci/get-helm`")
-    return subprocess.run([str(HELM), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-
-
-def render(*args: str, chart: Path = CHART) -> list[dict[str, Any]]:
-    done = helm("template", "shop", str(chart), "--namespace", "shop", *args)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
-    return found[0]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)
@@ -224,6 +205,38 @@ def resolve_env(container: dict[str, Any], objects: list[dict[str, Any]], pod: d
     return env
 
 
+def materialise_mounts(
+    spec: dict[str, Any], container: dict[str, Any], objects: list[dict[str, Any]], root: Path
+) -> dict[str, str]:
+    """Write the container's Secret volumes under ``root`` as a kubelet would mount them; mountPath -> local path."""
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts: dict[str, str] = {}
+    for mount in container.get("volumeMounts", []):
+        source = volumes[mount["name"]].get("secret")
+        if source is None:
+            continue
+        secret = secrets[source["secretName"]]
+        data = secret.get("stringData") or {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+        local = root / mount["mountPath"].lstrip("/")
+        local.mkdir(parents=True)
+        for item in source.get("items") or [{"key": key, "path": key} for key in data]:
+            (local / item["path"]).write_text(data[item["key"]])
+        assert mount.get("readOnly") is True, mount
+        mounts[mount["mountPath"]] = str(local)
+    return mounts
+
+
+def in_mounts(env: dict[str, str], mounts: dict[str, str]) -> dict[str, str]:
+    """The environment with paths inside the mounts pointed at where they were written."""
+    moved = dict(env)
+    for name, value in env.items():
+        for path, local in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                moved[name] = local + value[len(path) :]
+    return moved
+
+
 def run_container(container: dict[str, Any], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run exactly the container's command and args; the image's ENTRYPOINT is `migration-runner`."""
     argv = container.get("command") or [str(Path(sys.executable).with_name("migration-runner"))]
@@ -239,19 +252,158 @@ POD = {"metadata.name": "shop-migration-runner-x7k2p", "metadata.namespace": "sh
 def test_pod_simulation_runs_the_rendered_job_against_postgresql(pg_url: str, tmp_path: Path) -> None:
     """The rendered Job's args and env (Secret, ConfigMap, Downward API resolved) migrate a real database."""
     objects = render("-f", str(CHART / "ci" / "hook-chart-secret-values.yaml"), "--set", f"database.url={pg_url}")
-    container = only(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    spec = only(objects, "Job")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
     env = resolve_env(container, objects, POD)
+    mounts = materialise_mounts(spec, container, objects, tmp_path / "pod")
     migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
+    # The URL is a read-only file in the runner's secrets directory, never a variable.
+    assert "MIGRATION_DATABASE_URL" not in env and env["MIGRATION_SECRETS_DIR"] == "/run/secrets"
+    assert (Path(mounts["/run/secrets"]) / "migration_database_url").read_text() == pg_url
 
-    done = run_container(container, env, migrations)
+    done = run_container(container, in_mounts(env, mounts), migrations)
 
     assert done.returncode == 0, done.stdout + done.stderr
     events = parse_events(done.stdout)
     assert {e["event"] for e in events} >= {"run.started", "revision.applied", "run.finished"}
     assert all(e.get("pod") == POD["metadata.name"] and e.get("namespace") == "shop" for e in events)
     assert events[0]["environment"] == "production"
+    assert events[0]["database_source"].startswith("secret file ")
     with psycopg.connect(pg_url) as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+
+
+def test_the_url_as_a_variable_is_still_an_option() -> None:
+    container = only(render("--set", "database.existingSecret=app-db", "--set", "database.secretAs=env"), "Job")
+    env = container["spec"]["template"]["spec"]["containers"][0]["env"]
+
+    url = [e for e in env if e["name"] == "MIGRATION_DATABASE_URL"]
+    assert url == [{"name": "MIGRATION_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "app-db", "key": "url"}}}]
+    assert "volumes" not in container or all(
+        v["name"] != "database-url" for v in container["spec"]["template"]["spec"]["volumes"]
+    )
+
+
+def test_every_namespaced_object_names_the_release_namespace() -> None:
+    """So that `helm template --namespace x | kubectl apply -f -` lands in x."""
+    for values in (
+        ("--set", "database.url=postgresql://u:p@db/app"),
+        ("--set", "mode=job", "--set", "database.existingSecret=a"),
+    ):
+        for thing in render(*values):
+            assert thing["metadata"]["namespace"] == "shop", thing["kind"]
+
+
+def test_an_image_digest_replaces_the_tag() -> None:
+    digest = "sha256:" + "ab" * 32
+    job = only(
+        render("--set", "database.existingSecret=app-db", "--set", f"image.digest={digest}", "--set", "image.tag=v9"),
+        "Job",
+    )
+    bad = helm("template", "shop", ".", "--set", "database.existingSecret=app-db", "--set", "image.digest=latest")
+
+    assert (
+        job["spec"]["template"]["spec"]["containers"][0]["image"]
+        == f"ghcr.io/migration-runner/migration-runner@{digest}"
+    )
+    assert bad.returncode != 0
+
+
+INDEXED = ("--set", "databases.count=5", "--set", "databases.existingSecret=tenants", "--set", "job.parallelism=2")
+
+
+@pytest.mark.parametrize("mode", ["hook", "job"])
+def test_many_databases_render_one_indexed_job(mode: str, tmp_path: Path) -> None:
+    """databases.count=5: completions 5, per-index retries, FailIndex for the non-retryable codes, the file mounted."""
+    objects = render(*INDEXED, "--set", f"mode={mode}", "--set", "job.maxFailedIndexes=2")
+    job = only(objects, "Job")
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 5, 2)
+    assert (spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (2, 2)
+    assert "backoffLimit" not in spec
+    rules = spec["podFailurePolicy"]["rules"]
+    non_retryable = {int(code) for code in MEANINGS} - {int(code) for code in RETRYABLE} - {ExitCode.OK}
+    fail_index = [r for r in rules if r["action"] == "FailIndex"]
+    assert len(fail_index) == 1 and set(fail_index[0]["onExitCodes"]["values"]) == non_retryable
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert [o for o in objects if o["kind"] == "Secret"] == []  # the databases Secret is the user's
+    databases = next(v for v in pod["volumes"] if v["name"] == "databases")
+    assert databases["secret"]["secretName"] == "tenants"
+    assert databases["secret"]["items"] == [{"key": "databases", "path": "databases"}]
+    variables = {e["name"]: e.get("value") for e in container["env"]}
+    assert variables["MIGRATION_DATABASES_FILE"] == "/etc/migration-runner/databases/databases"
+    assert "MIGRATION_DATABASE_URL" not in variables
+    manifest = tmp_path / "indexed.yaml"
+    manifest.write_text(yaml.safe_dump_all(objects))
+    validator = Path(sys.executable).with_name("kubernetes-validate")
+    for version in ("1.33.0", KUBERNETES_VERSIONS[-1]):  # the first release with the per-index fields GA
+        check = subprocess.run(
+            [str(validator), "--strict", "-k", version, str(manifest)], capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 0, f"Kubernetes {version}: {check.stdout}{check.stderr}"
+    lint = helm("lint", "--strict", ".", *INDEXED)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    missing = helm("template", "shop", ".", "--set", "databases.count=5")
+    assert missing.returncode != 0 and "databases.existingSecret" in missing.stderr
+
+
+@pytest.mark.timeout(180)
+def test_pod_simulation_of_the_indexed_job_migrates_five_databases(
+    pg_databases: Any, pushgateway: str, tmp_path: Path
+) -> None:
+    """Each index runs the rendered container with JOB_COMPLETION_INDEX set, two at a time, as the Job's pods would."""
+    urls = [pg_databases() for _ in range(5)]
+    objects = render(*INDEXED, "--set", f"metrics.pushgatewayUrl={pushgateway}")
+    spec = only(objects, "Job")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    tenants = {
+        "kind": "Secret",
+        "metadata": {"name": "tenants"},
+        "stringData": {"databases": "# tenants\n" + "\n".join(urls) + "\n"},
+    }
+    env = resolve_env(container, [*objects, tenants], POD)
+    mounts = materialise_mounts(spec, container, [*objects, tenants], tmp_path / "pod")
+    migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
+    argv = container.get("command") or [str(Path(sys.executable).with_name("migration-runner"))]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
+
+    results: dict[int, tuple[int, str]] = {}
+    for first in range(0, 5, 2):  # parallelism 2
+        pods = {
+            index: subprocess.Popen(
+                [*argv, *container["args"]],
+                cwd=migrations,
+                env={**base, **in_mounts(env, mounts), "JOB_COMPLETION_INDEX": str(index)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(first, min(first + 2, 5))
+        }
+        for index, process in pods.items():
+            out, err = process.communicate(timeout=60)
+            results[index] = (process.returncode, out + err)
+
+    assert {index: code for index, (code, _) in results.items()} == dict.fromkeys(range(5), 0), results
+    for index, url in enumerate(urls):
+        with psycopg.connect(url) as connection:
+            assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        events = parse_events(results[index][1])
+        assert all(e.get("database_index") == index for e in events if "run_id" in e), index
+        assert all(e.get("database_name") == url.rsplit("/", 1)[1] for e in events if "run_id" in e), index
+    with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=5) as response:  # noqa: S310  (loopback)
+        exposition = response.read().decode()
+    grouped = {
+        (m.group(1), m.group(2))
+        for m in re.finditer(
+            r'migration_runner_last_success_timestamp_seconds\{[^}]*database="([^"]+)",database_index="(\d)"',
+            exposition,
+        )
+    }
+    assert grouped == {(url.rsplit("/", 1)[1], str(index)) for index, url in enumerate(urls)}
 
 
 def test_init_container_template_in_an_application_chart(pg_url: str, tmp_path: Path) -> None:
@@ -298,3 +450,34 @@ def test_a_django_app_image_with_its_own_databases_gets_no_url_and_the_runner_as
     assert "MIGRATION_DATABASE_URL" not in names
     assert "DJANGO_SETTINGS_MODULE" in names
     assert {"secretRef": {"name": "shop-env"}} in container["envFrom"]
+
+
+def test_the_network_policy_allows_dns_the_database_and_the_pushgateway_only() -> None:
+    objects = render(
+        "--set",
+        "database.existingSecret=app-db",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "metrics.pushgatewayUrl=https://push.monitoring.svc",
+        "--set",
+        "networkPolicy.databaseTo[0].ipBlock.cidr=10.0.8.0/24",
+    )
+    policy = only(objects, "NetworkPolicy")["spec"]
+    job = only(objects, "Job")
+    without_metrics_port = policy["ingress"]
+    scraped = only(
+        render(
+            "--set", "database.existingSecret=a", "--set", "networkPolicy.enabled=true", "--set", "metrics.port=9400"
+        ),
+        "NetworkPolicy",
+    )
+
+    assert policy["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    assert not without_metrics_port  # nothing inbound
+    ports = [[(p["port"], p["protocol"]) for p in rule["ports"]] for rule in policy["egress"]]
+    assert ports == [[(53, "UDP"), (53, "TCP")], [(5432, "TCP"), (3306, "TCP")], [(443, "TCP")]]
+    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.8.0/24"}}]
+    assert scraped["spec"]["ingress"] == [{"ports": [{"port": 9400, "protocol": "TCP"}]}]
+    assert [o for o in render("--set", "database.existingSecret=a") if o["kind"] == "NetworkPolicy"] == []

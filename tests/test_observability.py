@@ -6,11 +6,9 @@ import contextlib
 import json
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,32 +102,6 @@ def test_metrics_endpoint_is_scraped_mid_run_and_lingers_after(cli: Cli, pg_url:
     result = cli.finish(runner, started, timeout=20)
     assert result.code == 0
     assert result.one("metrics.lingering")["seconds"] == 3.0
-
-
-@pytest.fixture
-def pushgateway() -> Iterator[str]:
-    """A real Pushgateway (Debian's prometheus-pushgateway) on a loopback port: its base URL."""
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
-        pytest.fail("prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as storage:
-        process = subprocess.Popen(
-            [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={storage}/metrics"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1):  # noqa: S310
-                    break
-                time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 def gateway_metrics(url: str) -> str:

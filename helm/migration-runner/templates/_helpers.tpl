@@ -42,12 +42,30 @@ app.kubernetes.io/component: migrations
 {{- end }}
 {{- end }}
 
+{{- define "migration-runner.secretKey" -}}
+{{- ternary .Values.database.existingSecretKey "url" (ne .Values.database.existingSecret "") }}
+{{- end }}
+
 {{- define "migration-runner.secretName" -}}
 {{- default (printf "%s-database" (include "migration-runner.fullname" .)) .Values.database.existingSecret }}
 {{- end }}
 
+{{/* repository@digest when a digest is set (the tag is then ignored), else repository:tag. */}}
 {{- define "migration-runner.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the mounted Secrets go: the runner's default secrets directory, and the databases file's own. */}}
+{{- define "migration-runner.secretsDir" -}}/run/secrets{{- end }}
+{{- define "migration-runner.databasesDir" -}}/etc/migration-runner/databases{{- end }}
+
+{{/* The database URL's Secret is mounted as a file (not for many databases, not from the project). */}}
+{{- define "migration-runner.urlAsFile" -}}
+{{- if and (eq .Values.database.secretAs "file") (not .Values.database.fromProject) (eq (int .Values.databases.count) 0) }}true{{- end }}
 {{- end }}
 
 {{/*
@@ -67,10 +85,17 @@ argocd.argoproj.io/sync-wave: {{ sub (int .Values.argocd.syncWave) 1 | quote }}
 
 {{/*
 The runner's environment, shared by the Job and the init-container template.
-Takes a dict: root (the chart's context), secretName (empty: no MIGRATION_DATABASE_URL), secretKey, configMap (optional).
+Takes a dict: secretName (empty: no MIGRATION_DATABASE_URL), secretKey; secretsDir (the URL is a
+mounted file there instead of a variable); databasesFile (many databases: MIGRATION_DATABASES_FILE).
 */}}
 {{- define "migration-runner.env" -}}
-{{- if .secretName }}
+{{- if .databasesFile }}
+- name: MIGRATION_DATABASES_FILE
+  value: {{ .databasesFile | quote }}
+{{- else if .secretsDir }}
+- name: MIGRATION_SECRETS_DIR
+  value: {{ .secretsDir | quote }}
+{{- else if .secretName }}
 - name: MIGRATION_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -141,7 +166,10 @@ spec:
       {{- end }}
       args: [{{ .Values.command | quote }}]
       env:
-        {{- include "migration-runner.env" (dict "secretName" (ternary "" (include "migration-runner.secretName" .) .Values.database.fromProject) "secretKey" (ternary .Values.database.existingSecretKey "url" (ne .Values.database.existingSecret ""))) | nindent 8 }}
+        {{- $many := gt (int .Values.databases.count) 0 }}
+        {{- $file := ternary (printf "%s/databases" (include "migration-runner.databasesDir" .)) "" $many }}
+        {{- $dir := ternary (include "migration-runner.secretsDir" .) "" (eq (include "migration-runner.urlAsFile" .) "true") }}
+        {{- include "migration-runner.env" (dict "secretName" (ternary "" (include "migration-runner.secretName" .) .Values.database.fromProject) "secretKey" (include "migration-runner.secretKey" .) "secretsDir" $dir "databasesFile" $file) | nindent 8 }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -168,6 +196,16 @@ spec:
       volumeMounts:
         - name: tmp
           mountPath: /tmp
+        {{- if eq (include "migration-runner.urlAsFile" .) "true" }}
+        - name: database-url
+          mountPath: {{ include "migration-runner.secretsDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if gt (int .Values.databases.count) 0 }}
+        - name: databases
+          mountPath: {{ include "migration-runner.databasesDir" . }}
+          readOnly: true
+        {{- end }}
       {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
       {{- end }}
@@ -175,6 +213,26 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 16Mi
+    {{- if eq (include "migration-runner.urlAsFile" .) "true" }}
+    # The URL as a file the runner reads (MIGRATION_SECRETS_DIR), not an environment variable that
+    # every child process inherits.
+    - name: database-url
+      secret:
+        secretName: {{ include "migration-runner.secretName" . }}
+        defaultMode: 0444
+        items:
+          - key: {{ include "migration-runner.secretKey" . }}
+            path: migration_database_url
+    {{- end }}
+    {{- if gt (int .Values.databases.count) 0 }}
+    - name: databases
+      secret:
+        secretName: {{ required "databases.count needs databases.existingSecret: the Secret holding the databases file" .Values.databases.existingSecret }}
+        defaultMode: 0444
+        items:
+          - key: {{ .Values.databases.existingSecretKey }}
+            path: databases
+    {{- end }}
   {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
   {{- end }}
