@@ -100,7 +100,7 @@ COMMANDS: dict[str, Command] = {
     "wait": Command(
         "poll read-only until the database is at the target (init-containers)",
         ("target", "wait_timeout", "allow_unknown_revision", *_MANY),
-        (0, 66, 69, 75, 78, *_STOPPED),
+        (0, 66, 75, 78, *_STOPPED),
         takes_target=True,
     ),
     "resolve": Command(
