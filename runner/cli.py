@@ -122,12 +122,21 @@ COMMANDS: dict[str, Command] = {
         (0, 69, 75, 78, *_STOPPED),
         takes_target=True,
     ),
+    "verify": Command(
+        "CI checks on a scratch database: one head, upgrade one revision at a time, models match the schema, "
+        "the stairway down and up, no trace after a downgrade; exit 1 if a check failed "
+        "(--output text | json | markdown, --junit-xml PATH)",
+        ("verify_heads", "verify_irreversible", "verify_allow_nonempty", "junit_xml", "lock_timeout", "history_table"),
+        (0, 1, 65, 69, 75, 78, *_STOPPED),
+    ),
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
 }
 # Commands that take --all.
 _ALL_COMMANDS = ("upgrade", "check", "wait")
 # Commands whose stdout is a document: their log lines go to stderr instead.
-_DOCUMENT_COMMANDS = {"current", "config", "plan", "history"}
+_DOCUMENT_COMMANDS = {"current", "config", "plan", "history", "verify"}
+# Commands whose stdout is their own document in every format (not the result document).
+_OWN_DOCUMENT = ("config", "plan", "history", "verify")
 _FLAGS = (
     "output",
     "environment",
@@ -140,6 +149,8 @@ _FLAGS = (
     "alembic_config",
     "script_location",
 )
+# verify's own options, settings too (MIGRATION_VERIFY_ALLOW_NONEMPTY, MIGRATION_JUNIT_XML).
+_VERIFY_FLAGS = ("verify_allow_nonempty", "junit_xml")
 DEFAULT_GRACE_SECONDS = 10.0
 # The whole of the reporting at the end of a run: push, textfile, termination message, document.
 REPORT_BOUND_SECONDS = 10.0
@@ -233,6 +244,15 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 help="every database of MIGRATION_DATABASES_FILE, MIGRATION_PARALLELISM at a time, each in a "
                 "process of its own; exit with the most severe code (README, 'Many databases')",
             )
+        if name == "verify":
+            sub.add_argument(
+                "--allow-nonempty",
+                dest="verify_allow_nonempty",
+                action="store_const",
+                const=True,
+                help="run on a database that already holds tables (never point verify at production)",
+            )
+            sub.add_argument("--junit-xml", dest="junit_xml", metavar="PATH", help="also write the report as JUnit XML")
         if name == "resolve":
             sub.add_argument(
                 "--mark", required=True, choices=["applied", "not-applied"], help="what the revision's changes are"
@@ -246,7 +266,7 @@ def _parse(arguments: list[str]) -> argparse.Namespace:
     args.command = getattr(args, "command", None) or "upgrade"
     if getattr(args, "revision", None) is not None:
         args.target = args.revision
-    for name in (*_FLAGS, "mark"):
+    for name in (*_FLAGS, *_VERIFY_FLAGS, "mark"):
         setattr(args, name, getattr(args, name, None))
     args.trace = bool(getattr(args, "trace", False))
     args.all = bool(getattr(args, "all", False))
@@ -418,13 +438,13 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
     try:
         from runner.settings import load_settings  # noqa: PLC0415
 
-        settings = load_settings({name: getattr(args, name) for name in _FLAGS}, cwd=Path.cwd())
+        settings = load_settings({name: getattr(args, name) for name in (*_FLAGS, *_VERIFY_FLAGS)}, cwd=Path.cwd())
         _watchdog.grace_seconds = settings.grace_period
         wants_json = settings.output == "json"
-        if settings.output == "markdown" and args.command != "plan":
-            raise ConfigError(f"MIGRATION_OUTPUT=markdown is for plan only; {args.command} takes text or json")
-        if (wants_json or args.command == "plan") and document is sys.stdout:
-            document = _claim_stdout()  # plan's stdout is the plan, in every format
+        if settings.output == "markdown" and args.command not in ("plan", "verify"):
+            raise ConfigError(f"MIGRATION_OUTPUT=markdown is for plan and verify; {args.command} takes text or json")
+        if (wants_json or args.command in ("plan", "verify")) and document is sys.stdout:
+            document = _claim_stdout()  # plan's stdout is the plan, verify's the report, in every format
         _watchdog.on_expiry = lambda code: _abandoned(report, settings, code)
         logs.configure(
             level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
@@ -531,7 +551,7 @@ def _finish(
         outcome=report.outcome,
         duration_seconds=round(report.duration_seconds or 0.0, 6),
     )
-    _report(report, settings, document=document if command not in ("config", "plan", "history") else None)
+    _report(report, settings, document=document if command not in _OWN_DOCUMENT else None)
 
 
 def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
@@ -638,6 +658,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         "resolve": commands.resolve,
         "history": commands.history,
         "accept": commands.accept,
+        "verify": commands.verify,
         "config": commands.show_config,
     }
     return handlers[args.command](run)

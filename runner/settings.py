@@ -187,6 +187,20 @@ class Settings(BaseSettings):
         description="upgrade and check compare each applied revision's file with the checksum the ledger "
         "recorded: warn logs revision.drifted, fail exits 65 before any change, off skips the comparison.",
     )
+    verify_heads: list[NonEmpty] | None = Field(
+        None,
+        description="verify: the heads the project has on purpose (branch labels), comma-separated; "
+        "single_head then passes when the heads are exactly these.",
+    )
+    verify_irreversible: list[NonEmpty] = Field(
+        default_factory=list,
+        description="verify: revisions whose downgrade cannot work by design (it raises NotImplementedError), "
+        "comma-separated; the stairway stops there without failing.",
+    )
+    verify_allow_nonempty: bool = Field(
+        False, description="verify: run on a database that already holds tables (--allow-nonempty)."
+    )
+    junit_xml: Path | None = Field(None, description="verify: also write the report as JUnit XML here (--junit-xml).")
     allow_trace: bool = Field(
         False, description="Let 'plan --trace' run in production: it holds the locks it measures while it runs."
     )
@@ -253,6 +267,16 @@ class Settings(BaseSettings):
                     "must be a JSON array of strings (a program and its arguments, never a shell string), e.g. "
                     '["pg_dump", "-Fc", "-f", "/backup/before.dump"]'
                 ) from None
+        return value
+
+    @field_validator("verify_heads", "verify_irreversible", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a JSON array is taken as it is; otherwise comma-separated ids
+            stripped = value.strip()
+            if stripped.startswith("["):
+                return json.loads(stripped)
+            return [part for part in (p.strip() for p in stripped.split(",")) if part]
         return value
 
     @field_validator("pushgateway_url")

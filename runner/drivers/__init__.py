@@ -164,6 +164,10 @@ class Driver(Protocol):
         """The step's source file, whose checksum the ledger records (:mod:`runner.checksum`); None if it has none."""
         ...
 
+    def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
+        """Compare the project's models with the migrated database: ``(passed|failed|skipped, lines)``."""
+        ...
+
     def applied_revisions(self, current: Sequence[str]) -> list[str]:
         """Every step that ``current`` (from :meth:`read_applied`) records as applied, ancestors included."""
         ...

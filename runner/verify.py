@@ -1,0 +1,256 @@
+"""``verify``: the checks a CI stage runs on a scratch database before a migration can reach production.
+
+Each check is a named test case with a status (``passed``, ``failed``, ``skipped``):
+
+- ``single_head``: one head (or exactly ``MIGRATION_VERIFY_HEADS``);
+- ``upgrade``: base to head, one revision at a time, under the lock, as ``upgrade`` runs them;
+- ``models_match``: the models against the migrated schema (Alembic's ``command.check``);
+- ``up_down_consistency``: the stairway, from head down to base one revision at a time and up
+  again; one case per revision and direction;
+- ``downgrade_leaves_no_trace``: after a revision is downgraded, the schema (tables, columns,
+  indexes, constraints, as SQLAlchemy's inspector reports them) is what it was before the revision
+  was applied.
+
+The report is text, JSON (``docs/verify.schema.json``), Markdown (a pull-request comment) and,
+with ``--junit-xml``, JUnit XML as GitHub and GitLab read it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+SCHEMA_VERSION = 1
+CHECKS = ("single_head", "upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")
+
+
+@dataclass
+class Case:
+    """One test case of the report.
+
+    Attributes:
+        check: one of :data:`CHECKS`.
+        name: the case's name: the check's, or ``check[revision direction]`` for a stairway step.
+        status: ``passed``, ``failed`` or ``skipped``.
+        message: why it failed or was skipped; empty when it passed.
+        details: the lines behind the message (the heads, the operations, the objects left behind).
+        revision: the revision a stairway case is about.
+        direction: ``up`` or ``down``, for a stairway case.
+        seconds: how long it took.
+    """
+
+    check: str
+    name: str
+    status: str = "passed"
+    message: str = ""
+    details: list[str] = field(default_factory=list)
+    revision: str | None = None
+    direction: str | None = None
+    seconds: float = 0.0
+
+    def fail(self, message: str, details: Sequence[str] = ()) -> None:
+        """Mark it failed."""
+        self.status, self.message, self.details = "failed", message, list(details)
+
+    def skip(self, message: str) -> None:
+        """Mark it skipped, with the reason."""
+        self.status, self.message = "skipped", message
+
+    def document(self) -> dict[str, Any]:
+        """Its entry in the JSON report."""
+        return {
+            "check": self.check,
+            "name": self.name,
+            "status": self.status,
+            "message": self.message,
+            "details": self.details,
+            "revision": self.revision,
+            "direction": self.direction,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+class Timer:
+    """Times a case: ``with Timer(case): ...`` sets ``case.seconds``."""
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+
+    def __enter__(self) -> Case:
+        self.started = time.monotonic()
+        return self.case
+
+    def __exit__(self, *_: object) -> None:
+        self.case.seconds = time.monotonic() - self.started
+
+
+# What a schema is, as compared: per table, its columns, indexes, unique constraints, foreign keys,
+# primary key and check constraints, each as a sorted tuple of plain values.
+Schema = dict[str, dict[str, tuple[Any, ...]]]
+
+
+def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str]) -> Schema:
+    """The schema as SQLAlchemy's inspector reports it (``ignored``: the tools' own tables).
+
+    Ends the transaction the inspector opened.
+    """
+    inspector = sa.inspect(connection)
+    found: Schema = {}
+    try:
+        for table in sorted(set(inspector.get_table_names(schema=schema)) - set(ignored)):
+            columns = inspector.get_columns(table, schema)
+            primary = inspector.get_pk_constraint(table, schema)
+            found[table] = {
+                "columns": tuple(sorted((c["name"], str(c["type"]), bool(c["nullable"])) for c in columns)),
+                "indexes": tuple(
+                    sorted(
+                        (i["name"] or "", tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
+                        for i in inspector.get_indexes(table, schema)
+                    )
+                ),
+                "unique_constraints": tuple(
+                    sorted(
+                        (u["name"] or "", tuple(u["column_names"]))
+                        for u in inspector.get_unique_constraints(table, schema)
+                    )
+                ),
+                "foreign_keys": tuple(
+                    sorted(
+                        (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"])
+                        for f in inspector.get_foreign_keys(table, schema)
+                    )
+                ),
+                "primary_key": (tuple(primary.get("constrained_columns") or ()),),
+                "check_constraints": tuple(
+                    sorted((c["name"] or "", c["sqltext"]) for c in _checks(inspector, table, schema))
+                ),
+            }
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+    return found
+
+
+def _checks(inspector: Any, table: str, schema: str | None) -> list[dict[str, Any]]:
+    try:
+        return list(inspector.get_check_constraints(table, schema))
+    except NotImplementedError:  # a dialect without them
+        return []
+
+
+def differences(before: Schema, after: Schema) -> list[str]:
+    """What ``after`` has that ``before`` had not, and the reverse, one line each, e.g. ``index ix_a on t``."""
+    lines = [f"table {t} is left behind" for t in sorted(set(after) - set(before))]
+    lines += [f"table {t} is missing" for t in sorted(set(before) - set(after))]
+    for table in sorted(set(before) & set(after)):
+        for kind in before[table]:
+            was, now = set(before[table][kind]), set(after[table][kind])
+            label = _LABELS[kind]
+            lines += [f"{label} {_shown(item)} on {table} is left behind" for item in sorted(now - was, key=str)]
+            lines += [f"{label} {_shown(item)} on {table} is missing" for item in sorted(was - now, key=str)]
+    return lines
+
+
+_LABELS = {
+    "columns": "column",
+    "indexes": "index",
+    "unique_constraints": "unique constraint",
+    "foreign_keys": "foreign key",
+    "primary_key": "primary key",
+    "check_constraints": "check constraint",
+}
+
+
+def _shown(item: tuple[Any, ...]) -> str:
+    name = item[0]
+    if isinstance(name, tuple):
+        return "(" + ", ".join(map(str, name)) + ")"
+    return str(name) or "(unnamed) " + " ".join(map(str, item[1:]))
+
+
+def document(*, tool: str, database: str | None, cases: Sequence[Case], exit_code: int) -> dict[str, Any]:
+    """The JSON report (``docs/verify.schema.json``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": tool,
+        "database": database,
+        "exit_code": exit_code,
+        "passed": sum(1 for c in cases if c.status == "passed"),
+        "failed": sum(1 for c in cases if c.status == "failed"),
+        "skipped": sum(1 for c in cases if c.status == "skipped"),
+        "cases": [c.document() for c in cases],
+    }
+
+
+_MARK = {"passed": "✅", "failed": "❌", "skipped": "⏭️"}
+
+
+def text(report: dict[str, Any]) -> str:
+    """The report as a terminal shows it."""
+    lines = []
+    for case in report["cases"]:
+        lines.append(
+            f"{case['status'].upper():<8} {case['name']}" + (f": {case['message']}" if case["message"] else "")
+        )
+        lines += [f"           {detail}" for detail in case["details"]]
+    lines.append(f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a pull-request comment: a summary line, a table, the failures' details."""
+    verdict = "passed" if report["failed"] == 0 else "failed"
+    lines = [
+        f"### migration-runner verify: {verdict}",
+        "",
+        f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped ({report['tool']}).",
+        "",
+        "| | check | result |",
+        "|---|---|---|",
+    ]
+    for case in report["cases"]:
+        result = case["message"].replace("|", "\\|") or "ok"
+        lines.append(f"| {_MARK[case['status']]} | `{case['name']}` | {result} |")
+    failed = [c for c in report["cases"] if c["status"] == "failed" and c["details"]]
+    for case in failed:
+        lines += ["", f"<details><summary><code>{case['name']}</code></summary>", "", "```"]
+        lines += case["details"]
+        lines += ["```", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def junit(report: dict[str, Any]) -> bytes:
+    """JUnit XML: one ``<testsuite>``, a ``<testcase>`` per case, with ``<failure>`` or ``<skipped>``.
+
+    The shape GitHub's and GitLab's test reports read (JUnit's ``testsuites`` schema).
+    """
+    suites = ElementTree.Element("testsuites", name="migration-runner verify")
+    cases: list[dict[str, Any]] = report["cases"]
+    suite = ElementTree.SubElement(
+        suites,
+        "testsuite",
+        name="migration-runner verify",
+        tests=str(len(cases)),
+        failures=str(report["failed"]),
+        errors="0",
+        skipped=str(report["skipped"]),
+        time=f"{sum(c['seconds'] for c in cases):.3f}",
+    )
+    for case in cases:
+        element = ElementTree.SubElement(
+            suite, "testcase", classname=f"verify.{case['check']}", name=case["name"], time=f"{case['seconds']:.3f}"
+        )
+        if case["status"] == "failed":
+            failure = ElementTree.SubElement(element, "failure", message=case["message"], type=case["check"])
+            failure.text = "\n".join([case["message"], *case["details"]])
+        elif case["status"] == "skipped":
+            ElementTree.SubElement(element, "skipped", message=case["message"])
+    ElementTree.indent(suites)
+    xml: bytes = ElementTree.tostring(suites, encoding="utf-8", xml_declaration=True)
+    return xml + b"\n"

@@ -1,0 +1,273 @@
+"""verify: the pull-request checks on a scratch database, on real PostgreSQL, MariaDB and SQLite (Alembic)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import jsonschema
+import pytest
+from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, mysql_query, query
+
+REPORT_SCHEMA = json.loads((REPO / "docs" / "verify.schema.json").read_text())
+
+MODELS = """import sqlalchemy as sa
+
+metadata = sa.MetaData()
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),{extra}
+)
+sa.Index("ix_items_name", items.c.name)
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+)
+"""
+
+REVISION = '''"""{message}"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = {revision!r}
+down_revision = {down!r}
+
+
+def upgrade():
+{up}
+
+
+def downgrade():
+{down_body}
+'''
+
+ITEMS_UP = """    op.create_table(
+        "items",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False),
+    )"""
+ORDERS_UP = """    op.create_table(
+        "orders",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False),
+        sa.Column("quantity", sa.Integer, nullable=False),
+    )
+    op.create_index("ix_items_name", "items", ["name"])"""
+ORDERS_DOWN = """    op.drop_index("ix_items_name", table_name="items")
+    op.drop_table("orders")"""
+
+
+def project(
+    root: Path,
+    *,
+    models: bool = True,
+    extra_column: str = "",
+    orders_down: str = ORDERS_DOWN,
+    second_head: bool = False,
+) -> Path:
+    """An Alembic project with `items` (0001) and `orders` plus an index on items (0002), and models to match."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(QUICKSTART / "alembic.ini", root / "alembic.ini")
+    versions = root / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    env_py = TEMPLATE_ENV_PY.read_text()
+    if models:
+        env_py = env_py.replace(
+            "target_metadata = None",
+            "import os, sys\nsys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n"
+            "from models import metadata as target_metadata",
+        )
+        (root / "models.py").write_text(MODELS.format(extra=extra_column))
+    (root / "migrations" / "env.py").write_text(env_py)
+    shutil.copy(QUICKSTART / "migrations" / "script.py.mako", root / "migrations" / "script.py.mako")
+    files = [
+        ("0001", None, "items", ITEMS_UP, '    op.drop_table("items")'),
+        ("0002", "0001", "orders", ORDERS_UP, orders_down),
+    ]
+    if second_head:
+        files.append(("0002b", "0001", "a second branch", "    pass", "    pass"))
+    for revision, down, message, up, down_body in files:
+        (versions / f"{revision}_r.py").write_text(
+            REVISION.format(message=message, revision=revision, down=down, up=up, down_body=down_body)
+        )
+    return root
+
+
+def verify(cli: Cli, url: str, *args: str, cwd: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    result = cli("verify", "--output", "json", *args, env={"MIGRATION_DATABASE_URL": url}, cwd=cwd, timeout=120)
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    if report:
+        jsonschema.validate(report, REPORT_SCHEMA)
+    return result, report
+
+
+def statuses(report: dict[str, Any]) -> dict[str, str]:
+    return {case["name"]: case["status"] for case in report["cases"]}
+
+
+HEALTHY = {
+    "single_head": "passed",
+    "upgrade": "passed",
+    "models_match": "passed",
+    "up_down_consistency[0002 down]": "passed",
+    "up_down_consistency[0001 down]": "passed",
+    "up_down_consistency[0001 up]": "passed",
+    "up_down_consistency[0002 up]": "passed",
+    "downgrade_leaves_no_trace": "passed",
+}
+
+
+def check_junit(path: Path, report: dict[str, Any]) -> None:
+    """The JUnit file has the shape GitHub's and GitLab's test reports read: one testcase per case."""
+    root = ElementTree.parse(path).getroot()  # noqa: S314  (our own file)
+    assert root.tag == "testsuites"
+    (suite,) = root.findall("testsuite")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == [c["name"] for c in report["cases"]]
+    assert int(suite.get("tests", "-1")) == len(cases)
+    assert int(suite.get("failures", "-1")) == sum(1 for c in cases if c.find("failure") is not None)
+    assert int(suite.get("skipped", "-1")) == sum(1 for c in cases if c.find("skipped") is not None)
+    assert all(float(c.get("time", "x")) >= 0 and c.get("classname", "").startswith("verify.") for c in cases)
+
+
+def test_a_healthy_project_passes_every_check(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    junit = tmp_path / "verify.xml"
+
+    result, report = verify(cli, pg_url, "--junit-xml", str(junit), cwd=root)
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert statuses(report) == HEALTHY
+    check_junit(junit, report)
+    # Documented: the scratch database is left at head.
+    assert query(pg_url, "SELECT version_num FROM alembic_version") == [("0002",)]
+
+
+@pytest.mark.parametrize("database", ["mariadb", "sqlite"])
+def test_on_mariadb_and_sqlite_too(cli: Cli, mysql_url: str, tmp_path: Path, database: str) -> None:
+    root = project(tmp_path / "p")
+    url = mysql_url if database == "mariadb" else f"sqlite:///{tmp_path / 'scratch.db'}"
+
+    result, report = verify(cli, url, cwd=root)
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert statuses(report) == HEALTHY
+    if database == "mariadb":
+        assert mysql_query(mysql_url, "SELECT version_num FROM alembic_version") == [("0002",)]
+
+
+def test_a_model_column_no_revision_creates_fails_models_match(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p", extra_column='\n    sa.Column("price", sa.Numeric(10, 2)),')
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    models = next(c for c in report["cases"] if c["name"] == "models_match")
+    assert models["status"] == "failed"
+    assert "add_column items.price" in models["details"]
+    assert "items.price" in models["message"]
+
+
+def test_two_heads_fail_single_head_naming_both(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p", second_head=True)
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    head = report["cases"][0]
+    assert (head["name"], head["status"]) == ("single_head", "failed")
+    assert "0002, 0002b" in head["message"] and "alembic merge heads" in head["message"]
+    assert head["details"] == ["0002", "0002b"]
+    assert {c["status"] for c in report["cases"][1:]} == {"skipped"}
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]  # nothing ran
+
+
+def test_expected_heads_can_be_listed(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p", second_head=True)
+
+    result = cli("verify", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_VERIFY_HEADS": "0002b,0002"}, cwd=root)
+
+    assert "PASSED   single_head" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_downgrade_that_drops_the_wrong_table_fails_the_stairway_naming_it(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    root = project(tmp_path / "p", orders_down='    op.drop_table("items")')
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    failed = [c for c in report["cases"] if c["status"] == "failed"]
+    assert failed[0]["name"] == "up_down_consistency[0002 down]"
+    assert (failed[0]["revision"], failed[0]["direction"]) == ("0002", "down")
+    assert "items" in failed[0]["message"]
+
+
+def test_a_downgrade_that_forgets_an_index_is_named(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p", orders_down='    op.drop_table("orders")')
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    assert trace["status"] == "failed"
+    assert trace["details"] == ["0002: index ix_items_name on items is left behind"]
+    assert "ix_items_name" in trace["message"] and "0002" in trace["message"]
+
+
+def test_env_py_without_target_metadata_skips_models_match_and_passes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p", models=False)
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 0, result.stdout
+    models = next(c for c in report["cases"] if c["name"] == "models_match")
+    assert models["status"] == "skipped" and "target_metadata" in models["message"]
+    assert {c["status"] for c in report["cases"] if c["name"] != "models_match"} == {"passed"}
+
+
+def test_a_nonempty_database_is_78_and_nothing_changes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    query(pg_url, "CREATE TABLE customers (id integer)")
+
+    result, report = verify(cli, pg_url, cwd=root)
+    untouched = query(pg_url, "SELECT to_regclass('alembic_version'), to_regclass('migration_runner_history')")
+    allowed, allowed_report = verify(cli, pg_url, "--allow-nonempty", cwd=root)
+
+    assert result.code == 78 and report == {}
+    assert "customers" in result.one("config.invalid")["error"]
+    assert untouched == [(None, None)]  # nothing ran
+    # --allow-nonempty runs the checks, and the table no model describes is named.
+    assert allowed.code == 1, allowed.stdout
+    assert {c["name"]: c["details"] for c in allowed_report["cases"]}["models_match"] == ["remove_table customers"]
+    assert query(pg_url, "SELECT count(*) FROM customers") == [(0,)]
+
+
+def test_markdown_for_a_pull_request(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    root = project(tmp_path / "p", orders_down='    op.drop_table("orders")')
+
+    result = cli("verify", "--output", "markdown", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
+
+    assert result.code == 1
+    assert result.stdout.startswith("### migration-runner verify: failed\n")
+    assert "| ❌ | `downgrade_leaves_no_trace` | after the downgrade of 0002, index ix_items_name" in result.stdout
+
+
+def test_a_django_project_is_78_for_now(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    django = copy_django_example(tmp_path / "django")
+
+    result = cli(
+        "verify", env={"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}, cwd=django
+    )
+
+    assert result.code == 78
+    assert "makemigrations --check" in result.one("config.invalid")["error"]
