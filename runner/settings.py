@@ -601,6 +601,11 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     settings._tool = drivers.choose(settings.tool, cwd=cwd, environ=environ, settings=settings)
     if settings.databases_file is not None:
         _use_databases_file(settings, environ)
+    elif settings.database_index is not None:
+        raise ConfigError(
+            "MIGRATION_DATABASE_INDEX picks a line of MIGRATION_DATABASES_FILE, which is not set; "
+            "set the file, or drop the index"
+        )
     elif settings.database_url is not None:
         found = settings._sources["database_url"]
         settings._database_source = "MIGRATION_DATABASE_URL" if found == "environment" else found

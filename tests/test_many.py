@@ -65,6 +65,7 @@ def test_the_index_picks_the_line_and_every_event_names_it(
         ({"JOB_COMPLETION_INDEX": "x"}, "JOB_COMPLETION_INDEX='x' is not an index"),
         ({}, "set MIGRATION_DATABASE_INDEX"),
         ({"MIGRATION_DATABASE_INDEX": "0", "MIGRATION_DATABASE_URL": "postgresql://h/db"}, "not both"),
+        ({"MIGRATION_DATABASE_INDEX": "-1"}, "MIGRATION_DATABASE_INDEX"),
     ],
 )
 def test_a_bad_index_is_78_naming_it(
@@ -79,6 +80,15 @@ def test_a_bad_index_is_78_naming_it(
     assert result.code == 78, result.stderr
     assert message in result.one("config.invalid")["error"]
     assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+def test_an_index_without_a_file_is_78(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=1)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_DATABASE_INDEX": "2"})
+
+    assert result.code == 78
+    assert "MIGRATION_DATABASES_FILE, which is not set" in result.one("config.invalid")["error"]
 
 
 def test_a_missing_or_empty_file_is_78(cli: Cli, tmp_path: Path) -> None:
