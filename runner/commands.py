@@ -1030,18 +1030,13 @@ def verify(run: Run) -> ExitCode:
         ``ExitCode.OK`` when no case failed (skipped ones do not fail), ``ExitCode.NOT_AT_TARGET`` (1) otherwise.
 
     Raises:
-        ConfigError: the database holds tables already (unless ``--allow-nonempty``), or a Django project.
+        ConfigError: the database holds tables already (unless ``--allow-nonempty``).
         DatabaseUnavailable, LockTimeout.
     """
     from runner import verify as checks  # noqa: PLC0415
 
     settings = run.settings
     project = run.project()
-    if project.tool != "alembic":
-        raise ConfigError(
-            f"verify checks Alembic projects so far; for a {project.tool} project run "
-            "`manage.py makemigrations --check --dry-run` and `manage.py migrate` on a scratch database meanwhile"
-        )
     url = run.migration_url()
     engine = database.make_engine(url, application_name=run.application_name)
     schema = run.version_table.schema
@@ -1085,13 +1080,14 @@ def _single_head(project: Driver, expected: Sequence[str] | None) -> Any:
     case = checks.Case("single_head", "single_head")
     with checks.Timer(case):
         heads = sorted(project.heads())
+        diverged = project.diverged()
         if expected is not None and sorted(expected) != heads:
             case.fail(f"the heads are {', '.join(heads)}, not MIGRATION_VERIFY_HEADS={','.join(expected)}", heads)
-        elif expected is None and len(heads) > 1:
+        elif expected is None and diverged:
             case.fail(
-                f"{len(heads)} heads: {', '.join(heads)}; run `alembic merge heads` to join them "
+                f"{len(diverged)} heads: {', '.join(diverged)}; run `{project.merge_command}` to join them "
                 "(or list the heads you mean to have in MIGRATION_VERIFY_HEADS)",
-                heads,
+                diverged,
             )
     return case
 
@@ -1135,7 +1131,7 @@ class _Verifier:
             try:
                 for step in self.project.pending(self.run.read_heads(self.connection), "heads"):
                     self.before[step.revision] = self._snapshot()
-                    self._step(step.revision, "up")
+                    self._step(self.project.step_target(step.revision, "up") or step.revision, "up")
                     self.order.append(step)
             except MigrationFailed as error:
                 case.fail(f"revision {error.revision} failed on the way up: {error.message}")
@@ -1156,12 +1152,7 @@ class _Verifier:
         """The stairway down: each revision from the head, compared afterwards with the schema before it."""
         excepted = set(self.run.settings.verify_irreversible)
         cases = []
-        applied = {step.revision for step in self.order}
-        # The driver's own downgrade steps, head first: they know what each one reverts to.
-        steps = [
-            s for s in self.project.reverting(self.run.read_heads(self.connection), "base") if s.revision in applied
-        ]
-        for step in steps:
+        for step in reversed(self.order):  # the last applied first: what depends on a step is reverted before it
             case = self.checks.Case(
                 "up_down_consistency", f"up_down_consistency[{step.revision} down]", revision=step.revision
             )
@@ -1183,11 +1174,12 @@ class _Verifier:
                     "list it in MIGRATION_VERIFY_IRREVERSIBLE if that is by design"
                 )
             return False
-        if len(step.replaces) > 1:
+        target = self.project.step_target(step.revision, "down")
+        if target is None:
             case.skip("a merge point: the stairway walks one line of revisions")
             return False
         try:
-            self._step(step.replaces[0] if step.replaces else "base", "down")
+            self._step(target, "down")
         except MigrationFailed as error:
             case.fail(f"the downgrade of {step.revision} failed: {error.message}")
             return False
@@ -1207,7 +1199,7 @@ class _Verifier:
             cases.append(case)
             with self.checks.Timer(case):
                 try:
-                    self._step(step.revision, "up")
+                    self._step(self.project.step_target(step.revision, "up") or step.revision, "up")
                 except MigrationFailed as error:
                     case.fail(f"the upgrade of {step.revision} after its downgrade failed: {error.message}")
                     break

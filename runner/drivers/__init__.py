@@ -164,6 +164,22 @@ class Driver(Protocol):
         """The step's source file, whose checksum the ledger records (:mod:`runner.checksum`); None if it has none."""
         ...
 
+    merge_command: str  # what joins diverged heads (verify's single_head says it)
+
+    def diverged(self) -> list[str]:
+        """The heads that diverge; empty when the history is one line (per app).
+
+        Alembic: every head, when there are several; Django: the leaf nodes of an app that has several.
+        """
+        ...
+
+    def step_target(self, revision: str, direction: str) -> str | None:
+        """The target that applies (``up``) or reverts (``down``) exactly this step.
+
+        As upgrade and downgrade take it; ``None`` when no single target does (a merge point).
+        """
+        ...
+
     def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
         """Compare the project's models with the migrated database: ``(passed|failed|skipped, lines)``."""
         ...

@@ -913,6 +913,23 @@ class Project:
             rehearsal.roll_back()
         return rehearsal.skipped
 
+    merge_command = "alembic merge heads"
+
+    def diverged(self) -> list[str]:
+        """Every head, when there are several (``alembic heads``); empty when there is one."""
+        heads = self.heads()
+        return list(heads) if len(heads) > 1 else []
+
+    def step_target(self, revision: str, direction: str) -> str | None:
+        """Up: the revision itself. Down: its ``down_revision``, or ``base``; ``None`` for a merge point."""
+        if direction == "up":
+            return revision
+        script = self.script.get_revision(revision)
+        downs = _down_revisions(script) if script is not None else ()
+        if len(downs) > 1:
+            return None
+        return downs[0] if downs else "base"
+
     def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
         """Compare the models ``env.py`` configures as ``target_metadata`` with the database (``command.check``).
 

@@ -580,13 +580,50 @@ class Project:
         path = getattr(sys.modules.get(type(migration).__module__), "__file__", None) if migration else None
         return Path(path) if path and path.endswith(".py") else None
 
-    def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
-        """Not yet: ``verify`` checks Alembic projects so far (it refuses a Django one before this).
+    merge_command = "manage.py makemigrations --merge"
 
-        Raises:
-            ConfigError: always.
+    def diverged(self) -> list[str]:
+        """The leaf nodes of every app that has more than one (what ``makemigrations --merge`` joins)."""
+        leaves = self._loader.graph.leaf_nodes()
+        apps = [app for app, _ in leaves]
+        return sorted(_id(key) for key in leaves if apps.count(key[0]) > 1)
+
+    def step_target(self, revision: str, direction: str) -> str | None:
+        """Up: ``app:name``. Down: ``app:parent`` (its parent in its app) or ``app:zero``; ``None`` for a merge."""
+        app, name = _key(revision)
+        if direction == "up":
+            return f"{app}:{name}"
+        migration = self._loader.graph.nodes.get((app, name))
+        parents = _parents_in_app(migration) if migration is not None else ()
+        if len(parents) > 1:
+            return None
+        return f"{app}:{_key(parents[0])[1]}" if parents else f"{app}:zero"
+
+    def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
+        """Whether the models need a migration no file has: ``makemigrations --check --dry-run`` (Django's API).
+
+        Returns:
+            ``("passed", [])``, or ``("failed", operations)`` as ``makemigrations`` lists them,
+            each prefixed with its app, e.g. ``shop: Add field price to product``.
         """
-        raise ConfigError("verify checks Alembic projects so far; run `manage.py makemigrations --check --dry-run`")
+        from django.core.management import call_command  # noqa: PLC0415
+
+        out = io.StringIO()
+        try:
+            with project_code():
+                call_command("makemigrations", check=True, dry_run=True, interactive=False, stdout=out, stderr=out)
+        except SystemExit as exit_:
+            if not exit_.code:
+                return "passed", []
+            operations, app = [], ""
+            for line in out.getvalue().splitlines():
+                stripped = line.strip()
+                if stripped.startswith("Migrations for"):
+                    app = stripped.split("'")[1] if "'" in stripped else stripped
+                elif stripped.startswith(("-", "+", "~")):
+                    operations.append(f"{app}: {stripped.lstrip('-+~ ')}")
+            return "failed", operations or [line for line in out.getvalue().splitlines() if line.strip()]
+        return "passed", []
 
     def applied_revisions(self, current: Sequence[str]) -> list[str]:
         """The applied migrations: ``current`` itself (``django_migrations`` lists every one)."""
