@@ -123,13 +123,13 @@ def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["upgrade", "check"])
-def test_markdown_is_for_plan_only(cli: Cli, pg_url: str, command: str) -> None:
+def test_markdown_is_for_plan_and_verify_only(cli: Cli, pg_url: str, command: str) -> None:
     make_project(cli.cwd, revisions=1)
 
     result = cli(command, "--output", "markdown", env={"MIGRATION_DATABASE_URL": pg_url})
 
     assert result.code == 78
-    assert "markdown is for plan only" in result.one("config.invalid")["error"]
+    assert "markdown is for plan and verify" in result.one("config.invalid")["error"]
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
 
 
