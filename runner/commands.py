@@ -1121,6 +1121,13 @@ class _Verifier:
         book = self.up_book if direction == "up" else self.down_book
         _apply(self.run, self.project, self.connection, self.held, book, target=target, direction=direction)
 
+    def _up(self, revision: str) -> None:
+        self._step(self.project.step_target(revision, "up") or revision, "up")  # "up" always has a target
+
+    def _stairway_case(self, step: Step, direction: str) -> Any:
+        name = f"up_down_consistency[{step.revision} {direction}]"
+        return self.checks.Case("up_down_consistency", name, revision=step.revision, direction=direction)
+
     def _snapshot(self) -> Any:
         return self.checks.snapshot(self.connection, self.schema, self.ignored)
 
@@ -1131,7 +1138,7 @@ class _Verifier:
             try:
                 for step in self.project.pending(self.run.read_heads(self.connection), "heads"):
                     self.before[step.revision] = self._snapshot()
-                    self._step(self.project.step_target(step.revision, "up") or step.revision, "up")
+                    self._up(step.revision)
                     self.order.append(step)
             except MigrationFailed as error:
                 case.fail(f"revision {error.revision} failed on the way up: {error.message}")
@@ -1153,10 +1160,7 @@ class _Verifier:
         excepted = set(self.run.settings.verify_irreversible)
         cases = []
         for step in reversed(self.order):  # the last applied first: what depends on a step is reverted before it
-            case = self.checks.Case(
-                "up_down_consistency", f"up_down_consistency[{step.revision} down]", revision=step.revision
-            )
-            case.direction = "down"
+            case = self._stairway_case(step, "down")
             cases.append(case)
             with self.checks.Timer(case):
                 if not self._down_one(step, case, excepted):
@@ -1192,14 +1196,11 @@ class _Verifier:
         """The stairway up: each reverted revision applied again, base first."""
         cases = []
         for step in reversed(self.reverted):
-            case = self.checks.Case(
-                "up_down_consistency", f"up_down_consistency[{step.revision} up]", revision=step.revision
-            )
-            case.direction = "up"
+            case = self._stairway_case(step, "up")
             cases.append(case)
             with self.checks.Timer(case):
                 try:
-                    self._step(self.project.step_target(step.revision, "up") or step.revision, "up")
+                    self._up(step.revision)
                 except MigrationFailed as error:
                     case.fail(f"the upgrade of {step.revision} after its downgrade failed: {error.message}")
                     break

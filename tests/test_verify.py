@@ -101,8 +101,12 @@ def project(
     return root
 
 
-def verify(cli: Cli, url: str, *args: str, cwd: Path | None = None) -> tuple[Any, dict[str, Any]]:
-    result = cli("verify", "--output", "json", *args, env={"MIGRATION_DATABASE_URL": url}, cwd=cwd, timeout=120)
+def verify(
+    cli: Cli, url: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[Any, dict[str, Any]]:
+    """Run verify with --output json; the result, and the report validated against its schema ({} if none)."""
+    env = {"MIGRATION_DATABASE_URL": url, **(env or {})}
+    result = cli("verify", "--output", "json", *args, env=env, cwd=cwd, timeout=timeout)
     report = json.loads(result.stdout) if result.stdout.strip() else {}
     if report:
         jsonschema.validate(report, REPORT_SCHEMA)
@@ -263,12 +267,7 @@ def test_markdown_for_a_pull_request(cli: Cli, pg_url: str, tmp_path: Path) -> N
 
 
 def django_verify(cli: Cli, url: str, project: Path) -> tuple[Any, dict[str, Any]]:
-    env = {"MIGRATION_DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
-    result = cli("verify", "--output", "json", env=env, cwd=project, timeout=180)
-    report = json.loads(result.stdout) if result.stdout.strip() else {}
-    if report:
-        jsonschema.validate(report, REPORT_SCHEMA)
-    return result, report
+    return verify(cli, url, cwd=project, env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}, timeout=180)
 
 
 @pytest.mark.timeout(180)
