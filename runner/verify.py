@@ -17,9 +17,11 @@ with ``--junit-xml``, JUnit XML as GitHub and GitLab read it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree
 
@@ -225,32 +227,56 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def junit(report: dict[str, Any]) -> bytes:
+def junit(report: dict[str, Any], *, timestamp: datetime | None = None) -> bytes:
     """JUnit XML: one ``<testsuite>``, a ``<testcase>`` per case, with ``<failure>`` or ``<skipped>``.
 
-    The shape GitHub's and GitLab's test reports read (JUnit's ``testsuites`` schema).
+    Valid against ``docs/junit.xsd``, the shape GitHub's and GitLab's test reports
+    read. Characters XML 1.0 cannot hold (control characters a database error may
+    carry) are replaced with U+FFFD, so the file always parses.
+
+    Args:
+        report: the JSON report (:func:`document`).
+        timestamp: when the run started (UTC); default now.
+
+    Returns:
+        The file's bytes, UTF-8 with an XML declaration.
     """
-    suites = ElementTree.Element("testsuites", name="migration-runner verify")
     cases: list[dict[str, Any]] = report["cases"]
+    counts = {
+        "tests": str(len(cases)),
+        "failures": str(report["failed"]),
+        "errors": "0",
+        "skipped": str(report["skipped"]),
+        "time": f"{sum(c['seconds'] for c in cases):.3f}",
+    }
+    suites = ElementTree.Element("testsuites", {"name": "migration-runner verify", **counts})
+    started = (timestamp or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0, tzinfo=None)
     suite = ElementTree.SubElement(
-        suites,
-        "testsuite",
-        name="migration-runner verify",
-        tests=str(len(cases)),
-        failures=str(report["failed"]),
-        errors="0",
-        skipped=str(report["skipped"]),
-        time=f"{sum(c['seconds'] for c in cases):.3f}",
+        suites, "testsuite", {"name": "migration-runner verify", "timestamp": started.isoformat(), **counts}
     )
     for case in cases:
         element = ElementTree.SubElement(
-            suite, "testcase", classname=f"verify.{case['check']}", name=case["name"], time=f"{case['seconds']:.3f}"
+            suite,
+            "testcase",
+            classname=f"verify.{case['check']}",
+            name=_xml_text(case["name"]),
+            time=f"{case['seconds']:.3f}",
         )
+        message = _xml_text(case["message"])
         if case["status"] == "failed":
-            failure = ElementTree.SubElement(element, "failure", message=case["message"], type=case["check"])
-            failure.text = "\n".join([case["message"], *case["details"]])
+            failure = ElementTree.SubElement(element, "failure", message=message, type=case["check"])
+            failure.text = _xml_text("\n".join([case["message"], *case["details"]]))
         elif case["status"] == "skipped":
-            ElementTree.SubElement(element, "skipped", message=case["message"])
+            ElementTree.SubElement(element, "skipped", message=message)
     ElementTree.indent(suites)
     xml: bytes = ElementTree.tostring(suites, encoding="utf-8", xml_declaration=True)
     return xml + b"\n"
+
+
+# What XML 1.0 cannot hold: C0 controls but tab, newline and carriage return; surrogates; U+FFFE, U+FFFF
+# (https://www.w3.org/TR/xml/#charsets). ElementTree writes them as they are, and the file would not parse.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(value: str) -> str:
+    return _NOT_XML.sub("\ufffd", value)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +122,29 @@ def test_an_irreversible_step_stops_it_before_any_change(cli: Cli, pg_url: str) 
     assert version(pg_url) == ["0005"]
     assert tables(pg_url) == [f"t_000{k}" for k in range(1, 6)]
     assert cli("downgrade", "0004", env=env).code == 0  # above the irreversible one it goes
+
+
+def test_a_merge_revision_as_alembic_merge_writes_it_is_reversible(cli: Cli, pg_url: str) -> None:
+    """`alembic merge heads` writes `pass` in upgrade() and downgrade(): that reverts exactly, it is not refused."""
+    make_project(cli.cwd, revisions=3, down_revisions={3: "0001"})  # heads 0002 and 0003
+    merge = subprocess.run(
+        [sys.executable, "-m", "alembic", "merge", "-m", "join", "--rev-id", "0004", "heads"],
+        cwd=cli.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert merge.returncode == 0, merge.stderr
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", env=env).code == 0
+
+    result = cli("downgrade", "base", env=env)
+
+    assert result.code == 0, result.stderr
+    assert sorted(e["revision"] for e in result.named("revision.reverted")) == ["0001", "0002", "0003", "0004"]
+    assert version(pg_url) == []
+    assert tables(pg_url) == []
 
 
 def test_five_concurrent_downgrades_are_serialized_by_the_lock(cli: Cli, pg_url: str) -> None:

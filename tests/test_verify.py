@@ -10,9 +10,13 @@ from xml.etree import ElementTree
 
 import jsonschema
 import pytest
+import xmlschema
 from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, mysql_query, query
 
+from runner import verify as checks
+
 REPORT_SCHEMA = json.loads((REPO / "docs" / "verify.schema.json").read_text())
+JUNIT_SCHEMA = xmlschema.XMLSchema(REPO / "docs" / "junit.xsd")
 
 MODELS = """import sqlalchemy as sa
 
@@ -61,6 +65,9 @@ ORDERS_UP = """    op.create_table(
         sa.Column("quantity", sa.Integer, nullable=False),
     )
     op.create_index("ix_items_name", "items", ["name"])"""
+TAGS_UP = """    op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))"""
+TAGS_MODEL = """tags = sa.Table("tags", metadata, sa.Column("id", sa.Integer, primary_key=True))
+"""
 ORDERS_DOWN = """    op.drop_index("ix_items_name", table_name="items")
     op.drop_table("orders")"""
 
@@ -72,8 +79,13 @@ def project(
     extra_column: str = "",
     orders_down: str = ORDERS_DOWN,
     second_head: bool = False,
+    merged: bool = False,
 ) -> Path:
-    """An Alembic project with `items` (0001) and `orders` plus an index on items (0002), and models to match."""
+    """An Alembic project with `items` (0001) and `orders` plus an index on items (0002), and models to match.
+
+    ``second_head``: a second head 0002b beside 0002. ``merged``: a branch 0002t that creates `tags`, and
+    the merge revision 0003 that joins it with 0002.
+    """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(QUICKSTART / "alembic.ini", root / "alembic.ini")
     versions = root / "migrations" / "versions"
@@ -85,7 +97,7 @@ def project(
             "import os, sys\nsys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n"
             "from models import metadata as target_metadata",
         )
-        (root / "models.py").write_text(MODELS.format(extra=extra_column))
+        (root / "models.py").write_text(MODELS.format(extra=extra_column) + (TAGS_MODEL if merged else ""))
     (root / "migrations" / "env.py").write_text(env_py)
     shutil.copy(QUICKSTART / "migrations" / "script.py.mako", root / "migrations" / "script.py.mako")
     files = [
@@ -94,6 +106,9 @@ def project(
     ]
     if second_head:
         files.append(("0002b", "0001", "a second branch", "    pass", "    pass"))
+    if merged:
+        files.append(("0002t", "0001", "tags", TAGS_UP, '    op.drop_table("tags")'))
+        files.append(("0003", ("0002", "0002t"), "merge", "    pass", "    pass"))
     for revision, down, message, up, down_body in files:
         (versions / f"{revision}_r.py").write_text(
             REVISION.format(message=message, revision=revision, down=down, up=up, down_body=down_body)
@@ -130,7 +145,8 @@ HEALTHY = {
 
 
 def check_junit(path: Path, report: dict[str, Any]) -> None:
-    """The JUnit file has the shape GitHub's and GitLab's test reports read: one testcase per case."""
+    """The JUnit file is valid against docs/junit.xsd, and holds one testcase per case with the report's counts."""
+    JUNIT_SCHEMA.validate(path)
     root = ElementTree.parse(path).getroot()  # noqa: S314  (our own file)
     assert root.tag == "testsuites"
     (suite,) = root.findall("testsuite")
@@ -140,6 +156,12 @@ def check_junit(path: Path, report: dict[str, Any]) -> None:
     assert int(suite.get("failures", "-1")) == sum(1 for c in cases if c.find("failure") is not None)
     assert int(suite.get("skipped", "-1")) == sum(1 for c in cases if c.find("skipped") is not None)
     assert all(float(c.get("time", "x")) >= 0 and c.get("classname", "").startswith("verify.") for c in cases)
+    for case, element in zip(report["cases"], cases, strict=True):
+        failure = element.find("failure")
+        assert (failure is not None) == (case["status"] == "failed")
+        if failure is not None:
+            assert failure.get("message") == case["message"]
+            assert all(detail in (failure.text or "") for detail in case["details"])
 
 
 def test_a_healthy_project_passes_every_check(cli: Cli, pg_url: str, tmp_path: Path) -> None:
@@ -194,6 +216,24 @@ def test_two_heads_fail_single_head_naming_both(cli: Cli, pg_url: str, tmp_path:
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]  # nothing ran
 
 
+def test_the_stairway_walks_through_a_merge_point(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Two branches and the merge revision that joins them: each revision is reverted alone, then applied again."""
+    root = project(tmp_path / "p", merged=True)
+    junit = tmp_path / "verify.xml"
+
+    result, report = verify(cli, pg_url, "--junit-xml", str(junit), cwd=root)
+
+    assert result.code == 0, result.stdout + result.stderr
+    stairway = [c for c in report["cases"] if c["check"] == "up_down_consistency"]
+    downs = [c["revision"] for c in stairway if c["direction"] == "down"]
+    ups = [c["revision"] for c in stairway if c["direction"] == "up"]
+    assert downs[0] == "0003" and downs[-1] == "0001" and sorted(downs) == ["0001", "0002", "0002t", "0003"]
+    assert ups == downs[::-1]
+    assert {c["status"] for c in report["cases"]} == {"passed"}
+    check_junit(junit, report)
+    assert query(pg_url, "SELECT version_num FROM alembic_version") == [("0003",)]
+
+
 def test_expected_heads_can_be_listed(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     root = project(tmp_path / "p", second_head=True)
 
@@ -206,10 +246,12 @@ def test_a_downgrade_that_drops_the_wrong_table_fails_the_stairway_naming_it(
     cli: Cli, pg_url: str, tmp_path: Path
 ) -> None:
     root = project(tmp_path / "p", orders_down='    op.drop_table("items")')
+    junit = tmp_path / "verify.xml"
 
-    result, report = verify(cli, pg_url, cwd=root)
+    result, report = verify(cli, pg_url, "--junit-xml", str(junit), cwd=root)
 
     assert result.code == 1
+    check_junit(junit, report)
     failed = [c for c in report["cases"] if c["status"] == "failed"]
     assert failed[0]["name"] == "up_down_consistency[0002 down]"
     assert (failed[0]["revision"], failed[0]["direction"]) == ("0002", "down")
@@ -296,3 +338,21 @@ def test_a_django_model_field_without_a_migration_fails_models_match(cli: Cli, p
     case = next(c for c in report["cases"] if c["name"] == "models_match")
     assert case["status"] == "failed"
     assert case["details"] == ["shop: Add field price to product"]
+
+
+def test_the_junit_schema_rejects_what_the_readers_do_not_take_and_control_characters_stay_valid() -> None:
+    """docs/junit.xsd is not vacuous; a message with control characters still gives a valid file."""
+    bad = (
+        b'<testsuites><testsuite name="s" tests="1"><testcase><failure/><skipped/></testcase></testsuite></testsuites>'
+    )
+    assert not JUNIT_SCHEMA.is_valid(bad)  # a testcase without a name, with both failure and skipped
+    assert not JUNIT_SCHEMA.is_valid(b'<testsuites><testsuite name="s" tests="-1"/></testsuites>')
+    case = checks.Case("upgrade", "upgrade")
+    case.fail("revision 0002 failed on the way up: ERROR:  bad byte \x00 and \x1b[31m escape", ["line\x07one"])
+    report = checks.document(tool="alembic", database="scratch", cases=[case], exit_code=1)
+
+    xml = checks.junit(report)
+
+    JUNIT_SCHEMA.validate(xml.decode())
+    failure = ElementTree.fromstring(xml).find("testsuite/testcase/failure")  # noqa: S314  (our own bytes)
+    assert failure is not None and "bad byte \ufffd and \ufffd[31m escape" in failure.get("message", "")

@@ -174,9 +174,10 @@ class Driver(Protocol):
         ...
 
     def step_target(self, revision: str, direction: str) -> str | None:
-        """The target that applies (``up``) or reverts (``down``) exactly this step.
+        """The target that applies (``up``) or reverts (``down``) this step, as upgrade and downgrade take it.
 
-        As upgrade and downgrade take it; ``None`` when no single target does (a merge point).
+        A down target may revert more than the step (one side of a Django branch):
+        the caller checks :meth:`reverting`. ``None`` when the tool has no target for it.
         """
         ...
 

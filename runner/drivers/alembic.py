@@ -800,8 +800,8 @@ class Project:
         found = []
         for step in steps:
             script = self.script.get_revision(step.revision)
-            function = getattr(script.module if script else None, "downgrade", None)
-            why = _why_irreversible(function)
+            module = script.module if script else None
+            why = _why_irreversible(getattr(module, "downgrade", None), getattr(module, "upgrade", None))
             if why:
                 found.append((step.revision, why))
         return found
@@ -921,14 +921,18 @@ class Project:
         return list(heads) if len(heads) > 1 else []
 
     def step_target(self, revision: str, direction: str) -> str | None:
-        """Up: the revision itself. Down: its ``down_revision``, or ``base``; ``None`` for a merge point."""
+        """Up: the revision itself. Down: ``revision@-1``, or for a merge point its first ``down_revision``.
+
+        ``revision@-1`` reverts the revision alone also while other heads are
+        applied (a plain ``down_revision`` target would revert their branches
+        too); ``@-1`` from a merge point is an ambiguous walk to Alembic, and
+        downgrading to one parent reverts only the merge.
+        """
         if direction == "up":
             return revision
         script = self.script.get_revision(revision)
         downs = _down_revisions(script) if script is not None else ()
-        if len(downs) > 1:
-            return None
-        return downs[0] if downs else "base"
+        return downs[0] if len(downs) > 1 else f"{revision}@-1"
 
     def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
         """Compare the models ``env.py`` configures as ``target_metadata`` with the database (``command.check``).
@@ -1269,31 +1273,44 @@ class _Rehearsal:
                     transaction.rollback()
 
 
-def _why_irreversible(function: Any) -> str | None:
-    """Why a revision's ``downgrade`` cannot revert it: missing, empty (pass, ``...``, a docstring), or only raising."""
+def _why_irreversible(downgrade: Any, upgrade: Any) -> str | None:
+    """Why a revision's ``downgrade`` cannot revert it: missing, empty (pass, ``...``, a docstring), or only raising.
+
+    An empty ``downgrade()`` reverts an empty ``upgrade()`` exactly: a merge
+    revision as ``alembic merge`` writes it, or a placeholder.
+    """
+    if not callable(downgrade):
+        return "it has no downgrade()"
+    body = _statements(downgrade)
+    if body is None:
+        return None  # no source to read: Alembic finds out when it runs
+    if not body:
+        return None if _statements(upgrade) == [] else "its downgrade() does nothing"
+    if len(body) == 1 and isinstance(body[0], ast.Raise):
+        return "its downgrade() only raises"
+    return None
+
+
+def _statements(function: Any) -> list[ast.stmt] | None:
+    """A function's statements but ``pass`` and bare constants (a docstring, ``...``); None without its source."""
     import inspect  # noqa: PLC0415
     import textwrap  # noqa: PLC0415
 
     if not callable(function):
-        return "it has no downgrade()"
+        return None
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError):
-        return None  # no source to read: Alembic finds out when it runs
+        return None
     definition = tree.body[0]
     if not isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef):
         return None
-    body = [
+    return [
         statement
         for statement in definition.body
-        if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))  # docstring, ...
+        if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))
         and not isinstance(statement, ast.Pass)
     ]
-    if not body:
-        return "its downgrade() does nothing"
-    if len(body) == 1 and isinstance(body[0], ast.Raise):
-        return "its downgrade() only raises"
-    return None
 
 
 def _heads_arg(heads: Sequence[str]) -> str:

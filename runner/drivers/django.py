@@ -589,14 +589,18 @@ class Project:
         return sorted(_id(key) for key in leaves if apps.count(key[0]) > 1)
 
     def step_target(self, revision: str, direction: str) -> str | None:
-        """Up: ``app:name``. Down: ``app:parent`` (its parent in its app) or ``app:zero``; ``None`` for a merge."""
+        """Up: ``app:name``. Down: ``app:parent`` (its first parent in its app) or ``app:zero``.
+
+        Migrating an app back to a parent unapplies that parent's children
+        (``MigrationExecutor.migration_plan``): for a merge migration only the
+        merge, but for one side of a branch the other side too, which the
+        caller sees in :meth:`reverting`.
+        """
         app, name = _key(revision)
         if direction == "up":
             return f"{app}:{name}"
         migration = self._loader.graph.nodes.get((app, name))
         parents = _parents_in_app(migration) if migration is not None else ()
-        if len(parents) > 1:
-            return None
         return f"{app}:{_key(parents[0])[1]}" if parents else f"{app}:zero"
 
     def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
