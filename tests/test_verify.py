@@ -1,9 +1,13 @@
-"""verify: the pull-request checks on a scratch database, on real PostgreSQL, MariaDB and SQLite (Alembic)."""
+"""verify: the pull-request checks on a scratch database, on real PostgreSQL, MariaDB and SQLite (Alembic, Django)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -313,26 +317,98 @@ def django_verify(cli: Cli, url: str, project: Path) -> tuple[Any, dict[str, Any
 
 
 @pytest.mark.timeout(180)
-def test_the_django_example_passes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["postgresql", "mariadb", "sqlite"])
+def test_the_django_example_passes(cli: Cli, pg_url: str, mysql_url: str, tmp_path: Path, database: str) -> None:
     """17 migrations of three apps: one leaf per app, the stairway through all of them, no trace."""
-    result, report = django_verify(cli, pg_url, copy_django_example(tmp_path / "django"))
+    url = {"postgresql": pg_url, "mariadb": mysql_url, "sqlite": f"sqlite:///{tmp_path / 'scratch.db'}"}[database]
+    junit = tmp_path / "verify.xml"
+
+    result, report = verify(
+        cli,
+        url,
+        "--junit-xml",
+        str(junit),
+        cwd=copy_django_example(tmp_path / "django"),
+        env={"DJANGO_SETTINGS_MODULE": "mysite.settings"},
+        timeout=170,
+    )
 
     assert result.code == 0, result.stdout + result.stderr
-    assert report["failed"] == 0 and report["skipped"] == 0
+    assert (report["passed"], report["failed"], report["skipped"]) == (38, 0, 0)
     names = [c["name"] for c in report["cases"]]
     assert "up_down_consistency[shop.0002_product_slug down]" in names
     assert "up_down_consistency[shop.0002_product_slug up]" in names
-    assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(3,)]  # at head
+    check_junit(junit, report)
+    at_head = "SELECT count(*) FROM django_migrations WHERE app = 'shop'"
+    if database == "postgresql":
+        assert query(pg_url, at_head) == [(3,)]
+    elif database == "mariadb":
+        assert mysql_query(mysql_url, at_head) == [(3,)]
+    else:
+        with sqlite3.connect(tmp_path / "scratch.db") as scratch:
+            assert scratch.execute(at_head).fetchall() == [(3,)]
 
 
-def test_a_django_model_field_without_a_migration_fails_models_match(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+BRANCH = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_product_name_index")]
+    operations = [migrations.RunSQL("CREATE TABLE shop_{name} (id integer)", "DROP TABLE shop_{name}")]
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_django_merge_migration_is_reverted_and_the_stairway_stops_at_the_branch(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    """Two branches joined by `makemigrations --merge`: the merge reverts alone; one side of the branch cannot.
+
+    Migrating shop back to 0003 would unapply both sides (Django reverts a target's children), so that case is
+    skipped with the reason, not failed, and not passed.
+    """
+    project = copy_django_example(tmp_path / "django")
+    migrations = project / "shop" / "migrations"
+    for name in ("audit_a", "audit_b"):
+        (migrations / f"0004_{name}.py").write_text(BRANCH.format(name=name))
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "MIGRATION_DATABASE_URL": pg_url}
+    merge = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--merge", "--noinput", "shop"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert merge.returncode == 0, merge.stdout + merge.stderr
+    (merged,) = [path.stem for path in migrations.glob("0005_merge_*.py")]
+
+    result, report = django_verify(cli, pg_url, project)
+
+    assert result.code == 0, result.stdout + result.stderr
+    cases = {c["name"]: c for c in report["cases"]}
+    assert cases[f"up_down_consistency[shop.{merged} down]"]["status"] == "passed"
+    assert cases[f"up_down_consistency[shop.{merged} up]"]["status"] == "passed"
+    stopped = [c for c in report["cases"] if c["status"] == "skipped"]
+    assert [c["revision"] for c in stopped] in (["shop.0004_audit_a"], ["shop.0004_audit_b"])
+    assert "reverts shop.0004_audit_a, shop.0004_audit_b" in stopped[0]["message"] or (
+        "reverts shop.0004_audit_b, shop.0004_audit_a" in stopped[0]["message"]
+    )
+    assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(6,)]  # at head again
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mariadb"])
+def test_a_django_model_field_without_a_migration_fails_models_match(
+    cli: Cli, pg_url: str, mysql_url: str, tmp_path: Path, database: str
+) -> None:
     project = copy_django_example(tmp_path / "django")
     models = project / "shop" / "models.py"
     models.write_text(
         models.read_text().replace("    created =", "    price = models.IntegerField(default=0)\n    created =")
     )
 
-    result, report = django_verify(cli, pg_url, project)
+    result, report = django_verify(cli, pg_url if database == "postgresql" else mysql_url, project)
 
     assert result.code == 1
     case = next(c for c in report["cases"] if c["name"] == "models_match")
