@@ -13,9 +13,10 @@ from typing import Any
 from xml.etree import ElementTree
 
 import jsonschema
+import psycopg
 import pytest
 import xmlschema
-from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, mysql_query, query
+from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, lock_key_for, mysql_query, query
 
 from runner import verify as checks
 
@@ -300,6 +301,28 @@ def test_a_nonempty_database_is_78_and_nothing_changes(cli: Cli, pg_url: str, tm
     assert allowed.code == 1, allowed.stdout
     assert {c["name"]: c["details"] for c in allowed_report["cases"]}["models_match"] == ["remove_table customers"]
     assert query(pg_url, "SELECT count(*) FROM customers") == [(0,)]
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_database_is_69_and_a_held_lock_75(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """The usual codes: no report is printed, nothing ran, and no JUnit file claims a result."""
+    root = project(tmp_path / "p")
+    junit = tmp_path / "verify.xml"
+    unreachable = "postgresql://postgres@127.0.0.1:9/nowhere"
+
+    down, down_report = verify(
+        cli, unreachable, "--junit-xml", str(junit), cwd=root, env={"MIGRATION_WAIT_TIMEOUT": "1"}
+    )
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
+        locked, locked_report = verify(
+            cli, pg_url, "--junit-xml", str(junit), cwd=root, env={"MIGRATION_LOCK_TIMEOUT": "1"}
+        )
+
+    assert (down.code, down_report) == (69, {}), down.stdout + down.stderr
+    assert (locked.code, locked_report) == (75, {}), locked.stdout + locked.stderr
+    assert not junit.exists()
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
 
 
 def test_markdown_for_a_pull_request(cli: Cli, pg_url: str, tmp_path: Path) -> None:
