@@ -311,7 +311,7 @@ def test_an_unreachable_database_is_69_and_a_held_lock_75(cli: Cli, pg_url: str,
     unreachable = "postgresql://postgres@127.0.0.1:9/nowhere"
 
     down, down_report = verify(
-        cli, unreachable, "--junit-xml", str(junit), cwd=root, env={"MIGRATION_WAIT_TIMEOUT": "1"}
+        cli, unreachable, "--junit-xml", str(junit), cwd=root, env={"MIGRATION_CONNECT_TIMEOUT": "1"}
     )
     with psycopg.connect(pg_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
