@@ -1,7 +1,8 @@
 """The ``migration-runner`` command line: parse, load settings, run, exit with the documented code.
 
-Signal handlers are installed before anything heavy is imported, so a SIGTERM
-or SIGINT during start-up ends the run like any other: one line, 143 or 130.
+Signal handlers are installed before anything heavy is imported (first by
+:mod:`runner.__main__`, before this module's own imports), so a SIGTERM or SIGINT
+during start-up ends the run like any other: one line, 143 or 130.
 After a signal or the deadline, a watchdog gives rollback and lock release
 ``MIGRATION_GRACE_PERIOD`` seconds, then exits with the same code
 (``os._exit``); the server rolls back and frees the lock when the connection
@@ -366,7 +367,7 @@ _GC_THRESHOLDS = (50_000, 20, 20)
 
 
 def entrypoint() -> None:
-    """The ``migration-runner`` program (``[project.scripts]``, ``python -m runner``): :func:`main`, then exit.
+    """The ``migration-runner`` program (through :func:`runner.__main__.main`): :func:`main`, then exit.
 
     Raises:
         SystemExit: always, with :func:`main`'s exit code.

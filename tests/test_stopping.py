@@ -7,6 +7,7 @@ MariaDB commits DDL as it goes, so these tests interrupt a revision that runs a 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -264,6 +265,32 @@ def test_a_signal_during_start_up_gives_its_code_and_no_traceback(
 
     assert process.returncode == code, stdout + stderr
     assert "Traceback" not in stdout + stderr
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_runner_imports_its_modules_is_a_clean_stop(cli: Cli, signum: int, code: int) -> None:
+    """Sent while runner.cli is still being imported (the window a busy node stretches): 130/143, one line."""
+    make_project(cli.cwd, revisions=1)
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "runner"],  # one stderr line as each import finishes
+        cwd=cli.cwd,
+        env=cli.env({"MIGRATION_DATABASE_URL": "postgresql://postgres@127.0.0.1:9/nowhere"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.rstrip().endswith("|   argparse"):  # runner.cli's first import of its own; more follow
+            process.send_signal(signum)
+            break
+    stdout, stderr = process.communicate(timeout=20)
+
+    assert process.returncode == code, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    (event,) = [json.loads(line) for line in stderr.splitlines() if '"run.interrupted"' in line]
+    assert event["signal"] == signal.Signals(signum).name
 
 
 @pytest.mark.timeout(30)
