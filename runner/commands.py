@@ -1271,32 +1271,28 @@ def resolve(run: Run) -> ExitCode:
     project = run.project()
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
     settings = run.settings
-    with run.connect(engine) as connection, database.losing_connection_raises():
-        lock = locks.migration_lock(
-            settings.url,
-            key=run.lock_key(connection),
-            timeout=settings.lock_timeout,
-            application_name=run.application_name,
-            connect_for=settings.connect_timeout,
-        )
-        with lock as held:
-            book = run.ledger()
-            book.prepare(held.connection or connection)
-            rows = book.unfinished()
-            if not rows:
-                log.info("resolve.nothing", reason="no unfinished revision in the ledger")
-                return ExitCode.OK
-            if len(rows) > 1:
-                raise ConfigError(
-                    f"several unfinished revisions in the ledger ({', '.join(r.revision for r in rows)}); "
-                    f"resolve them in {settings.history_table} by hand"
-                )
-            row = rows[0]
-            if run.resolution == "applied" and row.direction == "down":
-                project.unstamp(connection, row.revision, run.version_table)
-            elif run.resolution == "applied":
-                project.stamp(connection, row.revision, run.version_table)
-            book.resolve(row.row_id, run.resolution)
-            run.read_heads(connection)
-            log.info("resolve.recorded", revision=row.revision, resolution=run.resolution)
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+        _migration_lock(run, connection) as held,
+    ):
+        book = run.ledger()
+        book.prepare(held.connection or connection)
+        rows = book.unfinished()
+        if not rows:
+            log.info("resolve.nothing", reason="no unfinished revision in the ledger")
+            return ExitCode.OK
+        if len(rows) > 1:
+            raise ConfigError(
+                f"several unfinished revisions in the ledger ({', '.join(r.revision for r in rows)}); "
+                f"resolve them in {settings.history_table} by hand"
+            )
+        row = rows[0]
+        if run.resolution == "applied" and row.direction == "down":
+            project.unstamp(connection, row.revision, run.version_table)
+        elif run.resolution == "applied":
+            project.stamp(connection, row.revision, run.version_table)
+        book.resolve(row.row_id, run.resolution)
+        run.read_heads(connection)
+        log.info("resolve.recorded", revision=row.revision, resolution=run.resolution)
     return ExitCode.OK

@@ -76,13 +76,25 @@ def recorded(rows: Iterable[Sequence[Any]]) -> dict[str, Recorded]:
     return found
 
 
+UNFINISHED_OUTCOMES = ("started", "interrupted", "failed")
+
+
+def blocks(outcome: str, transactional: bool, resolution: str | None) -> bool:
+    """Whether a ledger row blocks the next run, until ``resolve`` records what the operator found.
+
+    A ``started`` row (the runner died inside the step), or an ``interrupted`` or
+    ``failed`` one whose step did not run in one transaction (MySQL DDL), so part
+    of it may be applied. The one rule, for the no-op path and for
+    :meth:`runner.ledger.Ledger.unfinished`.
+    """
+    if resolution is not None:
+        return False
+    return outcome == "started" or (outcome in UNFINISHED_OUTCOMES and not transactional)
+
+
 def any_unfinished(rows: Iterable[Sequence[Any]]) -> bool:
-    """Whether a row blocks the next run (:meth:`runner.ledger.Ledger.unfinished`'s rule)."""
-    for _, _, outcome, transactional, resolution, *_ in rows:
-        broken = outcome in ("interrupted", "failed") and not transactional
-        if resolution is None and (outcome == "started" or broken):
-            return True
-    return False
+    """Whether any of the ledger's rows (:data:`COLUMNS`) blocks the next run (:func:`blocks`)."""
+    return any(blocks(outcome, transactional, resolution) for _, _, outcome, transactional, resolution, *_ in rows)
 
 
 class Drift(NamedTuple):

@@ -160,12 +160,19 @@ class Ledger:
 
     def _add_missing_columns(self, connection: Connection) -> None:
         """A ledger made by an older runner gets the columns added since, in place (under the caller's lock)."""
-        present = {column["name"] for column in sa.inspect(connection).get_columns(self.table.name, self.table.schema)}
+        present = self._present_columns(connection) or set()
         table = connection.dialect.identifier_preparer.format_table(self.table)
         for column in self.table.columns:
             if column.name not in present:
                 definition = sa.schema.CreateColumn(column).compile(dialect=connection.dialect)
                 connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {definition}")
+
+    def _present_columns(self, connection: Connection) -> set[str] | None:
+        """The names of the ledger table's columns in the database; None when it has no ledger yet."""
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(self.table.name, schema=self.table.schema):
+            return None
+        return {column["name"] for column in inspector.get_columns(self.table.name, self.table.schema)}
 
     def now(self) -> dt.datetime:
         """The server's time now (UTC), from the offset read by :meth:`prepare`."""
@@ -187,12 +194,11 @@ class Ledger:
             One dict per row: every column, timestamps as ISO-8601 text.
         """
         t = self.table
-        inspector = sa.inspect(connection)
-        if not inspector.has_table(t.name, schema=t.schema):
+        present = self._present_columns(connection)
+        if present is None:
             if connection.in_transaction():
                 connection.rollback()
             return []
-        present = {column["name"] for column in inspector.get_columns(t.name, t.schema)}
         query = sa.select(*(column for column in t.columns if column.name in present)).where(t.c.tool == self.tool)
         if revision is not None:
             query = query.where(t.c.revision == revision)
@@ -220,11 +226,10 @@ class Ledger:
         connection = connection or self._bound()
         began = not connection.in_transaction()
         t = self.table
-        inspector = sa.inspect(connection)
         try:
-            if not inspector.has_table(t.name, schema=t.schema):
+            present = self._present_columns(connection)
+            if present is None:
                 return []
-            present = {column["name"] for column in inspector.get_columns(t.name, t.schema)}
             columns = [t.c[name] if name in present else sa.null().label(name) for name in drift.COLUMNS]
             query = sa.select(*columns).where(t.c.tool == self.tool).order_by(t.c.id)
             return [tuple(row) for row in connection.execute(query).all()]
@@ -260,18 +265,17 @@ class Ledger:
             connection.execute(self.table.insert(), rows)
 
     def unfinished(self) -> list[Unfinished]:
-        """The rows that block an upgrade, oldest first."""
+        """The rows that block an upgrade (:func:`runner.drift.blocks`), oldest first."""
+        from runner import drift  # noqa: PLC0415
+
         connection = self._bound()
         t = self.table.c
-        blocking = sa.or_(
-            t.outcome == "started", sa.and_(t.outcome.in_(("interrupted", "failed")), t.transactional.is_(False))
-        )
-        query = sa.select(t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error, t.direction).where(
-            t.tool == self.tool, t.resolution.is_(None), blocking
-        )
+        query = sa.select(
+            t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error, t.direction, t.transactional
+        ).where(t.tool == self.tool, t.resolution.is_(None), t.outcome.in_(drift.UNFINISHED_OUTCOMES))
         with _transaction(connection):
             rows = connection.execute(query.order_by(t.id)).all()
-        return [Unfinished(*row) for row in rows]
+        return [Unfinished(*row[:-1]) for row in rows if drift.blocks(row.outcome, row.transactional, None)]
 
     def _row(self, revision: str, outcome: str, *, transactional: bool) -> dict[str, Any]:
         return {
