@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import jsonschema
 import psycopg
 import pytest
 import xmlschema
+import yaml
 from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, lock_key_for, mysql_query, query
 
 from runner import verify as checks
@@ -455,3 +457,32 @@ def test_the_junit_schema_rejects_what_the_readers_do_not_take_and_control_chara
     JUNIT_SCHEMA.validate(xml.decode())
     failure = ElementTree.fromstring(xml).find("testsuite/testcase/failure")  # noqa: S314  (our own bytes)
     assert failure is not None and "bad byte \ufffd and \ufffd[31m escape" in failure.get("message", "")
+
+
+@pytest.mark.timeout(60)
+def test_the_ci_recipes_in_readme_are_valid_github_and_gitlab_ci(tmp_path: Path) -> None:
+    """README "Verify in CI": the GitHub job is a valid workflow job and the GitLab job valid .gitlab-ci.yml,
+    both against check-jsonschema's vendored schemas; each reports the JUnit file verify writes."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Verify in CI", 1)[1].split("\n### ", 1)[0]
+    github, gitlab = (yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S))
+    workflow = tmp_path / "verify.yml"
+    workflow.write_text(yaml.safe_dump({"name": "verify", "on": "pull_request", "jobs": github}))
+    pipeline = tmp_path / ".gitlab-ci.yml"
+    pipeline.write_text(yaml.safe_dump(gitlab))
+
+    for path, schema in ((workflow, "vendor.github-workflows"), (pipeline, "vendor.gitlab-ci")):
+        checked = subprocess.run(
+            [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    steps = github["verify-migrations"]["steps"]
+    assert any("migration-runner verify --junit-xml verify.xml" in step.get("run", "") for step in steps)
+    assert any(step.get("with", {}).get("report_paths") == "verify.xml" for step in steps)
+    job = gitlab["verify-migrations"]
+    assert any("migration-runner verify --junit-xml verify.xml" in line for line in job["script"])
+    assert job["artifacts"]["reports"]["junit"] == "verify.xml"
