@@ -376,13 +376,14 @@ def test_connection_settings_the_server_refuses_are_78_at_once(
     assert result.one("run.finished")["duration_seconds"] < 5
 
 
-def test_a_read_only_database_is_69_before_the_lock(cli: Cli, pg_url: str) -> None:
+@pytest.mark.parametrize("command", [["upgrade"], ["resolve", "--mark", "applied"]])
+def test_a_read_only_database_is_69_before_the_lock(cli: Cli, pg_url: str, command: list[str]) -> None:
     """default_transaction_read_only: 69 (retryable, as during a failover), the lock never taken."""
     make_project(cli.cwd, revisions=1)
     name = sqlalchemy.make_url(pg_url).database
     query(pg_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
 
-    result = cli(env={"MIGRATION_DATABASE_URL": pg_url})
+    result = cli(*command, env={"MIGRATION_DATABASE_URL": pg_url})
 
     assert result.code == 69, result.stdout
     assert "read-only server" in result.one("database.read_only")["error"]
