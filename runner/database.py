@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool, Pool
 
-from runner import noop, urls
+from runner import noop, sessions, urls
 from runner.errors import ConfigError, ConnectionLost, DatabaseUnavailable
 from runner.logs import get_logger
 from runner.urls import ASYNC_DRIVERS, DatabaseUrl
@@ -239,11 +239,6 @@ def _adapts(dbapi_connection: Any, driver: str) -> bool:
     return type(dbapi_connection).__name__.startswith(f"AsyncAdapt_{driver}")
 
 
-# MySQL connection ids of this process's connections: the lock connection cancels
-# what they still run on the server before it releases the lock (locks.py).
-mysql_connection_ids: set[int] = set()
-
-
 class _TransactionWatch:
     """Notices when a revision's own transaction ends early (a ``COMMIT`` in the revision, an autocommit block)."""
 
@@ -280,7 +275,7 @@ def _track_connections() -> None:
         driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
         thread_id = getattr(driver, "thread_id", None)
         if callable(thread_id) and _is_mysql(driver):
-            mysql_connection_ids.add(int(thread_id()))
+            sessions.mysql_connection_ids.add(int(thread_id()))
         if _on_connect_settings and _adapts(dbapi_connection, "asyncpg"):
             cursor = dbapi_connection.cursor()
             for name, value in _on_connect_settings.items():

@@ -35,7 +35,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 
-from runner import database, polling
+from runner import database, polling, sessions
 from runner.errors import ConfigError, LockLost, LockTimeout
 from runner.logs import get_logger
 
@@ -261,7 +261,7 @@ class _MySQLNamedLock:
         server: MySQL goes on with the statement, DDL included, and the next
         runner would take the lock while it runs (MySQL docs, "KILL Statement").
         """
-        ours = database.mysql_connection_ids - {connection.execute(text("SELECT CONNECTION_ID()")).scalar()}
+        ours = sessions.mysql_connection_ids - {connection.execute(text("SELECT CONNECTION_ID()")).scalar()}
         if not ours:
             return
         busy = text("SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN :ids AND COMMAND <> 'Sleep'").bindparams(

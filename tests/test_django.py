@@ -100,6 +100,29 @@ def permissions(url: str) -> list[tuple[str, ...]]:
     return [tuple(row) for row in query(url, sql)]
 
 
+def test_the_noop_imports_no_sqlalchemy_on_each_database(cli: Cli, project: Path, any_url: str) -> None:
+    """At head the run loads Django, as it must, but not SQLAlchemy (on MySQL, a connection's id once pulled it in)."""
+    assert cli("upgrade", env=env(any_url)).code == 0
+    child = (
+        "import sys, runner.cli\n"
+        "code = runner.cli.main(['upgrade'])\n"
+        "print('RESULT', code, 'sqlalchemy' in sys.modules, file=sys.stderr)"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", child],
+        cwd=cli.cwd,
+        env=cli.env(env(any_url)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.stderr.strip().splitlines()[-1] == "RESULT 0 False", done.stdout + done.stderr
+    assert '"upgrade.noop"' in done.stdout
+
+
 def test_upgrade_noop_check_current_on_each_database(cli: Cli, project: Path, any_url: str) -> None:
     before = cli("check", env=env(any_url))
     assert before.code == 1, before.stderr

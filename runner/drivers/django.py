@@ -362,11 +362,11 @@ class Project:
                     cursor.execute(f"SET lock_timeout = {lock_ms}")  # our own integers (milliseconds)
                     cursor.execute(f"SET statement_timeout = {statement_ms}")
                 elif connection.vendor == "mysql":
-                    from runner import database  # noqa: PLC0415  (the registry of MySQL connection ids)
+                    from runner import sessions  # noqa: PLC0415
 
                     if lock_ms:
                         cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, lock_ms // 1000)}")
-                    database.mysql_connection_ids.add(int(connection.connection.thread_id()))
+                    sessions.mysql_connection_ids.add(int(connection.connection.thread_id()))
 
         connection_created.connect(created, weak=False, dispatch_uid="migration-runner")
 
