@@ -241,12 +241,19 @@ def test_the_stairway_walks_through_a_merge_point(cli: Cli, pg_url: str, tmp_pat
     assert query(pg_url, "SELECT version_num FROM alembic_version") == [("0003",)]
 
 
-def test_expected_heads_can_be_listed(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+def test_expected_heads_can_be_listed_and_the_stairway_reverts_each_branch_alone(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    """Two heads on purpose: each head is reverted by itself (REV@-1), so no branch's tables go missing."""
     root = project(tmp_path / "p", second_head=True)
 
-    result = cli("verify", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_VERIFY_HEADS": "0002b,0002"}, cwd=root)
+    result, report = verify(cli, pg_url, cwd=root, env={"MIGRATION_VERIFY_HEADS": "0002b,0002"})
 
-    assert "PASSED   single_head" in result.stdout, result.stdout + result.stderr
+    assert result.code == 0, result.stdout + result.stderr
+    assert {c["status"] for c in report["cases"]} == {"passed"}
+    downs = [c["revision"] for c in report["cases"] if c.get("direction") == "down"]
+    assert sorted(downs) == ["0001", "0002", "0002b"] and downs[-1] == "0001"
+    assert sorted(r[0] for r in query(pg_url, "SELECT version_num FROM alembic_version")) == ["0002", "0002b"]
 
 
 def test_a_downgrade_that_drops_the_wrong_table_fails_the_stairway_naming_it(
