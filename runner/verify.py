@@ -100,50 +100,56 @@ Schema = dict[str, dict[str, tuple[Any, ...]]]
 def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str]) -> Schema:
     """The schema as SQLAlchemy's inspector reports it (``ignored``: the tools' own tables).
 
-    Ends the transaction the inspector opened.
+    One call per kind of object for all tables (``Inspector.get_multi_columns`` and
+    its kin, SQLAlchemy 2.0): PostgreSQL answers each with one query, where a call
+    per table made ``verify`` quadratic in the history's length (57 s for 100
+    revisions). Ends the transaction the inspector opened.
     """
     inspector = sa.inspect(connection)
-    found: Schema = {}
     try:
-        for table in sorted(set(inspector.get_table_names(schema=schema)) - set(ignored)):
-            columns = inspector.get_columns(table, schema)
-            primary = inspector.get_pk_constraint(table, schema)
-            found[table] = {
-                "columns": tuple(sorted((c["name"], str(c["type"]), bool(c["nullable"])) for c in columns)),
-                "indexes": tuple(
-                    sorted(
-                        (i["name"] or "", tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
-                        for i in inspector.get_indexes(table, schema)
-                    )
-                ),
-                "unique_constraints": tuple(
-                    sorted(
-                        (u["name"] or "", tuple(u["column_names"]))
-                        for u in inspector.get_unique_constraints(table, schema)
-                    )
-                ),
-                "foreign_keys": tuple(
-                    sorted(
-                        (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"])
-                        for f in inspector.get_foreign_keys(table, schema)
-                    )
-                ),
-                "primary_key": (tuple(primary.get("constrained_columns") or ()),),
-                "check_constraints": tuple(
-                    sorted((c["name"] or "", c["sqltext"]) for c in _checks(inspector, table, schema))
-                ),
-            }
+        names = sorted(set(inspector.get_table_names(schema=schema)) - set(ignored))
+        if not names:
+            return {}
+        columns = inspector.get_multi_columns(schema, filter_names=names)
+        primary = inspector.get_multi_pk_constraint(schema, filter_names=names)
+        indexes = inspector.get_multi_indexes(schema, filter_names=names)
+        uniques = inspector.get_multi_unique_constraints(schema, filter_names=names)
+        foreign = inspector.get_multi_foreign_keys(schema, filter_names=names)
+        checks = _checks(inspector, schema, names)
     finally:
         if connection.in_transaction():
             connection.rollback()
+    found: Schema = {}
+    for table in names:
+        key = (schema, table)
+        found[table] = {
+            "columns": tuple(sorted((c["name"], str(c["type"]), bool(c["nullable"])) for c in columns.get(key, ()))),
+            "indexes": tuple(
+                sorted(
+                    (i["name"] or "", tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
+                    for i in indexes.get(key, ())
+                )
+            ),
+            "unique_constraints": tuple(
+                sorted((u["name"] or "", tuple(u["column_names"])) for u in uniques.get(key, ()))
+            ),
+            "foreign_keys": tuple(
+                sorted(
+                    (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"])
+                    for f in foreign.get(key, ())
+                )
+            ),
+            "primary_key": (tuple(primary[key]["constrained_columns"] if key in primary else ()),),
+            "check_constraints": tuple(sorted((c["name"] or "", c["sqltext"]) for c in checks.get(key, ()))),
+        }
     return found
 
 
-def _checks(inspector: Any, table: str, schema: str | None) -> list[dict[str, Any]]:
+def _checks(inspector: Any, schema: str | None, names: list[str]) -> dict[tuple[str | None, str], list[Any]]:
     try:
-        return list(inspector.get_check_constraints(table, schema))
+        return dict(inspector.get_multi_check_constraints(schema, filter_names=names))
     except NotImplementedError:  # a dialect without them
-        return []
+        return {}
 
 
 def differences(before: Schema, after: Schema) -> list[str]:

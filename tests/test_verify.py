@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 import jsonschema
 import psycopg
 import pytest
+import sqlalchemy
 import xmlschema
 import yaml
 from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, lock_key_for, mysql_query, query
@@ -493,3 +494,44 @@ def test_the_ci_recipes_in_readme_are_valid_github_and_gitlab_ci(tmp_path: Path)
     job = gitlab["verify-migrations"]
     assert any("migration-runner verify --junit-xml verify.xml" in line for line in job["script"])
     assert job["artifacts"]["reports"]["junit"] == "verify.xml"
+
+
+SCHEMA_DDL = [
+    "CREATE TABLE parent (id INTEGER PRIMARY KEY, code VARCHAR(10) NOT NULL)",
+    "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL, qty INTEGER, "
+    "CONSTRAINT uq_child_qty UNIQUE (qty), CONSTRAINT ck_child_qty CHECK (qty > 0), "
+    "CONSTRAINT fk_child_parent FOREIGN KEY (parent_id) REFERENCES parent (id))",
+    "CREATE INDEX ix_parent_code ON parent (code)",
+]
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mariadb", "sqlite"])
+def test_a_snapshot_sees_each_kind_of_object_on_each_database(
+    pg_url: str, mysql_url: str, tmp_path: Path, database: str
+) -> None:
+    """Columns, primary keys, indexes, unique and check constraints and foreign keys, as the stairway compares them."""
+    url = {"postgresql": pg_url, "mariadb": mysql_url, "sqlite": f"sqlite:///{tmp_path / 's.db'}"}[database]
+    engine = sqlalchemy.create_engine(
+        url.replace("mysql://", "mysql+pymysql://").replace("postgresql://", "postgresql+psycopg://")
+    )
+    try:
+        with engine.connect() as connection:
+            empty = checks.snapshot(connection, None, ())
+            for statement in SCHEMA_DDL:
+                connection.exec_driver_sql(statement)
+            connection.commit()
+            found = checks.snapshot(connection, None, ("parent",))
+            both = checks.snapshot(connection, None, ())
+    finally:
+        engine.dispose()
+
+    assert empty == {} and set(found) == {"child"}
+    child = both["child"]
+    assert [c[0] for c in child["columns"]] == ["id", "parent_id", "qty"]
+    assert child["primary_key"] == (("id",),)
+    assert ("uq_child_qty", ("qty",)) in child["unique_constraints"]
+    assert [(f[1], f[2]) for f in child["foreign_keys"]] == [(("parent_id",), "parent")]
+    assert [c[0] for c in child["check_constraints"]] == ["ck_child_qty"]
+    assert ("ix_parent_code", ("code",), False) in both["parent"]["indexes"]
+    lines = checks.differences({}, both) + checks.differences(both, {"child": both["child"]})
+    assert "table parent is missing" in lines
