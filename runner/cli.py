@@ -205,9 +205,11 @@ def _options() -> argparse.ArgumentParser:
 def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
     """The argument parser: ``migration-runner [COMMAND] [TARGET] [options]``; ``COMMAND --help`` describes each."""
     options = _options()
+    # No abbreviations: `verify --all` must not mean --allow-nonempty, nor a prefix any later flag.
     parser = argparse.ArgumentParser(
         prog="migration-runner",
-        description="Apply Alembic revisions under a database advisory lock.",
+        description="Apply Alembic revisions or Django migrations under a database advisory lock.",
+        allow_abbrev=False,
         epilog=_epilog() if with_epilog else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[options],
@@ -217,6 +219,7 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         sub = commands.add_parser(
             name,
+            allow_abbrev=False,
             parents=[options],
             help=command.summary,
             description=command.summary,

@@ -375,7 +375,7 @@ class Settings(BaseSettings):
         if self.database_url is None and self._databases:
             raise ConfigError(
                 f"MIGRATION_DATABASES_FILE lists {len(self._databases)} database(s): set MIGRATION_DATABASE_INDEX "
-                "(an Indexed Job sets JOB_COMPLETION_INDEX for it), or run every one with --all"
+                "(an Indexed Job sets JOB_COMPLETION_INDEX for it), or run every one with upgrade, check or wait --all"
             )
         if self.database_url is None:
             raise ConfigError(

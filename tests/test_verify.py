@@ -335,6 +335,19 @@ def test_an_unreachable_database_is_69_and_a_held_lock_75(cli: Cli, pg_url: str,
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
 
 
+@pytest.mark.parametrize("flag", ["--all", "--allow", "--allow-non"])
+def test_an_abbreviation_never_means_allow_nonempty(cli: Cli, pg_url: str, tmp_path: Path, flag: str) -> None:
+    """argparse took `verify --all` (meant as upgrade's --all) for --allow-nonempty, and ran on a full database."""
+    root = project(tmp_path / "p")
+    query(pg_url, "CREATE TABLE customers (id integer)")
+
+    result = cli("verify", flag, env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
+
+    assert result.code == 2, result.stdout + result.stderr
+    assert f"unrecognized arguments: {flag}" in result.stderr
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
 def test_markdown_for_a_pull_request(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     root = project(tmp_path / "p", orders_down='    op.drop_table("orders")')
 
