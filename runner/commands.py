@@ -1030,12 +1030,19 @@ def verify(run: Run) -> ExitCode:
         ``ExitCode.OK`` when no case failed (skipped ones do not fail), ``ExitCode.NOT_AT_TARGET`` (1) otherwise.
 
     Raises:
-        ConfigError: the database holds tables already (unless ``--allow-nonempty``).
+        ConfigError: the database holds tables already (unless ``--allow-nonempty``, which the
+            ``production`` environment refuses).
         DatabaseUnavailable, LockTimeout.
     """
     from runner import verify as checks  # noqa: PLC0415
 
     settings = run.settings
+    if settings.environment == "production" and settings.verify_allow_nonempty:
+        raise ConfigError(
+            "verify --allow-nonempty is refused in the production environment: verify reverts every revision, "
+            "and a database with tables in production holds data; run it on a scratch database with "
+            "MIGRATION_ENVIRONMENT=test; nothing was changed"
+        )
     project = run.project()
     url = run.migration_url()
     engine = database.make_engine(url, application_name=run.application_name)

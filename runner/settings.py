@@ -198,7 +198,8 @@ class Settings(BaseSettings):
         "comma-separated; the stairway stops there without failing.",
     )
     verify_allow_nonempty: bool = Field(
-        False, description="verify: run on a database that already holds tables (--allow-nonempty)."
+        False,
+        description="verify: run on a database that already holds tables (--allow-nonempty); refused in production.",
     )
     junit_xml: Path | None = Field(None, description="verify: also write the report as JUnit XML here (--junit-xml).")
     allow_trace: bool = Field(

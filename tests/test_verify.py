@@ -311,6 +311,10 @@ def test_a_nonempty_database_is_78_and_nothing_changes(cli: Cli, pg_url: str, tm
     assert allowed.code == 1, allowed.stdout
     assert {c["name"]: c["details"] for c in allowed_report["cases"]}["models_match"] == ["remove_table customers"]
     assert query(pg_url, "SELECT count(*) FROM customers") == [(0,)]
+    # Never in production, where a database with tables holds data and the stairway would revert it.
+    production, _ = verify(cli, pg_url, "--allow-nonempty", cwd=root, env={"MIGRATION_ENVIRONMENT": "production"})
+    assert production.code == 78
+    assert "refused in the production environment" in production.one("config.invalid")["error"]
 
 
 @pytest.mark.timeout(60)
