@@ -812,13 +812,16 @@ def plan(run: Run) -> ExitCode:
                 not_traced=None if traced is None else traced[1].get(step.revision),
             )
         )
-    document = planning.document(
-        traced=traced is not None,
-        tool=project.tool,
-        database=settings.light_url.database_name,
-        current=run.shown(current),
-        target=run.report.target,
-        steps=steps,
+    # Redacted like the logs: a revision's own error, in not_rendered, may carry the URL.
+    document = logs.redact_value(
+        planning.document(
+            traced=traced is not None,
+            tool=project.tool,
+            database=settings.light_url.database_name,
+            current=run.shown(current),
+            target=run.report.target,
+            steps=steps,
+        )
     )
     if settings.output == "json":
         run.stdout.write(json.dumps(document, indent=2) + "\n")
@@ -952,7 +955,7 @@ def history(run: Run) -> ExitCode:
     engine = database.make_engine(settings.url, application_name=run.application_name)
     only = settings.target if "target" in settings.model_fields_set else None
     with run.connect(engine) as connection:
-        rows = run.ledger().history(connection, only)
+        rows = logs.redact_value(run.ledger().history(connection, only))  # an error recorded by an older runner
     if settings.output == "json":
         json.dump({"schema_version": HISTORY_SCHEMA_VERSION, "tool": project.tool, "rows": rows}, run.stdout, indent=2)
         print(file=run.stdout)
@@ -1066,7 +1069,10 @@ def verify(run: Run) -> ExitCode:
                     cases.append(checks.Case(check, check))
                     cases[-1].skip("several heads: merge them first")
     code = ExitCode.NOT_AT_TARGET if any(case.status == "failed" for case in cases) else ExitCode.OK
-    report = checks.document(tool=project.tool, database=settings.light_url.database_name, cases=cases, exit_code=code)
+    # Redacted like the logs: a revision's own error, in a case's message, may carry the URL.
+    report = logs.redact_value(
+        checks.document(tool=project.tool, database=settings.light_url.database_name, cases=cases, exit_code=code)
+    )
     if settings.junit_xml is not None:
         settings.junit_xml.write_bytes(checks.junit(report))
     if settings.output == "json":

@@ -111,6 +111,25 @@ def test_history_lists_the_ledger_newest_first(cli: Cli, pg_url: str) -> None:
     assert version(pg_url) == ["0002"]
 
 
+def test_history_never_shows_a_password_an_older_row_recorded(cli: Cli, pg_url: str) -> None:
+    """A row's error, written by an older runner or by hand, passes the same redaction as every output."""
+    make_project(cli.cwd, revisions=1)
+    assert cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url}).code == 0
+    secret = "Sup3r-S3cret-pw"  # noqa: S105  (trust authentication takes any password)
+    query(
+        pg_url,
+        "UPDATE migration_runner_history SET error = "
+        f"'could not copy from postgresql://postgres:{secret}@db.example/shop'",
+    )
+    url = pg_url.replace("postgres@", f"postgres:{secret}@", 1)
+
+    document = cli("history", "--json", env={"MIGRATION_DATABASE_URL": url})
+
+    assert document.code == 0, document.stderr
+    assert "could not copy from postgresql://postgres:***@db.example/shop" in document.stdout
+    assert secret not in document.stdout + document.stderr
+
+
 def test_history_without_a_ledger_is_empty(cli: Cli, pg_url: str) -> None:
     make_project(cli.cwd, revisions=1)
 

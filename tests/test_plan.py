@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import sqlalchemy
 from support import REPO, Cli, copy_django_example, make_project, query, version
 
 SCHEMA = json.loads((REPO / "docs" / "plan.schema.json").read_text())
@@ -57,6 +58,20 @@ def test_plan_shows_the_sql_and_the_lock_then_exits_1(cli: Cli, pg_url: str) -> 
     assert not text.stdout.lstrip().startswith("{")  # the logs went to stderr
     assert text.one("plan.finished")["pending"] == 2
     unchanged(pg_url)
+
+
+def test_a_password_in_a_revision_error_is_never_in_the_plan(cli: Cli, pg_url: str) -> None:
+    """The not_rendered reason is the revision's own error, which may carry the URL: redacted like the logs."""
+    leaks = 'raise RuntimeError("no offline copy from " + op.get_context().config.get_main_option("sqlalchemy.url"))'
+    make_project(cli.cwd, revisions=2, bodies={2: leaks})
+    secret = "Sup3r-S3cret-pw"  # noqa: S105  (trust authentication takes any password)
+    url = sqlalchemy.make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
+
+    outputs = [cli("plan", "--output", output, env={"MIGRATION_DATABASE_URL": url}) for output in ("json", "text")]
+
+    assert [result.code for result in outputs] == [1, 1], outputs[0].stderr
+    assert "no offline copy from" in outputs[0].stdout
+    assert all(secret not in result.stdout + result.stderr for result in outputs)
 
 
 def test_plan_at_head_exits_0(cli: Cli, pg_url: str) -> None:

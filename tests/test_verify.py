@@ -19,7 +19,17 @@ import pytest
 import sqlalchemy
 import xmlschema
 import yaml
-from support import QUICKSTART, REPO, TEMPLATE_ENV_PY, Cli, copy_django_example, lock_key_for, mysql_query, query
+from support import (
+    QUICKSTART,
+    REPO,
+    TEMPLATE_ENV_PY,
+    Cli,
+    copy_django_example,
+    lock_key_for,
+    make_project,
+    mysql_query,
+    query,
+)
 
 from runner import verify as checks
 
@@ -350,6 +360,29 @@ def test_an_abbreviation_never_means_allow_nonempty(cli: Cli, pg_url: str, tmp_p
     assert result.code == 2, result.stdout + result.stderr
     assert f"unrecognized arguments: {flag}" in result.stderr
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
+@pytest.mark.parametrize("output", ["json", "markdown", "text"])
+def test_a_password_in_a_revision_error_is_never_in_the_report(
+    cli: Cli, pg_url: str, tmp_path: Path, output: str
+) -> None:
+    """The report and the JUnit file are redacted like the logs: a revision's error may carry the URL."""
+    make_project(
+        tmp_path / "p",
+        2,
+        bodies={2: 'raise RuntimeError("cannot copy from " + op.get_bind().engine.url.render_as_string(False))'},
+    )
+    secret = "Sup3r-S3cret-pw"  # noqa: S105  (trust authentication takes any password)
+    url = sqlalchemy.make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
+    junit = tmp_path / "verify.xml"
+
+    result = cli(
+        "verify", "--output", output, "--junit-xml", str(junit), env={"MIGRATION_DATABASE_URL": url}, cwd=tmp_path / "p"
+    )
+
+    assert result.code == 1, result.stdout + result.stderr
+    assert "cannot copy from" in result.stdout  # the error is reported,
+    assert secret not in result.stdout + result.stderr + junit.read_text()  # its password is not
 
 
 def test_markdown_for_a_pull_request(cli: Cli, pg_url: str, tmp_path: Path) -> None:
