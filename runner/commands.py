@@ -1047,6 +1047,7 @@ def verify(run: Run) -> ExitCode:
             "MIGRATION_ENVIRONMENT=test; nothing was changed"
         )
     project = run.project()
+    _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible)
     url = run.migration_url()
     engine = database.make_engine(url, application_name=run.application_name)
     schema = run.version_table.schema
@@ -1082,6 +1083,25 @@ def verify(run: Run) -> ExitCode:
     run.stdout.flush()
     get_logger().info("verify.finished", passed=report["passed"], failed=report["failed"], skipped=report["skipped"])
     return code
+
+
+def _check_verify_settings(project: Driver, heads: Sequence[str] | None, irreversible: Sequence[str]) -> None:
+    """The revisions ``MIGRATION_VERIFY_HEADS`` and ``MIGRATION_VERIFY_IRREVERSIBLE`` name exist (a typo is 78).
+
+    Raises:
+        ConfigError: an empty heads list, or a name that is no revision of the project.
+    """
+    if heads is not None and not heads:
+        raise ConfigError("MIGRATION_VERIFY_HEADS is empty: list the heads you mean to have, or unset it")
+    known = {step.revision for step in project.pending((), "heads")}
+    for name, values in (("MIGRATION_VERIFY_HEADS", heads or ()), ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible)):
+        unknown = [value for value in values if value not in known]
+        if unknown:
+            example = next(iter(sorted(known)), "none")
+            raise ConfigError(
+                f"{name} names {', '.join(unknown)}, which this project has no revision of "
+                f"(they are written like {example}); nothing was changed"
+            )
 
 
 CHECKS_AFTER_HEADS = ("upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")

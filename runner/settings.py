@@ -36,6 +36,7 @@ from pydantic import Field, PrivateAttr, SecretStr, StringConstraints, field_val
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -78,6 +79,10 @@ _SERVICE_LINK = re.compile(
 MAX_SECONDS = 2_147_483.0
 Seconds = Annotated[float, Field(allow_inf_nan=False, le=MAX_SECONDS)]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# Revision ids, comma-separated or a JSON array. NoDecode: pydantic-settings would read the value as
+# JSON first, and `0001` is no JSON (a plain list field then failed with its SettingsError).
+RevisionList = Annotated[list[NonEmpty], NoDecode]
+OptionalRevisionList = Annotated[list[NonEmpty] | None, NoDecode]  # NoDecode must be outside the union
 # `alembic init` writes this URL into alembic.ini; it means "not configured".
 ALEMBIC_PLACEHOLDER_URL = "driver://user:pass@localhost/dbname"
 
@@ -187,12 +192,12 @@ class Settings(BaseSettings):
         description="upgrade and check compare each applied revision's file with the checksum the ledger "
         "recorded: warn logs revision.drifted, fail exits 65 before any change, off skips the comparison.",
     )
-    verify_heads: list[NonEmpty] | None = Field(
+    verify_heads: OptionalRevisionList = Field(
         None,
         description="verify: the heads the project has on purpose (branch labels), comma-separated; "
         "single_head then passes when the heads are exactly these.",
     )
-    verify_irreversible: list[NonEmpty] = Field(
+    verify_irreversible: RevisionList = Field(
         default_factory=list,
         description="verify: revisions whose downgrade cannot work by design (it raises NotImplementedError), "
         "comma-separated; the stairway stops there without failing.",

@@ -267,6 +267,46 @@ def test_expected_heads_can_be_listed_and_the_stairway_reverts_each_branch_alone
     assert sorted(r[0] for r in query(pg_url, "SELECT version_num FROM alembic_version")) == ["0002", "0002b"]
 
 
+def test_a_downgrade_that_raises_by_design_fails_unless_listed_as_irreversible(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    root = project(tmp_path / "p", orders_down='    raise NotImplementedError("orders are kept")')
+
+    result, report = verify(cli, pg_url, cwd=root)
+    query(pg_url, "DROP TABLE orders, items, alembic_version, migration_runner_history")
+    listed, listed_report = verify(cli, pg_url, cwd=root, env={"MIGRATION_VERIFY_IRREVERSIBLE": "0002"})
+
+    assert result.code == 1
+    down = statuses(report)["up_down_consistency[0002 down]"]
+    assert down == "failed"
+    assert "MIGRATION_VERIFY_IRREVERSIBLE" in report["cases"][3]["message"]
+    assert listed.code == 0, listed.stdout + listed.stderr
+    assert statuses(listed_report)["up_down_consistency[0002 down]"] == "skipped"
+    assert "only raises" in listed_report["cases"][3]["message"]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ("MIGRATION_VERIFY_IRREVERSIBLE", "0002,0003", "MIGRATION_VERIFY_IRREVERSIBLE names 0003"),
+        ("MIGRATION_VERIFY_HEADS", "0002,02b", "MIGRATION_VERIFY_HEADS names 02b"),
+        ("MIGRATION_VERIFY_HEADS", "", "MIGRATION_VERIFY_HEADS is empty"),
+    ],
+)
+def test_a_revision_the_verify_settings_name_must_exist(
+    cli: Cli, pg_url: str, tmp_path: Path, setting: tuple[str, str, str]
+) -> None:
+    """A typo would make the exception list silently useless: 78 before anything runs."""
+    variable, value, said = setting
+    root = project(tmp_path / "p")
+
+    result, report = verify(cli, pg_url, cwd=root, env={variable: value})
+
+    assert (result.code, report) == (78, {}), result.stdout + result.stderr
+    assert said in result.one("config.invalid")["error"]
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
 def test_a_downgrade_that_drops_the_wrong_table_fails_the_stairway_naming_it(
     cli: Cli, pg_url: str, tmp_path: Path
 ) -> None:
