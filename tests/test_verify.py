@@ -472,6 +472,40 @@ def test_the_django_example_passes(cli: Cli, pg_url: str, mysql_url: str, tmp_pa
             assert scratch.execute(at_head).fetchall() == [(3,)]
 
 
+ONE_WAY = """from django.db import migrations
+
+
+def fill(apps, schema_editor):
+    pass
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_product_name_index")]
+    operations = [migrations.RunPython(fill)]
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_django_runpython_without_reverse_fails_unless_listed_in_its_id_form(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    project = copy_django_example(tmp_path / "django")
+    (project / "shop" / "migrations" / "0004_fill.py").write_text(ONE_WAY)
+    env = {"DJANGO_SETTINGS_MODULE": "mysite.settings"}
+
+    failed, report = verify(cli, pg_url, cwd=project, env=env, timeout=170)
+    query(pg_url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    listed, listed_report = verify(
+        cli, pg_url, cwd=project, env={**env, "MIGRATION_VERIFY_IRREVERSIBLE": "shop.0004_fill"}, timeout=170
+    )
+
+    assert failed.code == 1, failed.stdout + failed.stderr
+    case = next(c for c in report["cases"] if c["name"] == "up_down_consistency[shop.0004_fill down]")
+    assert case["status"] == "failed" and "no reverse" in case["message"]
+    assert listed.code == 0, listed.stdout + listed.stderr
+    assert statuses(listed_report)["up_down_consistency[shop.0004_fill down]"] == "skipped"
+
+
 BRANCH = """from django.db import migrations
 
 
