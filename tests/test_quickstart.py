@@ -14,6 +14,7 @@ import psycopg
 from support import QUICKSTART, REPO, Cli
 
 import runner
+from runner.cli import COMMANDS
 from runner.errors import MEANINGS
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("migration-runner")
@@ -80,6 +81,18 @@ def test_python_dash_m_runner_is_the_same_command() -> None:
     assert module.returncode == script.returncode == 0
     assert module.stdout == script.stdout
     assert module.stdout.startswith("migration-runner ")
+
+
+def test_readme_command_table_gives_each_commands_exit_codes() -> None:
+    """README "Commands" lists every command with the codes its --help gives (runner.cli.COMMANDS), signals aside."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([\w-]+)[^\n]*\| ([0-9, ]+) \|$", section, re.MULTILINE)
+    documented = {name: tuple(int(code) for code in codes.split(", ")) for name, codes in rows}
+
+    assert documented == {
+        name: tuple(code for code in command.codes if code not in (130, 143)) for name, command in COMMANDS.items()
+    }
 
 
 def test_readme_exit_code_table_matches_the_code() -> None:
