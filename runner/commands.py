@@ -1097,7 +1097,7 @@ def _check_verify_settings(project: Driver, heads: Sequence[str] | None, irrever
     for name, values in (("MIGRATION_VERIFY_HEADS", heads or ()), ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible)):
         unknown = [value for value in values if value not in known]
         if unknown:
-            example = next(iter(sorted(known)), "none")
+            example = min(known, default="none")
             raise ConfigError(
                 f"{name} names {', '.join(unknown)}, which this project has no revision of "
                 f"(they are written like {example}); nothing was changed"
@@ -1155,7 +1155,7 @@ class _Verifier:
         _apply(self.run, self.project, self.connection, self.held, book, target=target, direction=direction)
 
     def _up(self, revision: str) -> None:
-        self._step(self.project.step_target(revision, "up") or revision, "up")  # "up" always has a target
+        self._step(self.project.step_target(revision, "up"), "up")
 
     def _stairway_case(self, step: Step, direction: str) -> Any:
         name = f"up_down_consistency[{step.revision} {direction}]"
@@ -1212,11 +1212,12 @@ class _Verifier:
                 )
             return False
         target = self.project.step_target(step.revision, "down")
-        current = self.run.read_heads(self.connection)
-        reverts = [s.revision for s in self.project.reverting(current, target)] if target else []
-        if target is None or reverts != [step.revision]:  # e.g. one side of a Django branch
-            also = f" (its target {target} reverts {', '.join(reverts)})" if target else ""
-            case.skip(f"no downgrade reverts {step.revision} alone{also}; the stairway stops here")
+        reverts = [s.revision for s in self.project.reverting(self.run.read_heads(self.connection), target)]
+        if reverts != [step.revision]:  # e.g. one side of a Django branch
+            case.skip(
+                f"no downgrade reverts {step.revision} alone (its target {target} reverts {', '.join(reverts)}); "
+                "the stairway stops here"
+            )
             return False
         try:
             self._step(target, "down")

@@ -173,11 +173,11 @@ class Driver(Protocol):
         """
         ...
 
-    def step_target(self, revision: str, direction: str) -> str | None:
+    def step_target(self, revision: str, direction: str) -> str:
         """The target that applies (``up``) or reverts (``down``) this step, as upgrade and downgrade take it.
 
         A down target may revert more than the step (one side of a Django branch):
-        the caller checks :meth:`reverting`. ``None`` when the tool has no target for it.
+        the caller checks :meth:`reverting`.
         """
         ...
 

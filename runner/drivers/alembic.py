@@ -920,7 +920,7 @@ class Project:
         heads = self.heads()
         return list(heads) if len(heads) > 1 else []
 
-    def step_target(self, revision: str, direction: str) -> str | None:
+    def step_target(self, revision: str, direction: str) -> str:
         """Up: the revision itself. Down: ``revision@-1``, or for a merge point its first ``down_revision``.
 
         ``revision@-1`` reverts the revision alone also while other heads are

@@ -588,7 +588,7 @@ class Project:
         apps = [app for app, _ in leaves]
         return sorted(_id(key) for key in leaves if apps.count(key[0]) > 1)
 
-    def step_target(self, revision: str, direction: str) -> str | None:
+    def step_target(self, revision: str, direction: str) -> str:
         """Up: ``app:name``. Down: ``app:parent`` (its first parent in its app) or ``app:zero``.
 
         Migrating an app back to a parent unapplies that parent's children
