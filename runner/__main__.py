@@ -26,7 +26,7 @@ def main() -> None:
     """Run :func:`runner.cli.entrypoint`, with a signal during its imports ending the process cleanly.
 
     Raises:
-        SystemExit: always: the run's exit code, or 128 + the signal's number.
+        SystemExit: always: the run's exit code, or 130/143 for a signal (:func:`runner.errors.outcome_of`).
     """
     signal.signal(signal.SIGTERM, _stop_early)
     signal.signal(signal.SIGINT, _stop_early)
@@ -37,12 +37,15 @@ def main() -> None:
     except _StoppedEarly as stopped:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        name = signal.Signals(stopped.signum).name
-        sys.stderr.write(
-            f'{{"level": "warning", "event": "run.interrupted", "error": "interrupted by {name} while starting; '
-            f'nothing was done", "signal": "{name}"}}\n'
-        )
-        sys.exit(128 + stopped.signum)
+        import json  # noqa: PLC0415
+
+        from runner.errors import Interrupted, outcome_of  # noqa: PLC0415  (the one table of codes and events)
+
+        result = outcome_of(Interrupted(stopped.signum))
+        message = f"{result.message} while starting; nothing was done"
+        line = json.dumps({"level": "warning", "event": result.event, "error": message, **result.details})
+        sys.stderr.write(line + "\n")
+        sys.exit(int(result.code))
 
 
 if __name__ == "__main__":
