@@ -12,11 +12,18 @@ behind (PostgreSQL docs, "13.3.5. Advisory Locks").
 SQLite: an OS file lock (``filelock``, ``fcntl.flock`` on Linux) beside the
 database file, freed by the kernel when the process dies.
 
-The server locks are waited for on the server, in slices of at most 5 s
-(PostgreSQL: ``pg_advisory_lock`` under a ``lock_timeout``; MySQL: the
-``GET_LOCK`` timeout), so a waiter wakes the moment the holder releases, and
-between slices it logs who holds the lock. The file lock is polled
-(``filelock``'s own polling, 50 ms).
+PostgreSQL followers never wait inside a statement: a blocking
+``pg_advisory_lock`` holds a snapshot for as long as it waits, and
+``CREATE INDEX CONCURRENTLY`` (``REINDEX``/``DETACH PARTITION CONCURRENTLY``)
+in the holder's revision waits for every older snapshot, so it would fail on
+its ``lock_timeout`` (PostgreSQL docs, "CREATE INDEX", "Building Indexes
+Concurrently"). A follower instead ``LISTEN``s on a channel of the key, tries
+``pg_try_advisory_lock`` and sleeps idle on its socket until the holder's
+``pg_notify`` on release, or :data:`_PG_RETRY_SECONDS` at most (a holder that
+died sends nothing; the server freed its lock). MySQL's ``GET_LOCK`` wait
+opens no transaction and holds no read view, so it waits on the server in
+slices of at most 5 s. Between slices the waiter logs who holds the lock. The
+file lock is polled (``filelock``'s own polling, 50 ms).
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ from typing import Any
 
 import filelock
 from sqlalchemy import bindparam, text
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 
 from runner import database, polling, sessions
@@ -42,13 +48,11 @@ from runner.logs import get_logger
 # How long the lock connection waits for a cancelled MySQL statement to end before it lets go.
 _CANCEL_WAIT_SECONDS = 10.0
 _INT64 = 1 << 63
+# The longest a PostgreSQL follower sleeps between two tries when no NOTIFY wakes it.
+_PG_RETRY_SECONDS = 0.25
 
 # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low
 # 32 bits) and objsubid = 1 (PostgreSQL docs, "54.12. pg_locks").
-_PG_LOCK_WITHIN = text(
-    "SELECT pg_backend_pid() FROM (SELECT set_config('lock_timeout', :ms, true) AS timeout) AS slice, "
-    "LATERAL pg_advisory_lock(:k) WHERE slice.timeout IS NOT NULL"
-)
 _PG_HOLDER = text(
     """
     SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr,
@@ -187,25 +191,36 @@ class _PostgresAdvisoryLock:
         self.where = {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF}
         self.fields: dict[str, Any] = {"lock_key": key}
         self.pid: int | None = None
+        # An identifier of lower-case hex digits: no quoting needed.
+        self.channel = f"migration_runner_{unsigned:016x}"
+        self.listening = False
 
     def acquire(self, connection: Connection, seconds: float) -> bool:
-        """Take the lock, waiting on the server up to ``seconds`` (``lock_timeout``; 0: do not wait)."""
-        if seconds <= 0:
+        """Take the lock within ``seconds`` (0: one try), idle between tries: no statement, no snapshot.
+
+        Between tries the session sleeps on its socket for a ``NOTIFY`` on
+        :attr:`channel` (sent by the holder's :meth:`release`), at most
+        :data:`_PG_RETRY_SECONDS`.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
             row = connection.execute(text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": self.key}).one()
             self.pid = row[1]
-            return bool(row[0])
-        # One statement, so one transaction (the session is in autocommit): the lock_timeout is
-        # set_config(..., is_local => true) and ends with it, leaving no session state behind, even
-        # behind a pooler. The volatile subquery is scanned, and its filter evaluated, first.
-        try:
-            self.pid = connection.execute(
-                _PG_LOCK_WITHIN, {"k": self.key, "ms": f"{max(1, int(seconds * 1000))}ms"}
-            ).scalar()
-        except sa_exc.DBAPIError as error:
-            if database.sqlstate(error) == "55P03":  # lock_not_available: the slice is over
+            if row[0]:
+                if self.listening:
+                    connection.execute(text(f"UNLISTEN {self.channel}"))
+                    self.listening = False
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            raise
-        return True
+            if not self.listening:
+                connection.execute(text(f"LISTEN {self.channel}"))
+                self.listening = True
+                continue  # the holder may have released between the try and the LISTEN
+            driver: Any = connection.connection.driver_connection  # psycopg 3: the runner's only sync driver
+            for _ in driver.notifies(timeout=min(left, _PG_RETRY_SECONDS), stop_after=1):
+                pass
 
     def describe_holder(self, connection: Connection) -> dict[str, Any]:
         row = connection.execute(_PG_HOLDER, self.where).mappings().first()
@@ -217,7 +232,8 @@ class _PostgresAdvisoryLock:
         return bool(connection.execute(_PG_MINE, {**self.where, "pid": self.pid}).scalar())
 
     def release(self, connection: Connection) -> None:
-        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        # The NOTIFY wakes the followers at once; it is sent when this autocommit statement commits.
+        connection.execute(text("SELECT pg_advisory_unlock(:k), pg_notify(:c, '')"), {"k": self.key, "c": self.channel})
 
     def cancel_running(self, connection: Connection) -> None:
         """Nothing to do: psycopg cancels a statement on the server when the run is interrupted."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -342,3 +344,67 @@ def prometheus_server(argv: list[str], port: int, *, ready_within: float) -> Ite
     finally:
         process.terminate()
         process.wait(10)
+
+
+class Watched:
+    """A runner started with :meth:`Cli.start` whose log lines are read as they come.
+
+    :meth:`wait_for` blocks until the runner has logged an event, so a test
+    synchronises on what the runner reports, never on a sleep.
+    """
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.started = time.monotonic()
+        self.lines: list[str] = []
+        self._arrived: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+
+        def pump(stream: Any, sink: Callable[[str], None]) -> None:
+            for line in stream:
+                sink(line)
+            sink(None)  # type: ignore[arg-type]
+
+        self._out = threading.Thread(target=pump, args=(process.stdout, self._arrived.put), daemon=True)
+        self._err = threading.Thread(target=pump, args=(process.stderr, self._stderr.append), daemon=True)
+        self._out.start()
+        self._err.start()
+        self._ended = False
+
+    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
+        """The first event named ``event``; fails the test if the runner ends or ``timeout`` s pass first."""
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            found = parse_events(line)
+            if found and found[0].get("event") == event:
+                return found[0]
+        while not self._ended:
+            try:
+                line = self._arrived.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                self._ended = True
+                break
+            self.lines.append(line)
+            found = parse_events(line)
+            if found and found[0].get("event") == event:
+                return found[0]
+        printed = "".join(self.lines) + "".join(line for line in self._stderr if line is not None)
+        raise AssertionError(f"no {event!r} event within {timeout} s:\n{printed}")
+
+    def finish(self, timeout: float = 60) -> Result:
+        """Wait for the exit and return everything it printed."""
+        self.process.wait(timeout=timeout)
+        self._out.join(timeout)
+        self._err.join(timeout)
+        while not self._ended:
+            line = self._arrived.get(timeout=timeout)
+            if line is None:
+                break
+            self.lines.append(line)
+        stdout = "".join(self.lines)
+        stderr = "".join(line for line in self._stderr if line is not None)
+        return Result(
+            self.process.returncode, stdout, stderr, time.monotonic() - self.started, parse_events(stdout, stderr)
+        )

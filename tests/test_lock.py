@@ -8,7 +8,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support import Cli, advisory_locks_held, applied_counts, lock_key_for, make_project, rev_id, version
+from support import (
+    Cli,
+    Watched,
+    advisory_locks_held,
+    applied_counts,
+    lock_key_for,
+    make_project,
+    query,
+    rev_id,
+    version,
+    wait_until,
+)
 
 
 @pytest.mark.timeout(30)
@@ -122,3 +133,70 @@ def test_lock_key_override_is_used(cli: Cli, pg_url: str) -> None:
 
     assert result.code == 0
     assert result.one("lock.acquired")["lock_key"] == 4242
+
+
+# Held by the test; a revision waits for it, so followers can be started while the winner is mid-revision.
+_GATE_KEY = 424242
+
+
+def _gate_waiters(url: str) -> int:
+    return int(
+        query(
+            url,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = 0 AND objid = %s",
+            (_GATE_KEY,),
+        )[0][0]
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE INDEX CONCURRENTLY ix_t_0001_id ON t_0001 (id)",
+        "REINDEX INDEX CONCURRENTLY ix_t_0001_first",
+        "ALTER TABLE parted DETACH PARTITION parted_1 CONCURRENTLY",
+    ],
+    ids=["create-index", "reindex", "detach-partition"],
+)
+def test_followers_hold_no_snapshot_that_a_concurrent_statement_waits_for(
+    cli: Cli, pg_url: str, statement: str
+) -> None:
+    """Followers waiting for the lock while the winner runs a CONCURRENTLY statement: all exit 0.
+
+    A follower that waited inside a blocking pg_advisory_lock held a snapshot;
+    CREATE INDEX CONCURRENTLY (and REINDEX / DETACH PARTITION CONCURRENTLY)
+    waits for every older snapshot, so it hit lock_timeout (55P03) and every
+    run exited 65.
+    """
+    setup = (
+        'op.execute("CREATE INDEX ix_t_0001_first ON t_0001 (id)")\n'
+        'op.execute("CREATE TABLE parted (id int) PARTITION BY RANGE (id)")\n'
+        'op.execute("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10)")\n'
+    )
+    concurrent = (
+        "with op.get_context().autocommit_block():\n"
+        f'    op.execute("SELECT pg_advisory_lock({_GATE_KEY})")\n'
+        f'    op.execute("SELECT pg_advisory_unlock({_GATE_KEY})")\n'
+        f'    op.execute("{statement}")\n'
+    )
+    make_project(
+        cli.cwd,
+        revisions=2,
+        bodies={1: 'op.create_table("t_0001", sa.Column("id", sa.Integer))\n' + setup, 2: concurrent},
+    )
+    env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "90"}
+    with psycopg.connect(pg_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (_GATE_KEY,))
+        winner = Watched(cli.start(env=env))
+        wait_until(lambda: _gate_waiters(pg_url) == 1, 60, "the winner to reach revision 2")
+        followers = [Watched(cli.start(env=env)) for _ in range(3)]
+        for follower in followers:
+            follower.wait_for("lock.waiting", 60)
+    results = [winner.finish(90)] + [follower.finish(90) for follower in followers]
+
+    assert [r.code for r in results] == [0, 0, 0, 0], [r.stdout for r in results if r.code]
+    assert version(pg_url) == [rev_id(2)]
+    assert applied_counts(pg_url) == {rev_id(1): 1, rev_id(2): 1}
+    assert query(pg_url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
+    assert advisory_locks_held(pg_url) == 0

@@ -6,7 +6,7 @@ import contextlib
 import time
 
 import pytest
-from support import Cli, make_project, mysql_connect, mysql_query, rev_id
+from support import Cli, Watched, make_project, mysql_connect, mysql_query, rev_id, wait_until
 
 from runner import locks
 
@@ -91,3 +91,35 @@ def test_failed_revision_on_mariadb_names_it_and_warns_of_partial_changes(cli: C
     assert result.named("revision.retrying") == []
     assert mysql_version(mysql_url) == [rev_id(1)]
     assert mysql_query(mysql_url, "SHOW TABLES LIKE 't_0002'")  # the partial change the warning speaks of
+
+
+@pytest.mark.timeout(120)
+def test_followers_do_not_block_online_ddl(cli: Cli, mysql_url: str) -> None:
+    """Followers waiting in GET_LOCK while the winner runs ALGORITHM=INPLACE, LOCK=NONE DDL: all exit 0."""
+    gate = "migration-runner-test-gate"
+    online = (
+        f"op.execute(\"SELECT GET_LOCK('{gate}', 60)\")\n"
+        f"op.execute(\"SELECT RELEASE_LOCK('{gate}')\")\n"
+        'op.execute("ALTER TABLE t_0001 ADD INDEX ix_t_0001_id (id), ALGORITHM=INPLACE, LOCK=NONE")\n'
+    )
+    make_project(cli.cwd, revisions=2, bodies={2: online})
+    env = {"MIGRATION_DATABASE_URL": mysql_url, "MIGRATION_LOCK_TIMEOUT": "90"}
+
+    def gate_waiters() -> int:
+        sql = "SELECT count(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s"
+        return int(mysql_query(mysql_url, sql, (f"SELECT GET_LOCK('{gate}'%",))[0][0])
+
+    with contextlib.closing(mysql_connect(mysql_url)) as holder, holder.cursor() as cursor:
+        cursor.execute("SELECT GET_LOCK(%s, 0)", (gate,))
+        winner = Watched(cli.start(env=env))
+        wait_until(lambda: gate_waiters() == 1, 60, "the winner to reach revision 2")
+        followers = [Watched(cli.start(env=env)) for _ in range(3)]
+        for follower in followers:
+            follower.wait_for("lock.waiting", 60)
+    results = [winner.finish(90)] + [follower.finish(90) for follower in followers]
+
+    assert [r.code for r in results] == [0, 0, 0, 0], [r.stdout[-1500:] for r in results if r.code]
+    assert mysql_version(mysql_url) == [rev_id(2)]
+    assert mysql_counts(mysql_url) == {rev_id(1): 1, rev_id(2): 1}
+    indexes = mysql_query(mysql_url, "SHOW INDEX FROM t_0001 WHERE Key_name = 'ix_t_0001_id'")
+    assert len(indexes) == 1
