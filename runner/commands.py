@@ -610,11 +610,12 @@ def _refuse_unfinished(project: Driver, book: ledger.Ledger, current: Sequence[s
             get_logger().warning("ledger.resolved", revision=row.revision, resolution="applied", reason="stamped")
             continue
         how = "was interrupted" if row.outcome in ("started", "interrupted") else "failed"
+        why = "MySQL cannot roll back DDL" if book.family == "mysql" else "it committed part of its work on its own"
         what = f"revision {row.revision}" if up else f"the downgrade of revision {row.revision}"
         done, undone = ("its changes are all there", "undo them") if up else ("it is fully reverted", "restore them")
         raise InterruptedRevision(
             f"{what} {how} at {row.started_at:%Y-%m-%d %H:%M:%S} UTC "
-            f"(run {row.run_id} on {row.host}); it ran outside a transaction (MySQL cannot roll back DDL), "
+            f"(run {row.run_id} on {row.host}); it ran outside a transaction ({why}), "
             f"so it may be partly {'applied' if up else 'reverted'}. Inspect the schema, then run "
             f"`migration-runner resolve --mark applied` if {done}, or {undone} and run "
             "`migration-runner resolve --mark not-applied` so that the next run does it again",
@@ -657,7 +658,7 @@ def _apply(
         found = checksum.fingerprint(project.source(revision))
         if found:
             book.checksums[revision] = found
-        book.starting(revision)
+        book.starting(revision, commits_as_it_goes=project.commits_as_it_goes(revision))
 
     def in_transaction(execute: drivers.Execute, revision: str, transactional: bool) -> None:
         book.applied(execute, revision, transactional=transactional)

@@ -13,10 +13,11 @@ How a row is written depends on whether the database has transactional DDL:
   own transaction (Alembic's ``on_version_apply``; for Django, right after its
   ``django_migrations`` insert, on the same cursor), so it commits or rolls back
   with the revision and the version-table update: the two never disagree.
-- MySQL: a ``started`` row is committed on the lock connection before the
-  revision runs; the revision's transaction turns it into ``applied`` with the
-  version-table update. A row still ``started`` means the runner died inside
-  the revision.
+- MySQL, and a step that commits on its own anywhere (an Alembic
+  ``autocommit_block``, a Django ``atomic = False``): a ``started`` row is
+  committed on the lock connection before the revision runs; the revision's
+  transaction turns it into ``applied`` with the version-table update. A row
+  still ``started`` means the runner died inside the revision.
 
 A row that is ``started``, or ``interrupted`` or ``failed`` outside a
 transaction, and not resolved, makes the next ``upgrade`` exit 65 until
@@ -304,10 +305,17 @@ class Ledger:
         # timestamptz keeps the zone; DATETIME (MySQL) and SQLite's text do not: store UTC without one there.
         return moment if self.family == "postgresql" else moment.replace(tzinfo=None)
 
-    def starting(self, revision: str) -> None:
-        """A revision is about to run. Without transactional DDL, commit a ``started`` row first."""
+    def starting(self, revision: str, *, commits_as_it_goes: bool = False) -> None:
+        """A revision is about to run. Commit a ``started`` row first when it may be left half-applied.
+
+        Args:
+            revision: the step's id.
+            commits_as_it_goes: the step commits on its own (an Alembic
+                ``autocommit_block``, a Django ``atomic = False``), so even
+                transactional DDL does not cover it.
+        """
         self._started[revision] = self.now()
-        if self.transactional_ddl:
+        if self.transactional_ddl and not commits_as_it_goes:
             return
         connection = self._bound()
         with _transaction(connection):

@@ -212,6 +212,7 @@ def test_a_revision_that_commits_then_fails_is_partially_applied_and_never_retri
     again = cli(env=env)
     assert again.code == 65
     assert again.one("revision.interrupted")["revision"] == rev_id(2)
+    assert "MySQL" not in again.one("revision.interrupted")["error"]  # PostgreSQL: the COMMIT is why
 
 
 @pytest.mark.timeout(60)
@@ -309,3 +310,48 @@ def test_an_interrupted_wait_does_not_claim_a_rollback(cli: Cli, pg_url: str) ->
     interrupted = result.one("run.interrupted")
     assert interrupted["error"] == "interrupted by SIGTERM"
     assert "rolled back" not in result.stdout
+
+
+_GATE_KEY = 515151
+
+
+@pytest.mark.timeout(90)
+def test_postgres_sigkill_inside_an_autocommit_block_is_named_until_resolved(cli: Cli, pg_url: str) -> None:
+    """SIGKILL half-way through an autocommit_block: the next run exits 65 naming the revision, not 'already exists'.
+
+    The block committed its first ALTER; the runner had written no ledger row
+    for it, so the next run re-ran the revision and failed on that column.
+    """
+    body = (
+        "with op.get_context().autocommit_block():\n"
+        '    op.add_column("t_0001", sa.Column("a", sa.Integer))\n'
+        f'    op.execute("SELECT pg_advisory_lock({_GATE_KEY})")\n'
+        '    op.add_column("t_0001", sa.Column("b", sa.Integer))\n'
+    )
+    make_project(cli.cwd, revisions=2, bodies={2: body})
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = 0 AND objid = %s"
+    with psycopg.connect(pg_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (_GATE_KEY,))
+        runner = cli.start(env=env)
+        wait_until(lambda: query(pg_url, waiting, (_GATE_KEY,)) == [(1,)], 60, "revision 2 to wait half-way")
+        runner.kill()
+        runner.communicate(timeout=10)
+
+    blocked = cli(env=env)
+
+    assert blocked.code == 65, blocked.stdout
+    interrupted = blocked.one("revision.interrupted")
+    assert interrupted["revision"] == rev_id(2)
+    assert "migration-runner resolve" in interrupted["error"]
+    assert "MySQL" not in interrupted["error"]
+    assert "already exists" not in blocked.stdout
+    rows = query(pg_url, "SELECT revision, outcome, transactional FROM migration_runner_history ORDER BY id")
+    assert rows == [(rev_id(1), "applied", True), (rev_id(2), "started", False)]
+
+    # The operator finishes the block by hand and records it as applied.
+    query(pg_url, "ALTER TABLE t_0001 ADD COLUMN b integer")
+    query(pg_url, "INSERT INTO applied_log (revision, pid) VALUES ('0002', 0)")
+    assert cli("resolve", "--mark", "applied", env=env).code == 0
+    assert cli(env=env).code == 0
+    assert query(pg_url, "SELECT version_num FROM alembic_version") == [(rev_id(2),)]

@@ -164,6 +164,15 @@ class Driver(Protocol):
         """The step's source file, whose checksum the ledger records (:mod:`runner.checksum`); None if it has none."""
         ...
 
+    def commits_as_it_goes(self, revision: str) -> bool:
+        """Whether the step commits part of its work on its own even where DDL is transactional.
+
+        Alembic: an ``autocommit_block`` in its file; Django: ``atomic = False``.
+        The ledger then commits a ``started`` row before it runs, so a crash
+        half-way is named by the next run.
+        """
+        ...
+
     merge_command: str  # what joins diverged heads (verify's single_head says it)
 
     def diverged(self) -> list[str]:

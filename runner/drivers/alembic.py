@@ -978,6 +978,10 @@ class Project:
         # configparser interpolation: a literal % must be doubled (Alembic docs, Config.set_main_option).
         self.config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
 
+    def commits_as_it_goes(self, revision: str) -> bool:
+        """An ``autocommit_block`` in the revision's file: it commits what came before it."""
+        return not self._transactional_step(revision, mysql=False)
+
     def _transactional_step(self, revision: str, mysql: bool) -> bool:
         """It runs in a transaction: not on MySQL (DDL commits), and no ``autocommit_block`` in its file."""
         if mysql:

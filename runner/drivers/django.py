@@ -580,6 +580,11 @@ class Project:
         path = getattr(sys.modules.get(type(migration).__module__), "__file__", None) if migration else None
         return Path(path) if path and path.endswith(".py") else None
 
+    def commits_as_it_goes(self, revision: str) -> bool:
+        """``atomic = False``: Django runs the migration outside a transaction."""
+        migration = self._loader.graph.nodes.get(_key(revision))
+        return migration is not None and not migration.atomic
+
     merge_command = "manage.py makemigrations --merge"
 
     def diverged(self) -> list[str]:
