@@ -96,12 +96,16 @@ COMMANDS: dict[str, Command] = {
         takes_target=True,
     ),
     "current": Command(
-        "print the current and head revisions (--output json for the result document)", (), (0, 69, 75, 78, *_STOPPED)
+        "print the current and head revisions (--output json for the result document); "
+        "exit 65 while the ledger shows an interrupted step",
+        ("history_table",),
+        (0, 65, 69, 75, 78, *_STOPPED),
     ),
     "wait": Command(
-        "poll read-only until the database is at the target (init-containers)",
-        ("target", "wait_timeout", "allow_unknown_revision", *_MANY),
-        (0, 66, 75, 78, *_STOPPED),
+        "poll read-only until the database is at the target (init-containers); "
+        "exit 65 at once if the ledger shows an interrupted step",
+        ("target", "wait_timeout", "allow_unknown_revision", "history_table", *_MANY),
+        (0, 65, 66, 75, 78, *_STOPPED),
         takes_target=True,
     ),
     "resolve": Command(
@@ -626,7 +630,9 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         # wait in the application's). Answered, when it can be, without SQLAlchemy or the tool.
         name = noop.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
         compare = args.command in ("upgrade", "check")
-        verdict = noop.at_target(settings, Path.cwd(), name=name, ready=log_started, ledger=compare)
+        verdict = noop.at_target(
+            settings, Path.cwd(), name=name, ready=log_started, ledger=compare, unfinished_only=args.command == "wait"
+        )
         if verdict.at_target is not None:
             found = verdict.at_target
             report.target, report.heads = list(found.heads), list(found.heads)

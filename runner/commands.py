@@ -604,23 +604,56 @@ def _refuse_unfinished(project: Driver, book: ledger.Ledger, current: Sequence[s
         InterruptedRevision: the oldest such revision, with the way out.
     """
     for row in book.unfinished():
-        up = row.direction != "down"
-        if project.is_applied(current, row.revision) == up:
+        if _version_table_agrees(project, current, row):
             book.resolve(row.row_id, "applied")
             get_logger().warning("ledger.resolved", revision=row.revision, resolution="applied", reason="stamped")
             continue
-        how = "was interrupted" if row.outcome in ("started", "interrupted") else "failed"
-        why = "MySQL cannot roll back DDL" if book.family == "mysql" else "it committed part of its work on its own"
-        what = f"revision {row.revision}" if up else f"the downgrade of revision {row.revision}"
-        done, undone = ("its changes are all there", "undo them") if up else ("it is fully reverted", "restore them")
-        raise InterruptedRevision(
-            f"{what} {how} at {row.started_at:%Y-%m-%d %H:%M:%S} UTC "
-            f"(run {row.run_id} on {row.host}); it ran outside a transaction ({why}), "
-            f"so it may be partly {'applied' if up else 'reverted'}. Inspect the schema, then run "
-            f"`migration-runner resolve --mark applied` if {done}, or {undone} and run "
-            "`migration-runner resolve --mark not-applied` so that the next run does it again",
-            revision=row.revision,
-        )
+        raise _interrupted(book, row)
+
+
+def _version_table_agrees(project: Driver, current: Sequence[str], row: ledger.Unfinished) -> bool:
+    """The version table already says the step finished: it records the revision (up), or no longer does (down)."""
+    return project.is_applied(current, row.revision) == (row.direction != "down")
+
+
+def _interrupted(book: ledger.Ledger, row: ledger.Unfinished) -> InterruptedRevision:
+    """The error for a step the ledger shows unfinished: when, where, and the two ways out."""
+    up = row.direction != "down"
+    how = "was interrupted" if row.outcome in ("started", "interrupted") else "failed"
+    why = "MySQL cannot roll back DDL" if book.family == "mysql" else "it committed part of its work on its own"
+    what = f"revision {row.revision}" if up else f"the downgrade of revision {row.revision}"
+    done, undone = ("its changes are all there", "undo them") if up else ("it is fully reverted", "restore them")
+    return InterruptedRevision(
+        f"{what} {how} at {row.started_at:%Y-%m-%d %H:%M:%S} UTC "
+        f"(run {row.run_id} on {row.host}); it ran outside a transaction ({why}), "
+        f"so it may be partly {'applied' if up else 'reverted'}. Inspect the schema, then run "
+        f"`migration-runner resolve --mark applied` if {done}, or {undone} and run "
+        "`migration-runner resolve --mark not-applied` so that the next run does it again",
+        revision=row.revision,
+    )
+
+
+def _unfinished_step(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> str | None:
+    """For the read-only commands: a step the ledger shows unfinished, as ``upgrade`` would refuse it.
+
+    Read-only: a row the version table agrees with is left for ``upgrade`` to
+    mark resolved.
+
+    Returns:
+        ``None`` when no row blocks; the revision when one does while the
+        migration lock is held (a runner is at work on it: not done yet).
+
+    Raises:
+        InterruptedRevision: a row blocks and no runner holds the lock.
+    """
+    book = run.ledger()
+    for row in book.unfinished(connection):
+        if _version_table_agrees(project, current, row):
+            continue
+        if locks.held_by_anyone(connection, run.settings.url, key=run.lock_key(connection)):
+            return row.revision
+        raise _interrupted(book, row)
+    return None
 
 
 def _apply(
@@ -758,8 +791,14 @@ def check(run: Run) -> ExitCode:
     with run.connect(engine) as connection:
         current = run.read_heads(connection)
         pending = _plan(run, project, current, allow_unknown=False)
+        in_progress = _unfinished_step(run, project, connection, current)
         if run.settings.drift != "off":
             _judge_drift(run, _read_ledger(run, project, connection, current))
+    if in_progress is not None:
+        get_logger().warning(
+            "check.pending", current=run.shown(current), target=run.settings.target, in_progress=in_progress
+        )
+        return ExitCode.NOT_AT_TARGET
     if pending:
         get_logger().warning(
             "check.pending", current=run.shown(current), target=run.settings.target, pending=_describe(pending)
@@ -880,6 +919,7 @@ def current(run: Run) -> ExitCode:
     engine = database.make_engine(run.settings.url, application_name=run.application_name)
     with run.connect(engine) as connection:
         revisions = run.read_heads(connection)
+        in_progress = _unfinished_step(run, project, connection, revisions)
     unknown = project.unknown(revisions)
     pending = [] if unknown else _plan(run, project, revisions, allow_unknown=False)
     if run.settings.output == "text":
@@ -888,6 +928,8 @@ def current(run: Run) -> ExitCode:
         print(f"heads:   {' '.join(run.report.heads)}", file=out)
         if unknown:
             print(f"unknown: {' '.join(unknown)} (not in the script directory)", file=out)
+        if in_progress is not None:
+            print(f"running: {in_progress} (a runner holds the migration lock)", file=out)
         print(f"pending: {len(pending)}" + "".join(f"\n  {s.revision}  {s.message}" for s in pending), file=out)
     return ExitCode.OK
 
@@ -917,12 +959,15 @@ def wait(run: Run) -> ExitCode:
         try:
             with run.connect(engine, retry=False) as connection, database.losing_connection_raises():
                 revisions = run.read_heads(connection)
+                in_progress = _unfinished_step(run, project, connection, revisions)
         except DatabaseUnavailable as error:
             state["error"] = error.message
             return False
         pending = _plan(run, project, revisions, allow_unknown=settings.allow_unknown_revision)
         state.update(current=run.shown(revisions), pending=[s.revision for s in pending])
-        return not pending
+        if in_progress is not None:
+            state["in_progress"] = in_progress
+        return not pending and in_progress is None
 
     def report(waited: float) -> None:
         log.info("wait.waiting", waited_seconds=round(waited, 3), target=settings.target, **state)

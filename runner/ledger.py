@@ -265,17 +265,29 @@ class Ledger:
         with _transaction(connection):
             connection.execute(self.table.insert(), rows)
 
-    def unfinished(self) -> list[Unfinished]:
-        """The rows that block an upgrade (:func:`runner.drift.blocks`), oldest first."""
+    def unfinished(self, connection: Connection | None = None) -> list[Unfinished]:
+        """The rows that block an upgrade (:func:`runner.drift.blocks`), oldest first.
+
+        Args:
+            connection: where to read, read-only (``check``, ``wait``, ``current``;
+                no rows when there is no ledger yet); by default the ledger connection.
+        """
         from runner import drift  # noqa: PLC0415
 
-        connection = self._bound()
         t = self.table.c
         query = sa.select(
             t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error, t.direction, t.transactional
         ).where(t.tool == self.tool, t.resolution.is_(None), t.outcome.in_(drift.UNFINISHED_OUTCOMES))
-        with _transaction(connection):
-            rows = connection.execute(query.order_by(t.id)).all()
+        if connection is None:
+            with _transaction(self._bound()):
+                rows = self._bound().execute(query.order_by(t.id)).all()
+        else:
+            try:
+                present = self._present_columns(connection)
+                rows = [] if present is None else connection.execute(query.order_by(t.id)).all()
+            finally:
+                if connection.in_transaction():
+                    connection.rollback()
         return [Unfinished(*row[:-1]) for row in rows if drift.blocks(row.outcome, row.transactional, None)]
 
     def _row(self, revision: str, outcome: str, *, transactional: bool) -> dict[str, Any]:

@@ -365,6 +365,32 @@ def _file_lock(path: Path, *, timeout: float) -> Iterator[HeldLock]:
         get_logger().info("lock.released", lock_file=str(path))
 
 
+def held_by_anyone(connection: Connection, url: URL, *, key: int) -> bool:
+    """Whether some session holds the migration lock right now, without taking it (a file lock: tried and let go).
+
+    Args:
+        connection: any connection to the database (read-only use).
+        url: the database URL.
+        key: the advisory lock key.
+    """
+    backend = database.family(url)
+    if backend == "postgresql":
+        return bool(_PostgresAdvisoryLock(key).describe_holder(connection))
+    if backend == "mysql":
+        name = _MySQLNamedLock(key).name
+        return connection.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name}).scalar() is not None
+    path = database.database_name(url)
+    if path in ("", ":memory:"):
+        return False
+    lock = filelock.FileLock(Path(f"{path}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
 @contextlib.contextmanager
 def migration_lock(
     url: URL,

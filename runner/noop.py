@@ -70,7 +70,15 @@ class Verdict:
     project: Any = None
 
 
-def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], None], ledger: bool = False) -> Verdict:
+def at_target(
+    settings: Settings,
+    cwd: Path,
+    *,
+    name: str,
+    ready: Callable[[], None],
+    ledger: bool = False,
+    unfinished_only: bool = False,
+) -> Verdict:
     """Whether the database is exactly at the project's heads; without an answer, the full path decides.
 
     Only for ``MIGRATION_TARGET=heads``. A driver module answers with
@@ -86,6 +94,8 @@ def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], N
         ledger: also read the ledger (``upgrade``, ``check``): the answer is yes only when it records
             every applied revision, no step is unfinished and no file drifted (:mod:`runner.drift`).
             An unchanged file costs a SHA-256 of its bytes, not a parse.
+        unfinished_only: read the ledger only for an unfinished step (``wait``): the
+            answer is yes only when the ledger can be read and no step is unfinished.
 
     Raises:
         ConfigError: the project cannot be loaded (Django), as on the full path.
@@ -96,14 +106,14 @@ def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], N
     quick_noop = getattr(module, "quick_noop", None)
     if quick_noop is not None:
         project, current = quick_noop(settings, cwd, ready)
-        return _loaded_verdict(project, current, settings, ledger=ledger)
+        return _loaded_verdict(project, current, settings, ledger=ledger, unfinished_only=unfinished_only)
     read_heads: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_heads", None)
     read_current: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_current", None)
     if settings.database_url is None or read_heads is None or read_current is None:
         return Verdict(None)
     ready()
     query = None
-    if ledger:
+    if ledger or unfinished_only:
         quote = drift.quote_for(settings.light_url.family)
         query = drift.select_statement(quote, settings.history_table, settings.version_table_schema, "alembic")
     read = _read(settings, read_current, name, query)
@@ -112,20 +122,34 @@ def at_target(settings: Settings, cwd: Path, *, name: str, ready: Callable[[], N
     heads = read_heads(settings, cwd, sources) if current else None  # an empty database need not read the files
     if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
         return Verdict(None)
-    if ledger and (rows is None or not _ledger_clean(rows, sources, settings)):  # at the heads, all are applied
-        return Verdict(None)
+    if query is not None and not _ledger_allows(rows, sources, settings, drift_too=ledger):
+        return Verdict(None)  # at the heads, but no ledger, a drifted file, an unrecorded revision or unfinished step
     return Verdict(AtTarget(tuple(sorted(current)), heads, compared=_compares(settings, ledger)))
 
 
-def _loaded_verdict(project: Any, current: tuple[str, ...] | None, settings: Settings, *, ledger: bool) -> Verdict:
+def _ledger_allows(
+    rows: list[Any] | None, sources: dict[str, tuple[Path | str, bytes | None]], settings: Settings, *, drift_too: bool
+) -> bool:
+    """The ledger was read and blocks nothing: no unfinished step and, with ``drift_too``, see :func:`_ledger_clean`."""
+    if rows is None:
+        return False
+    return _ledger_clean(rows, sources, settings) if drift_too else not drift.any_unfinished(rows)
+
+
+def _loaded_verdict(
+    project: Any, current: tuple[str, ...] | None, settings: Settings, *, ledger: bool, unfinished_only: bool
+) -> Verdict:
     """The verdict for a driver that loaded the project to answer (Django), from what is applied."""
     if not current:
         return Verdict(None, project)
-    if ledger:
+    if ledger or unfinished_only:
         try:
             rows = project.quick_ledger_rows(settings.history_table)
         except Exception:  # no ledger yet, or any doubt: the full path decides
             return Verdict(None, project)
+        if drift.any_unfinished(rows):
+            return Verdict(None, project)
+    if ledger:
         sources = {r: path for r in project.applied_revisions(current) if (path := project.source(r)) is not None}
         if not _ledger_clean(rows, {r: (path, None) for r, path in sources.items()}, settings):
             return Verdict(None, project)

@@ -13,8 +13,19 @@ import time
 from pathlib import Path
 
 import jsonschema
+import psycopg
 import pytest
-from support import REPO, Cli, advisory_locks_held, copy_django_example, make_project, mysql_query, query, version
+from support import (
+    REPO,
+    Cli,
+    advisory_locks_held,
+    copy_django_example,
+    lock_key_for,
+    make_project,
+    mysql_query,
+    query,
+    version,
+)
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 
@@ -234,3 +245,54 @@ def test_an_interrupted_downgrade_on_mariadb_blocks_until_resolved(cli: Cli, mys
     assert after.code == 0, after.stderr
     assert [e["revision"] for e in after.named("revision.reverted")] == ["0002"]
     assert versions() == ["0001"]
+
+
+def test_check_wait_and_current_refuse_a_half_reverted_schema_on_mariadb(cli: Cli, mysql_url: str) -> None:
+    """A downgrade step killed after its DROP TABLE: check, wait and current exit 65 as upgrade does, never 0.
+
+    Application pods gated on `wait` would otherwise start on a half-reverted schema.
+    """
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": mysql_url, "MIGRATION_WAIT_TIMEOUT": "30"}
+    assert cli("upgrade", env=env).code == 0
+    # What a runner killed inside revision 3's downgrade leaves: t_0003 dropped, a started row, the version at 0003.
+    mysql_query(mysql_url, "DROP TABLE t_0003")
+    mysql_query(
+        mysql_url,
+        "INSERT INTO migration_runner_history (tool, revision, direction, outcome, transactional, started_at, run_id, "
+        "host) VALUES ('alembic', '0003', 'down', 'started', 0, UTC_TIMESTAMP(6), 'killed', 'pod-a')",
+    )
+
+    for command in ("check", "wait", "current"):
+        result = cli(command, env=env)
+        assert result.code == 65, (command, result.stdout, result.stderr)
+        interrupted = result.one("revision.interrupted")
+        assert interrupted["revision"] == "0003"
+        assert "the downgrade of revision 0003 was interrupted" in interrupted["error"]
+        assert "migration-runner resolve" in interrupted["error"]
+        assert result.seconds < 25  # wait gives up at once, not at MIGRATION_WAIT_TIMEOUT
+
+    assert cli("resolve", "--mark", "applied", env=env).code == 0  # the operator found it fully reverted
+    assert cli("check", "0002", env=env).code == 0
+    assert cli("wait", "0002", env=env).code == 0
+
+
+def test_wait_and_check_hold_back_while_a_runner_is_inside_an_unfinished_step(cli: Cli, pg_url: str) -> None:
+    """The same row while the migration lock is held is a step in progress: wait keeps waiting, check says 1."""
+    migrated(cli, pg_url, revisions=2)
+    query(
+        pg_url,
+        "INSERT INTO migration_runner_history (tool, revision, direction, outcome, transactional, started_at, run_id, "
+        "host) VALUES ('alembic', '0002', 'down', 'started', false, now(), 'running', 'pod-a')",
+    )
+    env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_WAIT_TIMEOUT": "1"}
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
+        waiting = cli("wait", env=env)
+        checking = cli("check", env=env)
+    assert waiting.code == 75, waiting.stdout
+    assert waiting.named("wait.waiting")[0]["in_progress"] == "0002"
+    assert checking.code == 1, checking.stdout
+    assert checking.one("check.pending")["in_progress"] == "0002"
+    # The holder is gone: nobody is at work on it, so it was interrupted.
+    assert cli("wait", env=env).code == 65
