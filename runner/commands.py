@@ -173,6 +173,7 @@ class Run:
             table=ledger.history_table(settings.history_table, self.version_table.schema),
             family=database.family(settings.url),
             tool=self.project().tool,
+            scope=ledger.scope_of(self.version_table.name, self.version_table.schema),
             run_id=self.run_id,
             host=self.host,
             namespace=settings.pod_namespace,

@@ -193,7 +193,7 @@ def compare(
     return result
 
 
-def select_statement(quote: Callable[[str], str], table: str, schema: str | None, tool: str) -> str:
+def select_statement(quote: Callable[[str], str], table: str, schema: str | None, tool: str, scope: str) -> str | None:
     """The ledger query of the no-op path, for a DB-API cursor: :data:`COLUMNS` of ``tool``'s rows, oldest first.
 
     ``started_at`` and ``run_id`` read as NULL: the no-op path only asks whether
@@ -205,10 +205,26 @@ def select_statement(quote: Callable[[str], str], table: str, schema: str | None
         table: the ledger table's name.
         schema: its schema, if any.
         tool: the driver's own name (``alembic``, ``django``), never user input.
+        scope: the project's version table (:func:`runner.ledger.scope_of`): only its rows, and
+            unclaimed ones of an older runner.
+
+    Returns:
+        The statement; ``None`` when ``scope`` (a setting) is not made of letters, digits,
+        ``_``, ``$``, ``-`` and ``.`` only: it is written as a literal, and quoting rules differ
+        between servers, so the full path (bound parameters) answers instead.
     """
+    if not _PLAIN_SCOPE.fullmatch(scope):
+        return None
     where = ".".join(quote(part) for part in (schema, table) if part)
     columns = ", ".join("NULL" if name in ("started_at", "run_id") else name for name in COLUMNS)
-    return f"SELECT {columns} FROM {where} WHERE tool = '{tool}' ORDER BY id"  # noqa: S608
+    literal = f"'{scope}'"
+    return (
+        f"SELECT {columns} FROM {where} WHERE tool = '{tool}' "  # noqa: S608
+        f"AND (version_table = {literal} OR version_table IS NULL) ORDER BY id"
+    )
+
+
+_PLAIN_SCOPE = re.compile(r"[A-Za-z0-9_$.-]+")
 
 
 def quote_for(family: str) -> Callable[[str], str]:

@@ -55,7 +55,10 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
     ``resolved_at`` and ``resolved_by``; ``checksum`` and ``checksum_version``
     (:mod:`runner.checksum` of the revision's file, when the driver can read it);
     ``source_sha256`` (the SHA-256 of the file's bytes, so that drift detection
-    parses only files whose bytes changed).
+    parses only files whose bytes changed); ``version_table`` (the project's
+    version table, ``schema.name`` or ``name``: two projects in one schema
+    share the table but never each other's rows; ``NULL`` in rows an older
+    runner wrote, until a run under the lock claims them).
 
     Outcomes ``adopted`` (a revision applied before the ledger existed, or by
     another tool, recorded with its file's checksum then) and ``accepted`` (a
@@ -89,6 +92,7 @@ def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Ta
         sa.Column("resolution", sa.String(16)),
         sa.Column("resolved_at", timestamp),
         sa.Column("resolved_by", sa.String(255)),
+        sa.Column("version_table", sa.String(255)),
         schema=schema,
     )
 
@@ -127,6 +131,7 @@ class Ledger:
         family: ``postgresql``, ``sqlite`` (rows written in the revision's
             transaction) or ``mysql`` (a ``started`` row first).
         tool: the migration system, e.g. ``alembic``.
+        scope: the project's version table (:func:`scope_of`); only its rows are read and written.
         run_id, host, namespace, node, version: where this run runs.
         direction: ``up`` (rows end ``applied``) or ``down`` (``reverted``).
     """
@@ -139,6 +144,7 @@ class Ledger:
     namespace: str | None
     node: str | None
     version: str
+    scope: str = "alembic_version"
     direction: str = "up"
     connection: Connection | None = None
     _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours
@@ -157,6 +163,10 @@ class Ledger:
         with _transaction(connection):
             self.table.create(connection, checkfirst=True)
             self._add_missing_columns(connection)
+            # Rows an older runner wrote name no version table: the first project to run claims them.
+            t = self.table.c
+            unclaimed = (t.tool == self.tool) & t.version_table.is_(None)
+            connection.execute(self.table.update().where(unclaimed).values(version_table=self.scope))
             self._clock_offset = _server_now(connection) - _utcnow()
 
     def _add_missing_columns(self, connection: Connection) -> None:
@@ -200,7 +210,7 @@ class Ledger:
             if connection.in_transaction():
                 connection.rollback()
             return []
-        query = sa.select(*(column for column in t.columns if column.name in present)).where(t.c.tool == self.tool)
+        query = sa.select(*(column for column in t.columns if column.name in present)).where(self._mine(present))
         if revision is not None:
             query = query.where(t.c.revision == revision)
         try:
@@ -232,7 +242,7 @@ class Ledger:
             if present is None:
                 return []
             columns = [t.c[name] if name in present else sa.null().label(name) for name in drift.COLUMNS]
-            query = sa.select(*columns).where(t.c.tool == self.tool).order_by(t.c.id)
+            query = sa.select(*columns).where(self._mine(present)).order_by(t.c.id)
             return [tuple(row) for row in connection.execute(query).all()]
         finally:
             if began and connection.in_transaction():
@@ -277,22 +287,35 @@ class Ledger:
         t = self.table.c
         query = sa.select(
             t.id, t.revision, t.outcome, t.started_at, t.run_id, t.host, t.error, t.direction, t.transactional
-        ).where(t.tool == self.tool, t.resolution.is_(None), t.outcome.in_(drift.UNFINISHED_OUTCOMES))
+        ).where(t.resolution.is_(None), t.outcome.in_(drift.UNFINISHED_OUTCOMES))
         if connection is None:
             with _transaction(self._bound()):
-                rows = self._bound().execute(query.order_by(t.id)).all()
+                rows = self._bound().execute(query.where(self._mine()).order_by(t.id)).all()
         else:
             try:
                 present = self._present_columns(connection)
-                rows = [] if present is None else connection.execute(query.order_by(t.id)).all()
+                mine = query.where(self._mine(present)).order_by(t.id)
+                rows = [] if present is None else connection.execute(mine).all()
             finally:
                 if connection.in_transaction():
                     connection.rollback()
         return [Unfinished(*row[:-1]) for row in rows if drift.blocks(row.outcome, row.transactional, None)]
 
+    def _mine(self, present: set[str] | None = None) -> sa.ColumnElement[bool]:
+        """This project's rows: its tool, and its version table (or none yet, in an unclaimed older row).
+
+        Args:
+            present: the table's columns, when it may be an older ledger not yet given ``version_table``.
+        """
+        t = self.table.c
+        if present is not None and "version_table" not in present:
+            return t.tool == self.tool
+        return (t.tool == self.tool) & ((t.version_table == self.scope) | t.version_table.is_(None))
+
     def _row(self, revision: str, outcome: str, *, transactional: bool) -> dict[str, Any]:
         return {
             "tool": self.tool,
+            "version_table": self.scope,
             "revision": revision,
             "direction": self.direction,
             "outcome": outcome,
@@ -403,6 +426,11 @@ class Ledger:
         connection = self._bound()
         with _transaction(connection):
             connection.execute(self.table.update().where(self.table.c.id == row_id).values(values))
+
+
+def scope_of(name: str, schema: str | None) -> str:
+    """How a ledger row names its project's version table: ``schema.name``, or ``name`` without a schema."""
+    return f"{schema}.{name}" if schema else name
 
 
 def _utcnow() -> dt.datetime:

@@ -115,14 +115,15 @@ def at_target(
     query = None
     if ledger or unfinished_only:
         quote = drift.quote_for(settings.light_url.family)
-        query = drift.select_statement(quote, settings.history_table, settings.version_table_schema, "alembic")
+        schema, table = settings.version_table_schema, settings.version_table
+        query = drift.select_statement(quote, settings.history_table, schema, "alembic", _scope(table, schema))
     read = _read(settings, read_current, name, query)
     current, rows = read if read is not None else (None, None)
     sources: dict[str, tuple[Path | str, bytes | None]] = {}
     heads = read_heads(settings, cwd, sources) if current else None  # an empty database need not read the files
     if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
         return Verdict(None)
-    if query is not None and not _ledger_allows(rows, sources, settings, drift_too=ledger):
+    if (ledger or unfinished_only) and not _ledger_allows(rows, sources, settings, drift_too=ledger):
         return Verdict(None)  # at the heads, but no ledger, a drifted file, an unrecorded revision or unfinished step
     return Verdict(AtTarget(tuple(sorted(current)), heads, compared=_compares(settings, ledger)))
 
@@ -155,6 +156,11 @@ def _loaded_verdict(
             return Verdict(None, project)
     found = AtTarget(tuple(project.summary(current)), tuple(project.heads()), compared=_compares(settings, ledger))
     return Verdict(found, project)
+
+
+def _scope(name: str, schema: str | None) -> str:
+    """:func:`runner.ledger.scope_of`, without importing SQLAlchemy."""
+    return f"{schema}.{name}" if schema else name
 
 
 def _compares(settings: Settings, ledger: bool) -> bool:

@@ -166,3 +166,58 @@ def test_ten_runners_at_once_on_mariadb_leave_one_row_per_revision(cli: Cli, mys
         "SELECT revision, outcome, count(*) FROM migration_runner_history GROUP BY revision, outcome ORDER BY revision"
     )
     assert mysql_query(mysql_url, sql) == [(f"{k:04d}", "applied", 1) for k in range(1, 11)]
+
+
+def _second_project(root: Path) -> Path:
+    """A project with the same revision ids as make_project's, but tables of its own (b_applied_log, b_t_...)."""
+    make_project(root, revisions=3)
+    for path in (root / "migrations" / "versions").glob("*.py"):
+        text = path.read_text().replace("applied_log", "b_applied_log").replace('"t_', '"b_t_')
+        path.write_text(text + "\n# project B\n")
+    return root
+
+
+def test_two_projects_in_one_schema_never_read_each_others_ledger_rows(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Separate MIGRATION_VERSION_TABLE values and the same revision ids: drift, blocking, resolve and history are
+    each project's own (A's unedited check reported B's files as drifted, and B's failed row blocked A)."""
+    a_dir, b_dir = tmp_path / "a", _second_project(tmp_path / "b")
+    make_project(a_dir, revisions=3)
+    (b_dir / "migrations" / "versions" / "0003_r.py").write_text(
+        (b_dir / "migrations" / "versions" / "0003_r.py")
+        .read_text()
+        .replace("def upgrade():\n", 'def upgrade():\n    op.execute("COMMIT")\n    op.execute("SELECT 1/0")\n', 1)
+    )
+    a = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_VERSION_TABLE": "a_version", "MIGRATION_DRIFT": "fail"}
+    b = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_VERSION_TABLE": "b_version", "MIGRATION_DRIFT": "fail"}
+    assert cli("upgrade", env=a, cwd=a_dir).code == 0
+    failed = cli("upgrade", env=b, cwd=b_dir)
+    assert failed.code == 65 and failed.one("revision.failed")["partially_applied"] is True
+
+    checked = cli("check", env=a, cwd=a_dir)
+    assert checked.code == 0, checked.stdout
+    assert not checked.named("revision.drifted")
+    assert cli("upgrade", env=a, cwd=a_dir).code == 0  # B's unfinished row does not block A
+    assert cli("resolve", "--mark", "not-applied", env=a, cwd=a_dir).one("resolve.nothing")
+    assert cli("upgrade", env=b, cwd=b_dir).code == 65  # still B's to resolve
+    history = json.loads(cli("history", "--output", "json", env=a, cwd=a_dir).stdout)
+    assert [(row["revision"], row["outcome"]) for row in history["rows"]] == [
+        ("0003", "applied"),
+        ("0002", "applied"),
+        ("0001", "applied"),
+    ]
+    scopes = query(pg_url, "SELECT DISTINCT version_table FROM migration_runner_history ORDER BY 1")
+    assert scopes == [("a_version",), ("b_version",)]
+
+
+def test_an_older_ledger_without_version_tables_is_claimed_in_place(cli: Cli, pg_url: str) -> None:
+    """Rows an older runner wrote name no version table: the next run under the lock claims them for its project."""
+    make_project(cli.cwd, revisions=2)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", "0001", env=env).code == 0
+    query(pg_url, "ALTER TABLE migration_runner_history DROP COLUMN version_table")  # as an older runner left it
+    assert cli("check", "0001", env=env).code == 0  # read-only on the older ledger
+
+    assert cli("upgrade", env=env).code == 0
+
+    rows = query(pg_url, "SELECT revision, version_table FROM migration_runner_history ORDER BY id")
+    assert rows == [("0001", "alembic_version"), ("0002", "alembic_version")]

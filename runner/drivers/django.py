@@ -485,7 +485,10 @@ class Project:
 
         session = connections[self.alias]
         with session.cursor() as cursor:
-            cursor.execute(drift.select_statement(session.ops.quote_name, table, None, self.tool))
+            statement = drift.select_statement(session.ops.quote_name, table, None, self.tool, "django_migrations")
+            if statement is None:
+                raise ValueError("the ledger's scope needs quoting")  # the full path reads it
+            cursor.execute(statement)
             return list(cursor.fetchall())
 
     def read_applied(self, connection: Connection, version_table: VersionTable) -> tuple[str, ...]:
