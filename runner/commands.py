@@ -38,6 +38,7 @@ from runner.errors import (
     RevisionDrifted,
     Stopped,
     UnknownRevision,
+    VersionTableRewound,
     WaitTimeout,
 )
 from runner.logs import get_logger
@@ -323,6 +324,8 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             book.prepare(held.connection or connection)
             _adopt(project, book, current)
             _refuse_unfinished(project, book, current)
+            # Under the lock: the version table and the ledger are read with no runner writing either.
+            _refuse_rewound(run, connection, current, _rewound(run, project, connection, current))
             if not pending:
                 log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
                 return
@@ -384,6 +387,39 @@ def _read_ledger(run: Run, project: Driver, connection: Connection, current: Seq
     sources = _sources(project, current)
     comparison = drift.compare(drift.recorded(rows), sources, checksums=run.settings.drift != "off")
     return _LedgerView(comparison.drifted, comparison.unrecorded, drift.any_unfinished(rows))
+
+
+def _rewound(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> list[str]:
+    """The project's revisions the ledger records as applied and the version table lacks, in ledger order.
+
+    A revision whose file is no longer shipped is left out: the version table cannot hold what the
+    project does not know (an unknown revision has its own refusal, 66).
+    """
+    recorded = drift.recorded(run.ledger().recording_rows(connection))
+    return [r for r in recorded if not project.unknown([r]) and not project.is_applied(current, r)]
+
+
+def _refuse_rewound(run: Run, connection: Connection, current: Sequence[str], rewound: Sequence[str]) -> None:
+    """Stop before anything runs when the version table lost revisions the ledger records as applied.
+
+    Raises:
+        VersionTableRewound: naming the last recorded revision, when and where it was applied, and the ways out.
+    """
+    if not rewound:
+        return
+    rows = run.ledger().history(connection)
+    last = next((row for row in rows if row.get("revision") in rewound and row.get("direction") == "up"), {})
+    revision = last.get("revision", rewound[-1])
+    where = f" at {last['started_at']} (run {last.get('run_id')} on {last.get('host')})" if last else ""
+    shown = " ".join(run.shown(current)) or "empty"
+    raise VersionTableRewound(
+        f"the version table is {'empty' if not current else f'at {shown}'}, but the ledger records "
+        f"{len(rewound)} later revision{'s' if len(rewound) > 1 else ''} as applied, the last {revision}{where}; "
+        "upgrading would run them again. Restore the version table (`alembic stamp` / the tool's stamp, or "
+        f"`migration-runner resolve --mark applied` to stamp {revision}), or, if their changes are gone, "
+        "run `migration-runner resolve --mark not-applied` so that the next upgrade runs them again",
+        revisions=list(rewound),
+    )
 
 
 def _ledger_work(run: Run, view: _LedgerView, connection: Connection) -> bool:
@@ -1332,6 +1368,21 @@ def show_config(run: Run) -> ExitCode:
     return ExitCode.OK
 
 
+def _resolve_rewound(
+    run: Run, project: Driver, connection: Connection, book: ledger.Ledger, rewound: Sequence[str]
+) -> None:
+    """A rewound version table: ``applied`` stamps the last recorded revision; ``not-applied`` records them undone."""
+    if run.resolution == "applied":
+        rows = book.history(connection)
+        last = next((row["revision"] for row in rows if row["revision"] in rewound and row["direction"] == "up"), None)
+        revision = last or rewound[-1]
+        project.stamp(connection, revision, run.version_table)
+    else:
+        book.record_undone(list(rewound), resolved_by=run.host)
+    run.read_heads(connection)
+    get_logger().info("resolve.recorded", revisions=list(rewound), resolution=run.resolution, reason="rewound")
+
+
 def resolve(run: Run) -> ExitCode:
     """Record what the operator found about a revision the ledger shows as unfinished, under the lock.
 
@@ -1361,6 +1412,11 @@ def resolve(run: Run) -> ExitCode:
         book.prepare(held.connection or connection)
         rows = book.unfinished()
         if not rows:
+            current = run.read_heads(connection)
+            rewound = _rewound(run, project, connection, current)
+            if rewound:
+                _resolve_rewound(run, project, connection, book, rewound)
+                return ExitCode.OK
             log.info("resolve.nothing", reason="no unfinished revision in the ledger")
             return ExitCode.OK
         if len(rows) > 1:

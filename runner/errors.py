@@ -19,6 +19,7 @@ retrying (69, 75) from one that will fail the same way again (65, 66, 78)::
     │   ├── BeforeApplyFailed        75  (MIGRATION_BEFORE_APPLY_COMMAND: nothing was applied)
     │   ├── MigrationFailed          65  EX_DATAERR
     │   │   ├── InterruptedRevision  65  (the ledger shows a revision that never finished)
+    │   │   ├── VersionTableRewound  65  (the ledger records revisions the version table no longer has)
     │   │   └── RevisionDrifted      65  (MIGRATION_DRIFT=fail: an applied revision's file changed)
     │   └── UnknownRevision          66  EX_NOINPUT
     └── KeyboardInterrupt
@@ -277,6 +278,29 @@ class InterruptedRevision(MigrationFailed):
 
     def __init__(self, message: str, *, revision: str) -> None:
         super().__init__(message, revision=revision, sqlstate=None, transactional=False)
+
+
+class VersionTableRewound(MigrationFailed):
+    """The version table is emptied or rewound while the ledger records later revisions as applied.
+
+    Upgrading would run them again over the schema they left behind. The
+    runner refuses until the version table is restored (``stamp``) or
+    ``migration-runner resolve --mark not-applied`` records them as undone.
+
+    Args:
+        message: the last recorded revision, when and where, and the ways out.
+        revisions: the revisions the ledger has and the version table lacks.
+    """
+
+    event = "version_table.rewound"
+
+    def __init__(self, message: str, *, revisions: list[str]) -> None:
+        super().__init__(message, revision=revisions[-1] if revisions else None, sqlstate=None)
+        self.revisions = revisions
+
+    def details(self) -> dict[str, Any]:
+        """The last recorded revision, and all the ones the version table lacks; nothing was applied."""
+        return {"revision": self.revision, "revisions": self.revisions, "partially_applied": False}
 
 
 class RevisionDrifted(MigrationFailed):

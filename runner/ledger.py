@@ -275,6 +275,33 @@ class Ledger:
         with _transaction(connection):
             connection.execute(self.table.insert(), rows)
 
+    def record_undone(self, revisions: list[str], *, resolved_by: str) -> None:
+        """Record revisions as reverted without running anything: ``resolve --mark not-applied`` after a rewind.
+
+        Each gets a ``down`` row, outcome ``reverted``, resolution ``not-applied``;
+        drift and the rewind check then no longer count it as applied.
+        """
+        now = self._stored(self.now())
+        rows = []
+        for revision in revisions:
+            row = self._row(revision, "reverted", transactional=True)
+            row.update(
+                direction="down",
+                started_at=now,
+                finished_at=now,
+                duration_seconds=0.0,
+                checksum=None,
+                checksum_version=None,
+                source_sha256=None,
+                resolution="not-applied",
+                resolved_at=now,
+                resolved_by=resolved_by,
+            )
+            rows.append(row)
+        connection = self._bound()
+        with _transaction(connection):
+            connection.execute(self.table.insert(), rows)
+
     def unfinished(self, connection: Connection | None = None) -> list[Unfinished]:
         """The rows that block an upgrade (:func:`runner.drift.blocks`), oldest first.
 

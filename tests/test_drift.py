@@ -377,3 +377,61 @@ def test_sigkill_mid_django_migration_on_postgresql_leaves_no_ledger_row_without
     assert rerun.code == 0, rerun.stderr
     rows = query(pg_url, "SELECT revision, count(*) FROM migration_runner_history GROUP BY revision")
     assert dict(rows)["shop.0004_slow"] == 1 and {count for _, count in rows} == {1}
+
+
+def test_an_emptied_or_rewound_version_table_is_refused_naming_the_ledger_and_the_ways_out(
+    cli: Cli, pg_url: str
+) -> None:
+    """Issue 23: the version table emptied under a ledger that records 0001-0005 reran 0001 and failed on its table."""
+    make_project(cli.cwd, revisions=5)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", env=env).code == 0
+    query(pg_url, "DELETE FROM alembic_version")
+
+    emptied = cli("upgrade", env=env)
+    query(pg_url, "INSERT INTO alembic_version VALUES ('0003')")
+    rewound = cli("upgrade", env=env)
+    stamped = cli("resolve", "--mark", "applied", env=env)
+    after_stamp = cli("upgrade", env=env)
+
+    assert emptied.code == 65, emptied.stderr
+    failure = emptied.one("version_table.rewound")
+    assert "0005" in failure["error"] and "stamp" in failure["error"] and "resolve" in failure["error"]
+    assert "applied at" in failure["error"] or " at " in failure["error"]
+    assert query(pg_url, "SELECT count(*) FROM applied_log") == [(5,)], "nothing may run again"
+    assert rewound.code == 65 and rewound.one("version_table.rewound")["revisions"] == ["0004", "0005"]
+    assert stamped.code == 0, stamped.stderr
+    assert version(pg_url) == ["0005"]
+    assert after_stamp.code == 0 and after_stamp.named("version_table.rewound") == []
+    assert query(pg_url, "SELECT count(*) FROM applied_log") == [(5,)]
+
+
+def test_resolve_not_applied_after_a_rewind_lets_the_next_upgrade_run_them_again(cli: Cli, pg_url: str) -> None:
+    """The other way out: the changes are gone too (restored from a backup), so the revisions run again."""
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", env=env).code == 0
+    query(pg_url, "DROP TABLE t_0002, t_0003")
+    query(pg_url, "UPDATE alembic_version SET version_num = '0001'")
+    query(pg_url, "DELETE FROM applied_log WHERE revision <> '0001'")
+
+    refused = cli("upgrade", env=env)
+    resolved = cli("resolve", "--mark", "not-applied", env=env)
+    again = cli("upgrade", env=env)
+
+    assert refused.code == 65 and refused.one("version_table.rewound")["revisions"] == ["0002", "0003"]
+    assert resolved.code == 0, resolved.stderr
+    assert again.code == 0, again.stderr
+    assert version(pg_url) == ["0003"]
+    assert query(pg_url, "SELECT revision FROM applied_log ORDER BY revision") == [("0001",), ("0002",), ("0003",)]
+
+
+def test_a_downgrade_is_no_rewind(cli: Cli, pg_url: str) -> None:
+    """The runner's own downgrade records its down rows: the next upgrade runs the reverted revisions as usual."""
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", env=env).code == 0
+    assert cli("downgrade", "0001", env=env).code == 0
+    again = cli("upgrade", env=env)
+    assert again.code == 0, again.stderr
+    assert again.named("version_table.rewound") == []

@@ -473,6 +473,33 @@ def ini_database_url(alembic_config: Path | None, cwd: Path) -> tuple[str, str] 
     return (found, ini.name) if found else None
 
 
+@contextlib.contextmanager
+def _config_file_errors(ini: Path | None, *, parse_only: bool = False) -> Iterator[None]:
+    """Turn an unreadable ini file (Alembic's ``CommandError``, configparser's and decoding errors) into 78.
+
+    Args:
+        ini: the ini file, for the message.
+        parse_only: leave Alembic's ``CommandError`` to the caller (it names a setting, not the file's form).
+
+    Raises:
+        ConfigError: naming the file and what is wrong with it.
+    """
+    from alembic.util.exc import CommandError  # noqa: PLC0415
+
+    caught: tuple[type[Exception], ...] = (configparser.Error, UnicodeDecodeError)
+    if not parse_only:
+        caught = (*caught, CommandError)
+    try:
+        yield
+    except caught as error:
+        name = ini if ini is not None else "the Alembic configuration"
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(
+            f"{name}: not a readable Alembic ini file ({type(error).__name__}: {detail}); it needs an [alembic] "
+            "section with script_location, in UTF-8, each option once (%% for a literal %)"
+        ) from None
+
+
 def _read_ini(ini: Path | None) -> configparser.ConfigParser:
     """The ini file as Alembic's ``Config.file_config`` reads it (``%(here)s`` is its directory), without Alembic.
 
@@ -522,18 +549,22 @@ class Project:
             )
         self.config = _config(ini, toml)
         self.config_files = [path for path in (ini, toml) if path is not None]
-        if script_location is not None:
-            self.config.set_main_option("script_location", script_location)
         where = " or ".join(path.name for path in self.config_files) or "the configuration"
         setting = "MIGRATION_SCRIPT_LOCATION" if script_location else f"script_location in {where}"
-        if self.config.get_main_option("databases"):
+        with _config_file_errors(ini):
+            # Alembic reads the ini lazily: the first option read parses it, and its errors are the file's.
+            if script_location is not None:
+                self.config.set_main_option("script_location", script_location)
+            databases = self.config.get_main_option("databases")
+        if databases:
             raise ConfigError(
                 f"{where} lists several databases (databases = ...: Alembic's multidb template); "
                 "the runner locks and reads one database per run: run it once per database, each with its "
                 "own script directory (README, 'Your Alembic project')"
             )
         try:
-            self.script = ScriptDirectory.from_config(self.config)
+            with _config_file_errors(ini, parse_only=True):
+                self.script = ScriptDirectory.from_config(self.config)
             self._applied_cache: tuple[tuple[str, ...], set[str]] | None = None
         except CommandError as error:
             raise ConfigError(f"{setting}: {error}") from None
@@ -569,8 +600,8 @@ class Project:
         from alembic.script.revision import RevisionError  # noqa: PLC0415
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Alembic warns, then raises KeyError, for a dangling down_revision
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # Alembic warns, then raises KeyError, for a dangling down_revision
                 self.script.revision_map.heads  # noqa: B018  (building the map imports every file)
         except SyntaxError as error:
             raise BrokenRevisionFiles(
@@ -583,12 +614,40 @@ class Project:
             in_versions = [f for f in frames if Path(f).parent.name == "versions"]
             where = (in_versions or frames or ["?"])[-1]
             raise BrokenRevisionFiles(f"revision file {where}: {type(error).__name__}: {error}") from None
+        # Alembic keeps one of two files with the same revision id, by the order the file system lists them.
+        if any("is present more than once" in str(warning.message) for warning in caught):
+            raise BrokenRevisionFiles(self._explain_duplicates())
+
+    def _explain_duplicates(self) -> str:
+        """Name each revision id that several files define, with the files."""
+        by_id: dict[str, list[str]] = {}
+        for script in self.script._load_revisions():  # private: the files, without the map that keeps one of each
+            by_id.setdefault(script.revision, []).append(script.path)
+        twice = {revision: paths for revision, paths in by_id.items() if len(paths) > 1}
+        named = "; ".join(f"{revision!r} in {' and '.join(sorted(paths))}" for revision, paths in sorted(twice.items()))
+        return f"revision history: several files define one revision id: {named}; give each file its own id"
 
     def _explain_history(self, error: BaseException) -> str:
         """Name the files behind a dangling ``down_revision`` or a cycle."""
+        from alembic.script.revision import RevisionError  # noqa: PLC0415
         from alembic.util import to_tuple  # noqa: PLC0415
 
-        scripts = list(self.script._load_revisions())  # each file once more, no map
+        try:
+            scripts = list(self.script._load_revisions())  # each file once more, no map
+        except RevisionError:  # a down_revision naming its own revision fails each file's load: name them by text
+            involved = set(getattr(error, "revisions", ()) or ())
+            files = sorted(
+                str(path)
+                for location in self.script._version_locations
+                for path in Path(location).glob("*.py")
+                if any(
+                    re.search(
+                        rf"""^revision\s*(:[^=]*)?=\s*['"]{re.escape(r)}['"]""", path.read_text(errors="replace"), re.M
+                    )
+                    for r in involved
+                )
+            )
+            return f"revision history: {error}; files: {', '.join(files) or self.script.dir}"
         known = {script.revision for script in scripts}
         if isinstance(error, KeyError):
             dangling = [
@@ -1342,6 +1401,15 @@ def _history_errors(target: str | None = None) -> Iterator[None]:
         raise ConfigError(f"MIGRATION_TARGET={target!r}: {error}") from None
     except (RevisionError, CommandError) as error:
         raise ConfigError(f"revision history: {error}") from None
+    except (AssertionError, ValueError, KeyError, IndexError) as error:
+        # Alembic's resolver asserts on identifiers it cannot split (``@``, ``branch@``, ``@head``) instead of
+        # raising a RevisionError; with no target it is a broken history, which the other handlers name.
+        if target is None:
+            raise
+        raise ConfigError(
+            f"MIGRATION_TARGET={target!r} is not a revision: give a revision id or prefix, head, heads, base, "
+            f"branch@head or +N ({type(error).__name__} {error})".replace(" ()", "")
+        ) from None
 
 
 if TYPE_CHECKING:  # the Alembic project is a Driver (checked by mypy, not at run time)
