@@ -36,11 +36,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from runner import checksum
+from runner.errors import ConfigError
 
 DEFAULT_TABLE = "migration_runner_history"
 OUTCOMES = ("started", "applied", "reverted", "failed", "interrupted", "adopted", "accepted")
 RESOLUTIONS = ("applied", "not-applied")
 _ERROR_MAX_CHARS = 2000
+
+
+# Columns every ledger has had since the first: a table without them is someone else's.
+_IDENTITY_COLUMNS = frozenset({"id", "tool", "revision", "direction", "outcome"})
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    return (str(orig).strip() or type(orig).__name__).splitlines()[0]
 
 
 def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Table:
@@ -161,7 +171,17 @@ class Ledger:
         """
         self.connection = connection
         with _transaction(connection):
-            self.table.create(connection, checkfirst=True)
+            self._require_a_place(connection)
+            try:
+                self.table.create(connection, checkfirst=True)
+            except sa.exc.DBAPIError as error:  # a view, sequence or index of that name (42P07; MySQL 1050)
+                code = getattr(error.orig, "sqlstate", None) or (getattr(error.orig, "args", None) or [None])[0]
+                if code not in ("42P07", 1050):
+                    raise
+                raise ConfigError(
+                    f"{self._shown()} cannot be created: another object of that name exists ({_first_line(error)}); "
+                    "set MIGRATION_HISTORY_TABLE to a name of the ledger's own"
+                ) from None
             self._add_missing_columns(connection)
             # Rows an older runner wrote name no version table: the first project to run claims them.
             t = self.table.c
@@ -179,11 +199,51 @@ class Ledger:
                 connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {definition}")
 
     def _present_columns(self, connection: Connection) -> set[str] | None:
-        """The names of the ledger table's columns in the database; None when it has no ledger yet."""
+        """The names of the ledger table's columns in the database; None when it has no ledger yet.
+
+        Raises:
+            ConfigError: a table or view of that name exists and is not a ledger (an application's table):
+                the runner would write into it, or alter it.
+        """
         inspector = sa.inspect(connection)
         if not inspector.has_table(self.table.name, schema=self.table.schema):
             return None
-        return {column["name"] for column in inspector.get_columns(self.table.name, self.table.schema)}
+        present = {column["name"] for column in inspector.get_columns(self.table.name, self.table.schema)}
+        if not present >= _IDENTITY_COLUMNS:
+            raise ConfigError(
+                f"{self._shown()} exists and is not a migration-runner ledger (its columns: "
+                f"{', '.join(sorted(present)) or 'none'}); set MIGRATION_HISTORY_TABLE to a name of the ledger's own"
+            )
+        return present
+
+    def _shown(self) -> str:
+        """The ledger's table as a user names it: ``schema.name`` or ``name``, and the setting."""
+        name = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
+        return f"the ledger table {name} (MIGRATION_HISTORY_TABLE)"
+
+    def _require_a_place(self, connection: Connection) -> None:
+        """The schema the ledger goes into exists (the version table's, or the connection's current one).
+
+        Raises:
+            ConfigError: ``MIGRATION_VERSION_TABLE_SCHEMA`` names no schema, or the connection's
+                ``search_path`` leaves none to create in (PostgreSQL's ``current_schema()`` is NULL).
+        """
+        schema = self.table.schema
+        if schema is not None:
+            if schema not in sa.inspect(connection).get_schema_names():
+                raise ConfigError(
+                    f"MIGRATION_VERSION_TABLE_SCHEMA={schema!r}: the database has no such schema; create it "
+                    "(a revision cannot: the version table and the ledger live there) or name another"
+                )
+        elif (
+            connection.dialect.name == "postgresql"
+            and connection.exec_driver_sql("SELECT current_schema()").scalar() is None
+        ):
+            path = connection.exec_driver_sql("SHOW search_path").scalar()
+            raise ConfigError(
+                f"the connection's search_path ({path}) names no existing schema to create the ledger in; "
+                "fix options=-c search_path in the URL, create the schema, or set MIGRATION_VERSION_TABLE_SCHEMA"
+            )
 
     def now(self) -> dt.datetime:
         """The server's time now (UTC), from the offset read by :meth:`prepare`."""

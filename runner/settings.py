@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
 from dotenv import dotenv_values
-from pydantic import Field, PrivateAttr, SecretStr, StringConstraints, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, StringConstraints, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     allow_downgrade: bool = Field(
         False, description="Let 'downgrade' run in production (refused there otherwise); set it only on its own Job."
     )
-    before_apply_command: list[NonEmpty] | None = Field(
+    before_apply_command: Annotated[list[NonEmpty] | None, NoDecode] = Field(
         None,
         min_length=1,
         description="A program run under the lock before the first revision, only when something is pending: "
@@ -249,9 +249,10 @@ class Settings(BaseSettings):
         Path("/dev/termination-log"),
         description="Where the JSON summary for `kubectl describe pod` goes, when that file exists.",
     )
-    pod_name: str | None = Field(None, description="Downward API metadata.name: the pod's name.")
-    pod_namespace: str | None = Field(None, description="Downward API metadata.namespace.")
-    node_name: str | None = Field(None, description="Downward API spec.nodeName.")
+    # Kubernetes' own limits (a DNS subdomain name, 253; a namespace is a DNS label, 63): the ledger stores them.
+    pod_name: str | None = Field(None, max_length=253, description="Downward API metadata.name: the pod's name.")
+    pod_namespace: str | None = Field(None, max_length=63, description="Downward API metadata.namespace.")
+    node_name: str | None = Field(None, max_length=253, description="Downward API spec.nodeName.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "console", "auto"] = Field(
         "auto", description="json, console, or auto (console on a TTY, JSON otherwise)."
@@ -265,14 +266,33 @@ class Settings(BaseSettings):
     @field_validator("before_apply_command", mode="before")
     @classmethod
     def _argv(cls, value: Any) -> Any:
-        if isinstance(value, str):  # what pydantic-settings leaves of a value that is not JSON
+        if value is None:  # unset
+            return value
+        if isinstance(value, str):  # NoDecode: the variable's text, as given
             try:
-                return json.loads(value)
+                value = json.loads(value)
             except ValueError:
-                raise ValueError(
-                    "must be a JSON array of strings (a program and its arguments, never a shell string), e.g. "
-                    '["pg_dump", "-Fc", "-f", "/backup/before.dump"]'
-                ) from None
+                value = "not JSON"
+            if value is None:  # JSON null: a backup the operator asked for must not silently be no backup
+                raise ValueError("null is no command; unset the variable to run none")
+        if not isinstance(value, list):
+            raise ValueError(
+                "must be a JSON array of strings (a program and its arguments, never a shell string), e.g. "
+                '["pg_dump", "-Fc", "-f", "/backup/before.dump"]'
+            )
+        if any(isinstance(argument, str) and "\x00" in argument for argument in value):
+            raise ValueError("an argument holds a NUL character, which no program can receive")
+        return value
+
+    @field_validator("history_table")
+    @classmethod
+    def _not_another_table(cls, value: str, info: ValidationInfo) -> str:
+        # The ledger is created, altered and written by the runner: it must never be a table it does not own.
+        taken = {str(info.data.get("version_table", "")).lower(), "alembic_version", "django_migrations"}
+        if value.lower() in taken:
+            raise ValueError("names a version table; the ledger needs a table of its own")
+        if value.lower().startswith(("pg_", "sqlite_")):
+            raise ValueError("pg_ and sqlite_ names belong to the database's own catalog; choose another name")
         return value
 
     @field_validator("verify_heads", "verify_irreversible", mode="before")

@@ -114,3 +114,84 @@ def test_two_files_with_one_revision_id_are_78_naming_both(cli: Cli, pg_url: str
 
     refused(result, "0003_r.py", "0003_copy.py", "'0003'")
     assert untouched(pg_url)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        pytest.param({"MIGRATION_POD_NAME": "p" * 300}, ("MIGRATION_POD_NAME",), id="pod-name-over-253"),
+        pytest.param({"MIGRATION_POD_NAMESPACE": "n" * 64}, ("MIGRATION_POD_NAMESPACE",), id="namespace-over-63"),
+        pytest.param(
+            {"MIGRATION_BEFORE_APPLY_COMMAND": '["echo", "a\\u0000b"]'}, ("NUL",), id="nul-in-before-apply-command"
+        ),
+        pytest.param({"MIGRATION_BEFORE_APPLY_COMMAND": "null"}, ("null",), id="before-apply-command-null"),
+        pytest.param({"MIGRATION_BEFORE_APPLY_COMMAND": "{}"}, ("JSON array",), id="before-apply-command-object"),
+        pytest.param({"MIGRATION_HISTORY_TABLE": "alembic_version"}, ("version table",), id="history-is-version"),
+        pytest.param(
+            {"MIGRATION_HISTORY_TABLE": "versions", "MIGRATION_VERSION_TABLE": "Versions"},
+            ("version table",),
+            id="history-is-the-configured-version-table",
+        ),
+        pytest.param({"MIGRATION_HISTORY_TABLE": "pg_class"}, ("catalog",), id="history-is-pg_class"),
+        pytest.param({"MIGRATION_VERSION_TABLE_SCHEMA": "nope"}, ("'nope'", "no such schema"), id="no-such-schema"),
+    ],
+)
+def test_settings_the_database_cannot_hold_are_78(
+    cli: Cli, pg_url: str, env: dict[str, str], words: tuple[str]
+) -> None:
+    make_project(cli.cwd, revisions=2)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, **env})
+
+    refused(result, *words)
+    assert untouched(pg_url)
+    assert query(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        "CREATE TABLE migration_runner_history (x int)",
+        "CREATE VIEW migration_runner_history AS SELECT 1 AS x",
+        "CREATE SEQUENCE migration_runner_history",
+    ],
+    ids=["table", "view", "sequence"],
+)
+@pytest.mark.parametrize("command", [["upgrade"], ["history"], ["check"], ["resolve", "--mark", "applied"]])
+def test_an_object_named_like_the_ledger_that_is_not_one_is_78(
+    cli: Cli, pg_url: str, existing: str, command: list[str]
+) -> None:
+    make_project(cli.cwd, revisions=2)
+    query(pg_url, existing)
+
+    result = cli(*command, env={"MIGRATION_DATABASE_URL": pg_url})
+
+    if existing.startswith("CREATE SEQUENCE") and command in (["history"], ["check"]):
+        # Only creating the ledger meets a sequence: reading finds no table of that name, so no ledger.
+        assert result.code in (0, 1), result.stdout + result.stderr
+        return
+    refused(result, "migration_runner_history", "MIGRATION_HISTORY_TABLE")
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
+def test_an_application_table_as_the_ledger_is_78_and_left_as_it_was(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=2)
+    assert cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url}).code == 0
+    before = query(pg_url, "SELECT * FROM applied_log ORDER BY revision")
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_HISTORY_TABLE": "applied_log"})
+
+    refused(result, "applied_log", "pid, revision")
+    assert query(pg_url, "SELECT * FROM applied_log ORDER BY revision") == before
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'applied_log' ORDER BY 1"
+    assert query(pg_url, columns) == [("pid",), ("revision",)]
+
+
+def test_a_search_path_that_leaves_no_schema_is_78_naming_it(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=2)
+    url = f"{pg_url}?options=-c%20search_path%3Dnowhere"
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": url})
+
+    refused(result, "search_path (nowhere)")
+    assert untouched(pg_url)
