@@ -669,7 +669,7 @@ def read_databases_file(path: Path) -> list[tuple[int, str]]:
             or there is none.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as some editors write, is not part of line 1
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"MIGRATION_DATABASES_FILE={str(path)!r} cannot be read ({_reason(error)})") from None
     entries = []
@@ -705,7 +705,7 @@ def _use_databases_file(settings: Settings, environ: Mapping[str, str]) -> None:
     index, named = settings.database_index, "MIGRATION_DATABASE_INDEX"
     if index is None and environ.get("JOB_COMPLETION_INDEX"):
         raw, named = environ["JOB_COMPLETION_INDEX"], "JOB_COMPLETION_INDEX"
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # isdigit() and int() take Arabic-Indic digits too
             raise ConfigError(f"JOB_COMPLETION_INDEX={raw!r} is not an index (0, 1, 2, ...)")
         index = int(raw)
     if index is None:

@@ -195,6 +195,12 @@ _NOT_A_URL = (
 )
 
 
+# The longest database name each server keeps: PostgreSQL's NAMEDATALEN - 1 bytes (PostgreSQL docs,
+# "Identifiers and Key Words"; it would cut a longer name and connect to that); MySQL's 64 characters
+# (MySQL docs, "Identifier Length Limits").
+_NAME_LIMITS = {"postgresql": (63, "bytes"), "mysql": (64, "characters")}
+
+
 def parse(raw: str) -> DatabaseUrl:
     """Parse, check and normalise a database URL.
 
@@ -206,6 +212,8 @@ def parse(raw: str) -> DatabaseUrl:
             driver, a port out of range, or no database named. The message never
             repeats the URL.
     """
+    if "\x00" in raw:  # libpq and the servers cut a name at a NUL: another database than the one written
+        raise ValueError("the URL holds a NUL character")
     url = split(raw)
     backend, _, driver = url.drivername.partition("+")
     if backend not in BACKENDS:
@@ -223,6 +231,12 @@ def parse(raw: str) -> DatabaseUrl:
             "the URL names no database (e.g. postgresql://host/ or mysql://host/); "
             "add it: dialect://user:password@host:port/DATABASE"
         )
+    limit = _NAME_LIMITS.get(family)
+    if limit and url.database:
+        count, unit = limit
+        length = len(url.database.encode()) if unit == "bytes" else len(url.database)
+        if length > count:
+            raise ValueError(f"the database name is {length} {unit} long; {family} names are at most {count}")
     if family == "postgresql" and driver in ("", "psycopg2"):
         url = replace(url, drivername="postgresql+psycopg")
     elif family == "mysql" and not driver:

@@ -195,3 +195,102 @@ def test_a_search_path_that_leaves_no_schema_is_78_naming_it(cli: Cli, pg_url: s
 
     refused(result, "search_path (nowhere)")
     assert untouched(pg_url)
+
+
+def test_a_revision_id_that_is_no_string_names_its_file(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=3)
+    path = cli.cwd / "migrations" / "versions" / "0002_r.py"
+    path.write_text(path.read_text().replace("revision = '0002'", "revision = None"))
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 78, result.stderr
+    message = result.one("revisions.broken")["error"]
+    assert message.startswith(f"revision file {path}:"), message
+    assert untouched(pg_url)
+
+
+def test_a_symlink_loop_among_the_revision_files_names_the_directory_not_pathlib(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=2)
+    (cli.cwd / "migrations" / "versions" / "loop.py").symlink_to("loop.py")
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url})
+
+    assert result.code == 78, result.stderr
+    message = result.one("revisions.broken")["error"]
+    assert "pathlib" not in message and "loop.py" in message, message
+    assert untouched(pg_url)
+
+
+@pytest.mark.parametrize("command", ["check", "wait", "upgrade"])
+def test_a_relative_target_past_base_is_78_not_base(cli: Cli, pg_url: str, command: str) -> None:
+    """`check -999` read as "base" passed any database (exit 0), while `check +0` was 78."""
+    make_project(cli.cwd, revisions=3)
+
+    result = cli(command, "--", "-999", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_WAIT_TIMEOUT": "5"})
+
+    refused(result, "'-999'", "past base")
+
+
+def test_check_minus_n_within_the_history_still_works(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", env=env).code == 0
+
+    assert cli("check", "--", "-3", env=env).code == 0  # base
+    assert cli("check", "--", "-1", env=env).code == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        pytest.param("postgresql://postgres@127.0.0.1/" + "d" * 20000, ("20000 bytes", "63"), id="pg-20000"),
+        pytest.param("postgresql://postgres@127.0.0.1/" + "é" * 32, ("64 bytes", "63"), id="pg-64-bytes"),
+        pytest.param("mysql://root@127.0.0.1/" + "d" * 65, ("65 characters", "64"), id="mysql-65"),
+    ],
+)
+def test_a_database_name_longer_than_the_server_keeps_is_78_not_69(cli: Cli, url: str, words: tuple[str]) -> None:
+    make_project(cli.cwd, revisions=1)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": url, "MIGRATION_CONNECT_TIMEOUT": "1"})
+
+    refused(result, *words)
+
+
+def test_a_nul_in_a_databases_file_url_is_78(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    make_project(cli.cwd, revisions=1)
+    databases = tmp_path / "databases"
+    databases.write_text(f"{pg_url}\x00other\n")
+
+    result = cli("upgrade", env={"MIGRATION_DATABASES_FILE": str(databases), "MIGRATION_DATABASE_INDEX": "0"})
+
+    refused(result, "line 1", "NUL")
+    assert untouched(pg_url)
+
+
+def test_a_databases_file_with_a_utf8_bom_is_read(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Windows editors write one; it is no part of line 1's URL."""
+    make_project(cli.cwd, revisions=2)
+    databases = tmp_path / "databases"
+    databases.write_bytes(b"\xef\xbb\xbf" + pg_url.encode() + b"\n")
+
+    result = cli("upgrade", env={"MIGRATION_DATABASES_FILE": str(databases), "MIGRATION_DATABASE_INDEX": "0"})
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert query(pg_url, "SELECT version_num FROM alembic_version") == [(rev_id(2),)]
+
+
+@pytest.mark.parametrize("variable", ["JOB_COMPLETION_INDEX", "MIGRATION_DATABASE_INDEX"])
+@pytest.mark.parametrize("index", ["\u0661", "\u00b9", "\uff11"])  # Arabic-Indic one, superscript one, fullwidth one
+def test_an_index_in_other_digits_is_78_not_index_1(
+    cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, variable: str, index: str
+) -> None:
+    make_project(cli.cwd, revisions=1)
+    first, second = pg_databases(), pg_databases()
+    databases = tmp_path / "databases"
+    databases.write_text(f"{first}\n{second}\n")
+
+    result = cli("upgrade", env={"MIGRATION_DATABASES_FILE": str(databases), variable: index})
+
+    refused(result, variable)
+    assert untouched(first) and untouched(second)

@@ -612,11 +612,34 @@ class Project:
         except Exception as error:
             frames = [f.filename for f in traceback.extract_tb(error.__traceback__) if f.filename.endswith(".py")]
             in_versions = [f for f in frames if Path(f).parent.name == "versions"]
-            where = (in_versions or frames or ["?"])[-1]
+            # Raised inside Alembic (a ``revision = None``) or pathlib (a symlink loop): the frames name no
+            # revision file, so name the files whose ``revision`` is no string, or the directory.
+            where = in_versions[-1] if in_versions else (self._files_without_a_revision_id() or self.script.dir)
             raise BrokenRevisionFiles(f"revision file {where}: {type(error).__name__}: {error}") from None
         # Alembic keeps one of two files with the same revision id, by the order the file system lists them.
         if any("is present more than once" in str(warning.message) for warning in caught):
             raise BrokenRevisionFiles(self._explain_duplicates())
+
+    def _files_without_a_revision_id(self) -> str:
+        """The revision files whose module-level ``revision`` is not assigned a string literal, comma-separated."""
+        import ast  # noqa: PLC0415  (only on this error path)
+
+        found = []
+        for location in self.script._version_locations:  # private: Alembic has no public accessor
+            for path in sorted(Path(location).glob("*.py")):
+                try:
+                    tree = ast.parse(path.read_bytes())
+                except (OSError, RuntimeError, SyntaxError, ValueError):
+                    continue
+                values = [
+                    node.value
+                    for node in tree.body
+                    if isinstance(node, ast.Assign | ast.AnnAssign)
+                    and any(isinstance(t, ast.Name) and t.id == "revision" for t in _targets_of(node))
+                ]
+                if values and not all(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in values):
+                    found.append(str(path))
+        return ", ".join(found)
 
     def _explain_duplicates(self) -> str:
         """Name each revision id that several files define, with the files."""
@@ -697,6 +720,10 @@ class Project:
             return ()
         with _history_errors(target):
             scripts = self.script.revision_map.get_revisions(target)
+        if None in scripts:  # Alembic's answer for ``-N`` past base; read as "base" it would pass anything
+            raise ConfigError(
+                f"MIGRATION_TARGET={target!r} goes past base: the history is not that long below its head"
+            )
         return tuple(sorted(s.revision for s in scripts if s is not None and not isinstance(s, str)))
 
     def unknown(self, current: Sequence[str]) -> list[str]:
@@ -1374,6 +1401,11 @@ def _statements(function: Any) -> list[ast.stmt] | None:
         if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))
         and not isinstance(statement, ast.Pass)
     ]
+
+
+def _targets_of(node: Any) -> list[Any]:
+    """The names an assignment statement assigns to (``a = b = 1``, ``a: str = 1``)."""
+    return list(node.targets) if hasattr(node, "targets") else [node.target]
 
 
 def _heads_arg(heads: Sequence[str]) -> str:
