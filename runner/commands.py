@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import tenacity
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import __version__, checksum, database, drift, drivers, ledger, locks, logs, noop, polling
+from runner import __version__, checksum, database, drift, drivers, ledger, locks, logs, noop, polling, sessions
 from runner.drivers import Applied, Driver, Step, VersionTable
 from runner.errors import (
     BrokenProject,
@@ -98,12 +98,20 @@ class Run:
             on_retry=lambda: self.report.retried("connect"),
         )
 
+    def engine(self, url: URL) -> Engine:
+        """An engine for ``url`` named as this run, each connection attempt bounded by ``MIGRATION_CONNECT_TIMEOUT``."""
+        return database.make_engine(
+            url,
+            application_name=self.application_name,
+            attempt_timeout=database.attempt_seconds(self.settings.connect_timeout),
+        )
+
     def migration_url(self) -> URL:
         """The database URL with each revision's session timeouts and TCP bounds, so env.py's own engine has them."""
         url = database.with_network_bounds(self.settings.url)
-        lock_ms = int(self.settings.ddl_lock_timeout * 1000)
+        lock_ms = sessions.milliseconds(self.settings.ddl_lock_timeout)
         if database.family(url) == "postgresql":
-            statement_ms = int(self.settings.statement_timeout * 1000)
+            statement_ms = sessions.milliseconds(self.settings.statement_timeout)
             # Asynchronous commits: a revision's commit does not wait for its WAL flush; one
             # synchronous commit after the last revision makes them all durable (Ledger.make_durable).
             return database.with_session_settings(
@@ -111,7 +119,9 @@ class Run:
                 {"lock_timeout": str(lock_ms), "statement_timeout": str(statement_ms), "synchronous_commit": "off"},
             )
         if database.family(url) == "mysql" and lock_ms:
-            return database.with_session_settings(url, {"lock_wait_timeout": str(max(1, lock_ms // 1000))})
+            return database.with_session_settings(
+                url, {"lock_wait_timeout": str(sessions.whole_seconds(lock_ms / 1000))}
+            )
         return url
 
     @property
@@ -252,7 +262,7 @@ def upgrade(run: Run) -> ExitCode:
         RevisionDrifted (``MIGRATION_DRIFT=fail``).
     """
     project = run.project()
-    engine = database.make_engine(run.migration_url(), application_name=run.application_name)
+    engine = run.engine(run.migration_url())
     for attempt in _reconnecting(run):
         with attempt:
             _upgrade_once(run, project, engine)
@@ -547,7 +557,7 @@ def downgrade(run: Run) -> ExitCode:
             "run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted"
         )
     project = run.project()
-    engine = database.make_engine(run.migration_url(), application_name=run.application_name)
+    engine = run.engine(run.migration_url())
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
     for attempt in _reconnecting(run):
         with attempt:
@@ -824,7 +834,7 @@ def check(run: Run) -> ExitCode:
         ConfigError, DatabaseUnavailable, UnknownRevision.
     """
     project = run.project()
-    engine = database.make_engine(run.settings.url, application_name=run.application_name)
+    engine = run.engine(run.settings.url)
     with run.connect(engine) as connection:
         current = run.read_heads(connection)
         pending = _plan(run, project, current, allow_unknown=False)
@@ -861,7 +871,7 @@ def plan(run: Run) -> ExitCode:
 
     settings = run.settings
     project = run.project()
-    engine = database.make_engine(settings.url, application_name=run.application_name)
+    engine = run.engine(settings.url)
     with run.connect(engine) as connection:
         current = run.read_heads(connection)
         pending = _plan(run, project, current, allow_unknown=False, upgrading=True)
@@ -938,7 +948,7 @@ def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]
             "MIGRATION_ALLOW_TRACE=true; trace a copy of the database instead"
         )
     url = run.migration_url()
-    engine = database.make_engine(url, application_name=run.application_name)
+    engine = run.engine(url)
     tracer = trace.Tracer()
     with (
         run.connect(engine) as connection,
@@ -953,7 +963,7 @@ def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]
 def current(run: Run) -> ExitCode:
     """Print the database's revisions, the heads and what is pending (or, with ``--output json``, the result)."""
     project = run.project()
-    engine = database.make_engine(run.settings.url, application_name=run.application_name)
+    engine = run.engine(run.settings.url)
     with run.connect(engine) as connection:
         revisions = run.read_heads(connection)
         in_progress = _unfinished_step(run, project, connection, revisions)
@@ -988,7 +998,7 @@ def wait(run: Run) -> ExitCode:
     log = get_logger()
     settings = run.settings
     project = run.project()
-    engine = database.make_engine(settings.url, application_name=run.application_name)
+    engine = run.engine(settings.url)
     state: dict[str, Any] = {}
 
     def at_target() -> bool:
@@ -1035,7 +1045,7 @@ def history(run: Run) -> ExitCode:
     """
     settings = run.settings
     project = run.project()
-    engine = database.make_engine(settings.url, application_name=run.application_name)
+    engine = run.engine(settings.url)
     only = settings.target if "target" in settings.model_fields_set else None
     with run.connect(engine) as connection:
         rows = logs.redact_value(run.ledger().history(connection, only))  # an error recorded by an older runner
@@ -1083,7 +1093,7 @@ def accept(run: Run) -> ExitCode:
     found = checksum.fingerprint(project.source(revision))
     if found is None:
         raise ConfigError(f"revision {revision} has no Python file that can be read and parsed; nothing to accept")
-    engine = database.make_engine(settings.url, application_name=run.application_name)
+    engine = run.engine(settings.url)
     with (
         run.connect(engine) as connection,
         database.losing_connection_raises(),
@@ -1132,7 +1142,7 @@ def verify(run: Run) -> ExitCode:
     project = run.project()
     _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible)
     url = run.migration_url()
-    engine = database.make_engine(url, application_name=run.application_name)
+    engine = run.engine(url)
     schema = run.version_table.schema
     ignored = (run.version_table.name, settings.history_table)
     cases: list[checks.Case] = []
@@ -1401,7 +1411,7 @@ def resolve(run: Run) -> ExitCode:
     if run.resolution not in ledger.RESOLUTIONS:
         raise ConfigError(f"resolve needs --mark {' or --mark '.join(ledger.RESOLUTIONS)}")
     project = run.project()
-    engine = database.make_engine(run.settings.url, application_name=run.application_name)
+    engine = run.engine(run.settings.url)
     settings = run.settings
     with (
         run.connect(engine) as connection,

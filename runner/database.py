@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +181,15 @@ def _sqlite_transactional_ddl() -> None:
     event.listen(Engine, "begin", begin)
 
 
+def attempt_seconds(connect_timeout: float) -> float:
+    """How long one connection attempt may take: ``MIGRATION_CONNECT_TIMEOUT``, at most 10 s; 0 (try once) is 10 s.
+
+    So the whole wait for a connection is at most ``connect_timeout`` plus one attempt: the retries stop
+    before a wait would pass ``connect_timeout``, and the last attempt is bounded too.
+    """
+    return ATTEMPT_TIMEOUT_SECONDS if connect_timeout <= 0 else min(ATTEMPT_TIMEOUT_SECONDS, connect_timeout)
+
+
 def make_engine(
     url: URL,
     *,
@@ -205,7 +216,7 @@ def make_engine(
     """
     url = sync_url(url)
     connect_args: dict[str, object] = {}
-    timeout = max(2, int(attempt_timeout))  # libpq treats 1 as 2 and 0 as forever
+    timeout = max(2, math.ceil(attempt_timeout))  # libpq takes whole seconds, treats 1 as 2 and 0 as forever
     _track_connections()
     if family(url) == "postgresql":
         name = application_name.encode()[: noop.APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
@@ -216,7 +227,17 @@ def make_engine(
                 url, {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
             )
     elif family(url) == "mysql":
-        connect_args = {"program_name": application_name, "connect_timeout": timeout}
+        # PyMySQL's connect_timeout covers the TCP connect only: the server's greeting and the login are reads,
+        # bounded by read_timeout, which is lifted again once connected (_unbound_reads) so that a long DDL
+        # statement is never cut off.
+        bound = max(1.0, attempt_timeout)
+        connect_args = {
+            "program_name": application_name,
+            "connect_timeout": bound,
+            "read_timeout": bound,
+            "write_timeout": bound,
+        }
+        _unbound_reads_once()
     elif family(url) == "sqlite":
         _sqlite_transactional_ddl()
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}  # pysqlite's busy timeout, seconds
@@ -224,6 +245,23 @@ def make_engine(
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
     return sqlalchemy.create_engine(url, **options)
+
+
+@functools.cache
+def _unbound_reads_once() -> None:
+    """Lift PyMySQL's read and write timeouts once a connection is open (see :func:`make_engine`).
+
+    PyMySQL has no public way to change them after connecting; ``_read_timeout`` and ``_write_timeout``
+    are what its reads and writes consult before each socket operation (pymysql/connections.py).
+    tests/test_careless_inputs.py pins both attributes.
+    """
+
+    def unbound(dbapi_connection: Any, _: Any) -> None:
+        if type(dbapi_connection).__module__.startswith("pymysql"):
+            dbapi_connection._read_timeout = None
+            dbapi_connection._write_timeout = None
+
+    event.listen(Pool, "connect", unbound)
 
 
 # Session settings for drivers that take none in the URL (asyncpg), SET when each connection opens.
@@ -400,6 +438,7 @@ def connect(
         before_sleep=log_retry,
         reraise=True,
     )
+    started = time.monotonic()
     try:
         connection = retrying(engine.connect)
     except sa_exc.DBAPIError as error:
@@ -410,8 +449,8 @@ def connect(
                 f"{where} rejected the connection (SQLSTATE {failure.code}): {error_message(error)}; "
                 "check the user, password and database name in MIGRATION_DATABASE_URL"
             ) from None
-        waited = f" for {retry_for:g} s" if retry_for else ""
-        raise DatabaseUnavailable(f"cannot connect to {where}{waited}: {error_message(error)}") from None
+        tried = f"tried for {time.monotonic() - started:.1f} s (MIGRATION_CONNECT_TIMEOUT={retry_for:g})"
+        raise DatabaseUnavailable(f"cannot connect to {where}, {tried}: {error_message(error)}") from None
     with connection:
         yield connection
 

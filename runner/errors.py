@@ -429,6 +429,14 @@ def outcome_of(error: BaseException | None, *, code: ExitCode = ExitCode.OK) -> 
             level="warning",
             details=details,
         )
+    if getattr(getattr(error, "orig", None), "sqlstate", None) == "57014":
+        # query_canceled: statement_timeout (MIGRATION_STATEMENT_TIMEOUT) also bounds the runner's own queries
+        # on the migration connection; a value too small for them is the setting's doing, not a bug.
+        message = (
+            "a query of the runner's own was cancelled (SQLSTATE 57014, statement_timeout): "
+            "MIGRATION_STATEMENT_TIMEOUT is too short for the run; raise it"
+        )
+        return Outcome(ExitCode.TIMEOUT, "run.timeout", message, details={"revision": None, "sqlstate": "57014"})
     return Outcome(
         ExitCode.INTERNAL_ERROR,
         "run.crashed",

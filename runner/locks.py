@@ -310,7 +310,13 @@ def _server_lock(
     on_connect_retry: Callable[[], None],
 ) -> Iterator[HeldLock]:
     """Take ``lock`` on a dedicated autocommit connection, hold it, and always release it."""
-    engine = database.make_engine(url, application_name=application_name, autocommit=True, keepalives=lock.keepalives)
+    engine = database.make_engine(
+        url,
+        application_name=application_name,
+        autocommit=True,
+        keepalives=lock.keepalives,
+        attempt_timeout=database.attempt_seconds(connect_for),
+    )
     with database.connect(engine, retry_for=connect_for, on_retry=on_connect_retry) as connection:
 
         def verify() -> None:

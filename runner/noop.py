@@ -228,6 +228,10 @@ def _connect(url: urls.DatabaseUrl, name: str) -> Iterator[Any]:
             password=url.password or "",
             database=url.database_name,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            # The greeting and the login are reads: without a read bound a server that accepts and never
+            # greets holds the run forever. The no-op's own queries are short, so the bound may stay.
+            read_timeout=CONNECT_TIMEOUT_SECONDS,
+            write_timeout=CONNECT_TIMEOUT_SECONDS,
             program_name=name,
             autocommit=True,
         )

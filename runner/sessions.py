@@ -6,6 +6,25 @@ on under the next holder. The runner's own engines (:mod:`runner.database`) and
 Django's connections (:mod:`runner.drivers.django`, on every Django run, the
 no-op included) add their ids here; importing SQLAlchemy for that would cost the
 Django no-op about 0.16 s.
+
+It also holds the units of the session settings the runner gives every session
+(``lock_timeout``, ``statement_timeout``, ``lock_wait_timeout``).
 """
 
+import math
+
 mysql_connection_ids: set[int] = set()  # CONNECTION_ID() of each
+
+
+def milliseconds(seconds: float) -> int:
+    """A duration for a server setting in whole milliseconds: 0 stays 0 ("none"), any positive one is at least 1.
+
+    PostgreSQL reads ``lock_timeout = 0`` and ``statement_timeout = 0`` as "no timeout" (PostgreSQL docs,
+    "Client Connection Defaults"), so rounding 0.0004 s down would turn a bound into none.
+    """
+    return 0 if seconds <= 0 else max(1, math.ceil(seconds * 1000))
+
+
+def whole_seconds(seconds: float) -> int:
+    """A duration in whole seconds, rounded up, for MySQL's ``lock_wait_timeout`` (at least 1)."""
+    return max(1, math.ceil(seconds))

@@ -6,12 +6,17 @@ issue 23; the database is untouched afterwards.
 
 from __future__ import annotations
 
+import inspect
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pymysql.connections
 import pytest
 from support import Cli, Result, make_project, query, rev_id
+
+from runner import sessions
 
 Edit = Callable[[Path], None]
 
@@ -294,3 +299,87 @@ def test_an_index_in_other_digits_is_78_not_index_1(
 
     refused(result, variable)
     assert untouched(first) and untouched(second)
+
+
+# --- timeouts that bound ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose listener completes the TCP handshake (the kernel's backlog) and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("scheme", "bound"),
+    [("postgresql://postgres@127.0.0.1:{port}/db", 12.0), ("mysql://root@127.0.0.1:{port}/db", 12.0)],
+    ids=["postgresql", "mysql"],
+)
+def test_a_server_that_never_greets_ends_in_69_within_the_connect_timeout(
+    cli: Cli, silent_port: int, scheme: str, bound: float
+) -> None:
+    """CONNECT_TIMEOUT=2 bounds the wait: at most 2 s of retries plus one 2 s attempt, and the interpreter.
+
+    Before: PostgreSQL gave up after about 20 s (a fixed 10 s per attempt) and said "for 2 s"; MySQL hung
+    until MIGRATION_TIMEOUT (PyMySQL's connect_timeout does not cover the greeting).
+    """
+    make_project(cli.cwd, revisions=1)
+    url = scheme.format(port=silent_port)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": url, "MIGRATION_CONNECT_TIMEOUT": "2"}, timeout=60)
+
+    assert result.code == 69, result.stdout + result.stderr
+    message = result.one("database.unavailable")["error"]
+    assert "MIGRATION_CONNECT_TIMEOUT=2" in message, message
+    assert result.seconds < bound, f"{result.seconds:.1f} s: {message}"
+
+
+def test_pymysql_still_reads_its_timeouts_from_the_attributes_the_runner_lifts() -> None:
+    """runner.database lifts PyMySQL's read/write timeouts after connecting through two private attributes."""
+    source = inspect.getsource(pymysql.connections.Connection)
+    assert "self._sock.settimeout(self._read_timeout)" in source
+    assert "self._sock.settimeout(self._write_timeout)" in source
+
+
+def test_a_long_statement_on_mysql_outlives_the_connect_bound(cli: Cli, mysql_url: str) -> None:
+    """The read bound is for connecting only: a revision statement longer than it still completes."""
+    make_project(cli.cwd, revisions=1, bodies={1: 'op.execute("SELECT SLEEP(3)")'})
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": mysql_url, "MIGRATION_CONNECT_TIMEOUT": "1"})
+
+    assert result.code == 0, result.stdout + result.stderr
+
+
+def test_a_sub_millisecond_lock_timeout_is_1_ms_not_none(cli: Cli, pg_url: str) -> None:
+    """PostgreSQL reads 0 as "no timeout": 0.0004 s must become 1 ms, so the statement is still bounded."""
+    make_project(
+        cli.cwd,
+        revisions=1,
+        bodies={
+            1: "op.create_table('seen', sa.Column('value', sa.Text))\n"
+            "op.execute(\"INSERT INTO seen VALUES (current_setting('lock_timeout'))\")"
+        },
+    )
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_DDL_LOCK_TIMEOUT": "0.0004"})
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert query(pg_url, "SELECT value FROM seen") == [("1ms",)]
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(0, 0), (0.0000001, 1), (0.0004, 1), (0.0015, 2), (2.5, 2500)])
+def test_session_milliseconds_round_up_and_keep_zero(seconds: float, expected: int) -> None:
+    assert sessions.milliseconds(seconds) == expected
+
+
+def test_a_statement_timeout_too_short_for_the_runners_own_queries_is_75_not_70(cli: Cli, pg_url: str) -> None:
+    make_project(cli.cwd, revisions=1)
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_STATEMENT_TIMEOUT": "0.0004"})
+
+    assert result.code in (0, 65, 75), result.stdout + result.stderr  # a revision may be cancelled too: 65
+    assert "Traceback" not in result.stdout + result.stderr and not result.named("run.crashed")

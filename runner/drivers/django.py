@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from runner import logs, urls
+from runner import logs, sessions, urls
 from runner.drivers import Applied, CallbackFailed, Driver, Rendered, Step, VersionTable, own, project_code, where
 from runner.errors import (
     BrokenProject,
@@ -351,8 +351,8 @@ class Project:
         """Give each of Django's sessions to the alias the runner's timeouts, and track MySQL connection ids."""
         from django.db.backends.signals import connection_created  # noqa: PLC0415
 
-        lock_ms = int(self._settings.ddl_lock_timeout * 1000)
-        statement_ms = int(self._settings.statement_timeout * 1000)
+        lock_ms = sessions.milliseconds(self._settings.ddl_lock_timeout)
+        statement_ms = sessions.milliseconds(self._settings.statement_timeout)
 
         def created(sender: Any, connection: Any, **_: Any) -> None:
             if connection.alias != self.alias:
@@ -362,10 +362,8 @@ class Project:
                     cursor.execute(f"SET lock_timeout = {lock_ms}")  # our own integers (milliseconds)
                     cursor.execute(f"SET statement_timeout = {statement_ms}")
                 elif connection.vendor == "mysql":
-                    from runner import sessions  # noqa: PLC0415
-
                     if lock_ms:
-                        cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, lock_ms // 1000)}")
+                        cursor.execute(f"SET SESSION lock_wait_timeout = {sessions.whole_seconds(lock_ms / 1000)}")
                     sessions.mysql_connection_ids.add(int(connection.connection.thread_id()))
 
         connection_created.connect(created, weak=False, dispatch_uid="migration-runner")
