@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -601,6 +602,10 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
             logs.add_secret(secret)
     for pushgateway_secret in (settings.pushgateway_password, settings.pushgateway_token):
         logs.add_secret(pushgateway_secret.get_secret_value() if pushgateway_secret else None)
+    if settings.pushgateway_url:  # userinfo in the URL: the password as written and as decoded
+        written = urllib.parse.urlsplit(settings.pushgateway_url).password
+        logs.add_secret(written)
+        logs.add_secret(urllib.parse.unquote(written) if written else None)
     _start_deadline(settings.timeout)
     host = settings.pod_name or socket.gethostname()
     context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}

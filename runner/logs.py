@@ -13,11 +13,14 @@ and the metrics use the same function.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -37,9 +40,49 @@ _KEY_VALUE_SECRET = re.compile(
 
 
 def add_secret(secret: str | None) -> None:
-    """Register a value (a password) that must never appear in any output."""
+    """Register a value (a password) that must never appear in any output, in any of its :func:`spellings`."""
     if secret:
-        _secrets.add(secret)
+        _secrets.update(spellings(secret))
+
+
+def spellings(secret: str) -> set[str]:
+    r"""Every form ``secret`` takes in the text a run may print, itself included.
+
+    A password reaches messages through layers that each rewrite it: SQL quoting (``''``),
+    DB-API ``%`` escaping (``%%``), URL encoding (upper- or lower-case escapes, ``+`` for a
+    space), Python's ``repr()`` (``\\``, ``\'``, ``\xe4``), JSON (``\"``, ``\u00e4``) and a
+    bytes ``repr()`` (``\xc3\xa4``). Each SQL-level form is spelled in each escaping.
+
+    Returns:
+        The non-empty spellings.
+    """
+    sql_forms = {secret, secret.replace("'", "''"), secret.replace("%", "%%")}
+    sql_forms.add(secret.replace("'", "''").replace("%", "%%"))
+    found: set[str] = set()
+    for form in sql_forms:
+        found |= _escapings(form)
+    for safe in ("", "/", " +", "!$&'()*+,;=:"):  # what different URL builders leave unencoded
+        for encoded in (quote(secret, safe=safe), quote_plus(secret, safe=safe)):
+            found |= {encoded, re.sub(r"%[0-9A-F]{2}", lambda match: match.group().lower(), encoded)}
+    return {spelling for spelling in found if spelling}
+
+
+def _escapings(text: str) -> set[str]:
+    """``text`` as Python string and bytes literals, JSON strings and ``unicode_escape`` write its body."""
+    bodies = {
+        text,
+        repr(text)[1:-1],
+        text.encode("unicode_escape").decode("ascii"),
+        repr(text.encode("utf-8"))[2:-1],
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+    }
+    # Inside a larger literal, the quote that delimits it comes out escaped and the other does not.
+    unquoted = {body.replace("\\'", "'").replace('\\"', '"') for body in bodies}
+    found = bodies | unquoted
+    for body in unquoted:
+        found |= {body.replace("'", "\\'"), body.replace('"', '\\"')}
+    return found
 
 
 def known_secrets() -> list[str]:
@@ -156,6 +199,37 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
     # Alembic's "Running upgrade ..." duplicates revision.applied; keep it for debug.
     logging.getLogger("alembic").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if numeric <= logging.DEBUG else logging.WARNING)
+
+
+class LineEvents(io.TextIOBase):
+    """A text stream whose every line is a ``project.output`` event (see :func:`runner.drivers.project_code`).
+
+    Args:
+        stream: ``stdout`` or ``stderr``, the stream the project code wrote to.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._partial = ""
+
+    def writable(self) -> bool:
+        """Always: it is an output stream."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Log each complete line; keep the rest until the next write or :meth:`flush_partial`."""
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            get_logger().info("project.output", stream=self._stream, line=line.rstrip("\r"))
+        return len(text)
+
+    def flush_partial(self) -> None:
+        """Log a last line that had no newline."""
+        if self._partial:
+            partial, self._partial = self._partial, ""
+            get_logger().info("project.output", stream=self._stream, line=partial)
 
 
 def bind_run(**fields: Any) -> None:

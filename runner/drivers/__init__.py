@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
-import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -326,12 +325,26 @@ def own(callback: Callable[..., None], *args: Any) -> None:
         raise CallbackFailed(error) from error
 
 
-def project_code() -> contextlib.AbstractContextManager[Any]:
-    """While project code runs (env.py, revision files, Django apps), its ``print()`` goes to stderr.
+@contextlib.contextmanager
+def project_code() -> Iterator[None]:
+    """While project code runs (env.py, revision files, Django apps), what it prints becomes log events.
 
-    Stdout may carry a document (``--output json``, ``current``, ``config``).
+    Each line written to ``sys.stdout`` or ``sys.stderr`` (``print()``, a library's own
+    messages) is one ``project.output`` event with ``stream`` and ``line``, redacted like
+    every event, so stdout carries only documents and JSON lines, never a raw password.
+    The runner's own handlers hold the streams they were given, so its logs are unaffected.
     """
-    return contextlib.redirect_stdout(sys.stderr)
+    from runner import logs  # noqa: PLC0415
+
+    with (
+        contextlib.redirect_stdout(logs.LineEvents("stdout")) as out,
+        contextlib.redirect_stderr(logs.LineEvents("stderr")) as err,
+    ):
+        try:
+            yield
+        finally:
+            out.flush_partial()
+            err.flush_partial()
 
 
 def where(error: BaseException, *, also_skip: tuple[str, ...] = ()) -> str:
