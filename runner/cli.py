@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from runner import stopping
 from runner.errors import MEANINGS, ConfigError, ExitCode, Interrupted, Outcome, RunTimeout, outcome_of
 
 if TYPE_CHECKING:
@@ -339,7 +340,7 @@ def _raise_interrupted(signum: int, _: FrameType | None) -> None:
     _ignore_signals()
     code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
     _watchdog.arm(_watchdog.grace_seconds, int(code), f"{signal.Signals(signum).name}: grace period over")
-    raise Interrupted(signum)
+    stopping.stop(Interrupted(signum))  # raises here, unless revisions run in another thread
 
 
 def _start_deadline(seconds: float) -> None:
@@ -351,7 +352,7 @@ def _start_deadline(seconds: float) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _ignore_signals()
         _watchdog.arm(_watchdog.grace_seconds, int(ExitCode.TIMEOUT), "MIGRATION_TIMEOUT: grace period over")
-        raise RunTimeout(seconds)
+        stopping.stop(RunTimeout(seconds))
 
     signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

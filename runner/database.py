@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool, Pool
 
-from runner import noop, sessions, urls
+from runner import noop, sessions, stopping, urls
 from runner.errors import ConfigError, ConnectionLost, DatabaseUnavailable
 from runner.logs import get_logger
 from runner.urls import ASYNC_DRIVERS, DatabaseUrl
@@ -321,7 +321,11 @@ def _track_connections() -> None:
             cursor.close()
             dbapi_connection.commit()  # the adapter opened a transaction: a rollback would undo the SETs
 
+    def executing(connection: Connection, *_: Any) -> None:
+        stopping.statement_started(connection.connection.dbapi_connection)  # a safe point for a deferred stop
+
     def executed(connection: Connection, *_: Any) -> None:
+        stopping.statement_ended()
         if not transaction_watch.watching or not connection.in_transaction():
             return
         if _dbapi_in_transaction(connection.connection.dbapi_connection) is False:
@@ -332,6 +336,7 @@ def _track_connections() -> None:
             transaction_watch.ended = True
 
     event.listen(Pool, "connect", connected)
+    event.listen(Engine, "before_cursor_execute", executing)
     event.listen(Engine, "after_cursor_execute", executed)
     event.listen(Engine, "commit", committed)
 

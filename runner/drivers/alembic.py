@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from runner import logs
+from runner import logs, stopping
 from runner.drivers import (
     Applied,
     CallbackFailed,
@@ -1192,7 +1192,9 @@ class Project:
         def steps(heads: tuple[str, ...], _: Any) -> Iterator[MigrationStep]:
             # run_migrations() asks for the next step only after the previous
             # one's transaction ended, so the code after `yield` sees it committed.
+            stopping.migrating()  # in whichever thread env.py runs them (runner.stopping)
             for step in plan(target, _heads_arg(heads)):
+                stopping.checkpoint()
                 own(before_each, step.revision.revision)
                 running[:] = [step.revision]
                 started_any.append(True)
@@ -1205,6 +1207,7 @@ class Project:
                 own(on_applied, Applied(done.revision, done.doc, time.monotonic() - started, _down_revisions(done)))
 
         def version_applied(*, ctx: MigrationContext, step: Any, **_: Any) -> None:
+            stopping.checkpoint()  # the last safe point before the revision commits
             database.transaction_watch.stop()  # Alembic's own commit of this step follows
             assert ctx.connection is not None  # noqa: S101  (online mode always has one)
             transactional = not database.transaction_watch.ended
@@ -1228,20 +1231,33 @@ class Project:
         # the EnvironmentContext class itself.
         environment.configure = configure_with_defaults  # type: ignore[method-assign]
         try:
-            with environment, logs.env_py_file_config_ignored(), project_code():
+            with environment, logs.env_py_file_config_ignored(), project_code(), stopping.env_py_running():
                 self.script.run_env()
+            if stopping.cause() is not None:  # a stop the migrating thread never reached a safe point for
+                raise cast(Stopped, stopping.cause())
         except CallbackFailed as callback:
             raise callback.error from None  # the lock check's ConnectionLost / LockLost, or a bug of ours
-        except Stopped as stopped:  # our own signal or deadline: the code stays 130/143/75
-            if running:
-                stopped.revision = running[0].revision
-                stopped.transactional = self._transactional(url)
-            raise
         except BaseException as error:  # project code: SystemExit, KeyboardInterrupt and GeneratorExit too
-            raise self._failure(error, running[0] if running else None, url, started=bool(started_any)) from error
+            raise self._ended_by(error, running[0] if running else None, url, started=bool(started_any)) from None
         finally:
             database.transaction_watch.stop()
             self.config.attributes.pop("connection", None)
+
+    def _ended_by(self, error: BaseException, failed: Script | None, url: URL, *, started: bool) -> BaseException:
+        """What ended env.py's run: our own stop, or else project code's failure (:meth:`_failure`).
+
+        Our own signal or deadline, raised here or in env.py's worker thread, keeps its code
+        130/143/75 whatever it surfaced as (a cancelled statement's error, an event loop's wrapping).
+        """
+        stopped = error if isinstance(error, Stopped) else stopping.cause()
+        if stopped is None:
+            failure = self._failure(error, failed, url, started=started)
+            failure.__cause__ = error
+            return failure
+        if failed is not None:
+            stopped.revision = failed.revision
+            stopped.transactional = self._transactional(url)
+        return stopped
 
     def _transactional(self, url: URL) -> bool:
         # MySQL commits DDL as it goes; a revision that ended its own transaction
