@@ -449,6 +449,11 @@ def connect(
     except sa_exc.DBAPIError as error:
         failure = classify(error, at_connect=True)
         where = redact(engine.url)
+        if failure.code == "57014":  # query_canceled: the dialect's first queries ran past statement_timeout
+            raise ConfigError(
+                f"{where}: a query on connecting was cancelled by statement_timeout (SQLSTATE 57014); "
+                "MIGRATION_STATEMENT_TIMEOUT, or options=-c statement_timeout in the URL, is too short"
+            ) from None
         if not failure.connection:
             raise ConfigError(
                 f"{where} rejected the connection (SQLSTATE {failure.code}): {error_message(error)}; "

@@ -835,7 +835,7 @@ class Project:
         progress = _Progress(session, before_each, on_applied, in_transaction, records)
         out, err = _LogLines("info"), _LogLines("warning")
         try:
-            with session.execute_wrapper(progress.record), project_code():
+            with session.execute_wrapper(progress.record), project_code(), _recorded_with_their_changes():
                 call_command(
                     _migrate_command(progress),
                     *arguments,
@@ -1042,6 +1042,64 @@ def _migrate_command(progress: _Progress) -> Any:
                 progress.applied(migration)
 
     return RunnerMigrate()
+
+
+@contextlib.contextmanager
+def _recorded_with_their_changes() -> Iterator[None]:
+    """Record each atomic migration in ``django_migrations`` inside its own transaction, where DDL can roll back.
+
+    Django's ``MigrationExecutor`` records an applied migration after its transaction has
+    committed whenever the schema editor has deferred SQL (the indexes and foreign keys of a
+    ``CreateModel``), and every unapplied one after the commit. A stop in between leaves a
+    change that ``django_migrations`` (and so the ledger, written beside it) does not record,
+    and the next run fails on "relation ... already exists" naming nothing. Here the record
+    is written before the transaction ends: the deferred SQL still runs in it, after the
+    record, and a failure rolls back both. Non-atomic migrations, MySQL's (no transactional
+    DDL) and ``--fake`` runs keep Django's own order.
+
+    ``apply_migration`` and ``unapply_migration`` are not documented API; the replacements
+    follow Django 5.2's, and tests/test_real_projects.py pins the order they replace.
+    """
+    from django.db.migrations.executor import MigrationExecutor  # noqa: PLC0415
+
+    apply, unapply = MigrationExecutor.apply_migration, MigrationExecutor.unapply_migration
+
+    def transactional(executor: Any, migration: Any, fake: bool) -> bool:
+        return not fake and bool(migration.atomic) and bool(executor.connection.features.can_rollback_ddl)
+
+    def apply_migration(self: Any, state: Any, migration: Any, fake: bool = False, fake_initial: bool = False) -> Any:
+        if fake_initial or not transactional(self, migration, fake):
+            return apply(self, state, migration, fake, fake_initial)
+        if self.progress_callback:
+            self.progress_callback("apply_start", migration, fake)
+        with self.connection.schema_editor(atomic=True) as schema_editor:
+            state = migration.apply(state, schema_editor)
+            self.record_migration(migration)  # the deferred SQL runs after this, in the same transaction
+        if self.progress_callback:
+            self.progress_callback("apply_success", migration, fake)
+        return state
+
+    def unapply_migration(self: Any, state: Any, migration: Any, fake: bool = False) -> Any:
+        if not transactional(self, migration, fake):
+            return unapply(self, state, migration, fake)
+        if self.progress_callback:
+            self.progress_callback("unapply_start", migration, fake)
+        with self.connection.schema_editor(atomic=True) as schema_editor:
+            state = migration.unapply(state, schema_editor)
+            for app_label, name in migration.replaces:  # a squash: its replaced migrations too, as Django does
+                self.recorder.record_unapplied(app_label, name)
+            self.recorder.record_unapplied(migration.app_label, migration.name)
+        if self.progress_callback:
+            self.progress_callback("unapply_success", migration, fake)
+        return state
+
+    MigrationExecutor.apply_migration = apply_migration
+    MigrationExecutor.unapply_migration = unapply_migration
+    try:
+        yield
+    finally:
+        MigrationExecutor.apply_migration = apply
+        MigrationExecutor.unapply_migration = unapply
 
 
 def _pyformat_dialect(vendor: str) -> Any:
