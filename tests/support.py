@@ -207,6 +207,24 @@ class Cli:
         return self.finish(self.start(*args, env=env, cwd=cwd), started, timeout)
 
 
+def every_channel(cli: Cli, tmp_path: Path, env: Mapping[str, str], *args: str) -> tuple[int, str]:
+    """Run once at debug; everything a user or a scraper reads (stdout, stderr, termination message, textfile)."""
+    termination, textfile = tmp_path / "termination-log", tmp_path / "metrics.prom"
+    for path in (termination, textfile):
+        path.unlink(missing_ok=True)
+    result = cli(
+        *args,
+        env={
+            **env,
+            "MIGRATION_LOG_LEVEL": "debug",
+            "MIGRATION_TERMINATION_LOG": str(termination),
+            "MIGRATION_METRICS_TEXTFILE": str(textfile),
+        },
+    )
+    files = [path.read_text() for path in (termination, textfile) if path.exists()]
+    return result.code, "\n".join([result.stdout, result.stderr, *files])
+
+
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Run one statement on a PostgreSQL URL and return its rows."""
     with psycopg.connect(url, autocommit=True) as connection:

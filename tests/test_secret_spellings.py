@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import Cli, make_project
+from support import Cli, every_channel, make_project
 
 # The drawn part follows a fixed prefix, so a spelling cannot turn up in the output by chance.
 PREFIX = "Zq9"
@@ -67,24 +67,6 @@ def url_with(pg_url: str, password: str) -> str:
     return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
-def channels(cli: Cli, tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
-    """Run once; everything a user or a scraper reads, as one text."""
-    termination, textfile = tmp_path / "termination-log", tmp_path / "metrics.prom"
-    for path in (termination, textfile):
-        path.unlink(missing_ok=True)
-    result = cli(
-        *args,
-        env={
-            **env,
-            "MIGRATION_LOG_LEVEL": "debug",
-            "MIGRATION_TERMINATION_LOG": str(termination),
-            "MIGRATION_METRICS_TEXTFILE": str(textfile),
-        },
-    )
-    files = [path.read_text() for path in (termination, textfile) if path.exists()]
-    return result.code, "\n".join([result.stdout, result.stderr, *files])
-
-
 def assert_no_spelling(password: str, text: str, where: str) -> None:
     for form in spellings(password):
         assert form not in text, f"{form!r} (of {password!r}) leaked through {where}"
@@ -112,8 +94,8 @@ def test_a_failing_revision_shows_the_password_nowhere(
     make_project(cli.cwd, revisions=2, bodies={2: LEAKY})
     env = {"MIGRATION_DATABASE_URL": url_with(pg_databases(), password), "APP_PASSWORD": password}
 
-    code, upgraded = channels(cli, tmp_path, env, "upgrade", "--output", "json")
-    history_code, history = channels(cli, tmp_path, env, "history", "--output", "json")
+    code, upgraded = every_channel(cli, tmp_path, env, "upgrade", "--output", "json")
+    history_code, history = every_channel(cli, tmp_path, env, "history", "--output", "json")
 
     assert code == 65, upgraded[-3000:]
     assert "RuntimeError" in upgraded  # the error itself is shown, with the password cut out
@@ -134,11 +116,11 @@ def test_a_password_in_a_revisions_sql_is_cut_from_plan_and_the_statement_log(
     env = {"MIGRATION_DATABASE_URL": url_with(pg_databases(), password), "APP_PASSWORD": password}
 
     for output in ("text", "json", "markdown"):
-        code, planned = channels(cli, tmp_path, env, "plan", "--output", output)
+        code, planned = every_channel(cli, tmp_path, env, "plan", "--output", output)
         assert code in (0, 1), planned[-3000:]
         assert "ALTER ROLE no_such_role_here" in planned
         assert_no_spelling(password, planned, f"plan --output {output}")
-    code, upgraded = channels(cli, tmp_path, env, "upgrade")  # at debug: SQLAlchemy logs the statement
+    code, upgraded = every_channel(cli, tmp_path, env, "upgrade")  # at debug: SQLAlchemy logs the statement
     assert code == 65, upgraded[-3000:]
     assert_no_spelling(password, upgraded, "upgrade at debug")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from support import Cli, make_project, rev_id
+from support import Cli, every_channel, make_project, rev_id
 
 SECRET = "Zq7+se cr@t:x/y%"  # noqa: S105 (a test password); +, space, @, :, / and % take a different form in every encoding
 
@@ -44,22 +44,6 @@ LEAKY_REVISION = (
 )
 
 
-def outputs(cli: Cli, tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
-    termination = tmp_path / "termination-log"
-    textfile = tmp_path / "metrics.prom"
-    result = cli(
-        *args,
-        env={
-            **env,
-            "MIGRATION_LOG_LEVEL": "debug",
-            "MIGRATION_TERMINATION_LOG": str(termination),
-            "MIGRATION_METRICS_TEXTFILE": str(textfile),
-        },
-    )
-    files = [p.read_text() for p in (termination, textfile) if p.exists()]
-    return result.code, "\n".join([result.stdout, result.stderr, *files])
-
-
 @pytest.mark.parametrize("where", ["userinfo", "query"])
 def test_a_failing_revision_that_repeats_the_url_leaks_nothing(
     cli: Cli, pg_url: str, tmp_path: Path, where: str
@@ -68,8 +52,8 @@ def test_a_failing_revision_that_repeats_the_url_leaks_nothing(
     make_project(cli.cwd, revisions=2, bodies={2: LEAKY_REVISION})
     env = {"MIGRATION_DATABASE_URL": url_with(pg_url, where=where)}
 
-    code, text = outputs(cli, tmp_path, env, "--json")
-    config_code, config_text = outputs(cli, tmp_path, env, "config")
+    code, text = every_channel(cli, tmp_path, env, "--json")
+    config_code, config_text = every_channel(cli, tmp_path, env, "config")
 
     assert code == 65, text[-3000:]
     assert "cannot use" in text  # the message itself is kept, with the secret cut out
@@ -91,7 +75,7 @@ def test_a_rejected_connection_leaks_nothing(cli: Cli, pg_url: str, tmp_path: Pa
         url = url.render_as_string(hide_password=False)
     env = {"MIGRATION_DATABASE_URL": url, "MIGRATION_CONNECT_TIMEOUT": "0"}
 
-    code, text = outputs(cli, tmp_path, env, "--json")
+    code, text = every_channel(cli, tmp_path, env, "--json")
 
     assert code == {"unreachable": 69, "sslmode": 78}[refusal]
     assert "127.0.0.1" in text
@@ -104,7 +88,7 @@ def test_an_unencoded_password_is_not_echoed_by_the_parse_error(cli: Cli, tmp_pa
     make_project(cli.cwd, revisions=1)
     env = {"MIGRATION_DATABASE_URL": "postgresql://postgres:hunter@2:tail99@127.0.0.1/db"}
 
-    code, text = outputs(cli, tmp_path, env, "--json")
+    code, text = every_channel(cli, tmp_path, env, "--json")
 
     assert code == 78
     assert "tail99" not in text and "hunter" not in text
@@ -115,7 +99,7 @@ def test_applied_revisions_log_no_password_at_debug(cli: Cli, pg_url: str, tmp_p
     make_project(cli.cwd, revisions=2)
     env = {"MIGRATION_DATABASE_URL": url_with(pg_url, where="userinfo")}
 
-    code, text = outputs(cli, tmp_path, env, "--json")
+    code, text = every_channel(cli, tmp_path, env, "--json")
 
     assert code == 0, text[-2000:]
     assert rev_id(2) in text
