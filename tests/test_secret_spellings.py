@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import Cli, every_channel, make_project
+from support import Cli, copy_django_example, every_channel, make_project
 
 # The drawn part follows a fixed prefix, so a spelling cannot turn up in the output by chance.
 PREFIX = "Zq9"
@@ -149,3 +149,52 @@ def test_print_in_a_revision_is_a_json_event_and_the_document_stays_json(cli: Cl
     lines = [event["line"] for event in result.named("project.output")]
     assert lines == ["hello from a revision", "no newline"]
     assert all(line.startswith("{") for line in result.stderr.splitlines() if line.strip())
+
+
+# A Django migration that shows what project code has at hand: the settings' entry and the driver's parameters.
+DJANGO_LEAKY = """
+from django.db import connection, migrations
+
+
+def show(apps, schema_editor):
+    from django.conf import settings
+
+    raise RuntimeError(repr(settings.DATABASES["default"]) + " " + repr(connection.get_connection_params()))
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_product_name_index")]
+    operations = [migrations.RunPython(show)]
+"""
+
+
+@pytest.mark.parametrize("password", [PREFIX + 'it\'s a \\\\ "test" ä%+'], ids=["quotes-backslash-non-ascii"])
+def test_django_settings_and_connection_parameters_show_no_password(
+    cli: Cli, pg_url: str, tmp_path: Path, password: str
+) -> None:
+    """The project's own DATABASES entry carries the password: repr() of it and of get_connection_params()."""
+    cli.cwd.rmdir()
+    project = copy_django_example(cli.cwd)
+    (project / "shop" / "migrations" / "0004_show.py").write_text(DJANGO_LEAKY)
+    parsed = sqlalchemy.make_url(pg_url)
+    entry = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.database,
+        "USER": parsed.username,
+        "PASSWORD": password,
+        "HOST": parsed.host,
+        "PORT": str(parsed.port or 5432),
+    }
+    (project / "leaky_settings.py").write_text(
+        f"from mysite.settings import *\n\nDATABASES = {{'default': {entry!r}}}\n"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "leaky_settings"}
+
+    code, upgraded = every_channel(cli, tmp_path, env, "upgrade", "--output", "json")
+    history_code, history = every_channel(cli, tmp_path, env, "history", "--output", "json")
+
+    assert code == 65, upgraded[-3000:]
+    assert "RuntimeError" in upgraded
+    assert_no_spelling(password, upgraded, "a Django migration's error")
+    assert history_code == 0
+    assert_no_spelling(password, history, "history")
