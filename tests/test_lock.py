@@ -33,7 +33,9 @@ def test_held_lock_makes_the_runner_wait_name_the_holder_and_exit_75(cli: Cli, p
         result = cli(env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "2"})
 
     assert result.code == 75
-    assert 2 <= result.one("run.finished")["duration_seconds"] < 3.5  # the wait, without interpreter start-up
+    # It waited the whole MIGRATION_LOCK_TIMEOUT and gave up then, not at some later bound (a busy machine
+    # stretches the clock, so the upper bound is generous).
+    assert 2 <= result.one("run.finished")["duration_seconds"] < 2 + 10
     waiting = result.named("lock.waiting")
     assert waiting, result.stdout
     assert waiting[0]["holder"]["pid"] == holder_pid
@@ -63,21 +65,15 @@ def test_runner_proceeds_once_the_holder_releases(cli: Cli, pg_url: str) -> None
     make_project(cli.cwd, revisions=2)
     holder = psycopg.connect(pg_url, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (lock_key_for(pg_url),))
-    started = time.monotonic()
-    runner = cli.start(env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "20"})
-    # Wait until the runner's lock connection exists (it polls from then on), however long start-up takes.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and len(runner_sessions(pg_url)) < 2:
-        time.sleep(0.05)
-    time.sleep(1)
-    assert runner.poll() is None
+    runner = Watched(cli.start(env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOCK_TIMEOUT": "20"}))
+    runner.wait_for("lock.waiting", 60)  # however long start-up takes on a busy machine
+    assert runner.process.poll() is None
     holder.close()
 
-    result = cli.finish(runner, started, timeout=20)
+    result = runner.finish(timeout=30)
 
     assert result.code == 0, result.stdout
-    assert result.named("lock.waiting")  # it did wait for the holder
-    assert result.one("lock.acquired")["wait_seconds"] > 0.3
+    assert result.one("lock.acquired")["wait_seconds"] > 0
     assert version(pg_url) == [rev_id(2)]
     assert advisory_locks_held(pg_url) == 0
 
