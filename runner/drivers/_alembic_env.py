@@ -139,9 +139,8 @@ def check_configured(
 
 
 def _shown(connection: Connection) -> str:
-    from runner import database  # noqa: PLC0415
-
-    return database.redact(connection.engine.url)
+    """The connection's URL without its password (secret query parameters are cut by the logs' redaction)."""
+    return connection.engine.url.render_as_string(hide_password=True)
 
 
 def _identity(connection: Connection) -> tuple[Any, ...]:
