@@ -1,37 +1,26 @@
 """The ``migration-runner`` command line: parse, load settings, run, exit with the documented code.
 
-Signal handlers are installed before anything heavy is imported (first by
-:mod:`runner.__main__`, before this module's own imports), so a SIGTERM or SIGINT
-during start-up ends the run like any other: one line, 143 or 130.
-After a signal or the deadline, a watchdog gives rollback and lock release
-``MIGRATION_GRACE_PERIOD`` seconds, then exits with the same code
-(``os._exit``); the server rolls back and frees the lock when the connection
-dies. Reporting at the end (termination message, result document, metrics)
-has its own bound and never changes the exit code.
+Signals, the deadline, the watchdog and the document's file descriptor are
+:mod:`runner.process`'s; every code and event comes from :func:`runner.errors.outcome_of`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from runner import stopping
+from runner import process
 from runner.errors import MEANINGS, ConfigError, ExitCode, Interrupted, Outcome, RunTimeout, outcome_of
 
 if TYPE_CHECKING:
@@ -158,9 +147,6 @@ _FLAGS = (
 )
 # verify's own options, settings too (MIGRATION_VERIFY_ALLOW_NONEMPTY, MIGRATION_JUNIT_XML).
 _VERIFY_FLAGS = ("verify_allow_nonempty", "junit_xml")
-DEFAULT_GRACE_SECONDS = 10.0
-# The whole of the reporting at the end of a run: push, textfile, termination message, document.
-REPORT_BOUND_SECONDS = 10.0
 
 
 def _settings_help(names: Sequence[str] | None = None) -> str:
@@ -297,99 +283,13 @@ def outcome(code: ExitCode) -> str:
     return "success" if code == ExitCode.OK else code.name.lower()
 
 
-class _Watchdog:
-    """Ends the process with a given code after a delay, whatever the main thread is stuck in."""
-
-    def __init__(self) -> None:
-        self._timer: threading.Timer | None = None
-        self.grace_seconds = DEFAULT_GRACE_SECONDS
-        self.on_expiry: Callable[[int], None] = lambda _: None
-
-    def arm(self, seconds: float, code: int, reason: str) -> None:
-        self.disarm()
-        self._timer = threading.Timer(seconds, self._expire, args=(code, reason, seconds))
-        self._timer.daemon = True
-        self._timer.start()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self, code: int, reason: str, seconds: float) -> None:
-        # No logging module here: the main thread may hold its locks.
-        line = {"level": "error", "event": "run.abandoned", "reason": reason, "after_seconds": seconds}
-        line["exit_code"] = code
-        with contextlib.suppress(Exception):
-            os.write(2, (json.dumps(line) + "\n").encode())
-        with contextlib.suppress(Exception):
-            self.on_expiry(code)
-        os._exit(code)
-
-
-_watchdog = _Watchdog()
-
-
-def _ignore_signals() -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _raise_interrupted(signum: int, _: FrameType | None) -> None:
-    # Once: a second signal must not interrupt the rollback and lock release.
-    _ignore_signals()
-    code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
-    _watchdog.arm(_watchdog.grace_seconds, int(code), f"{signal.Signals(signum).name}: grace period over")
-    stopping.stop(Interrupted(signum))  # raises here, unless revisions run in another thread
-
-
-def _start_deadline(seconds: float) -> None:
-    """Raise :class:`RunTimeout` in the main thread after ``seconds`` (0: never)."""
-    if seconds <= 0:
-        return
-
-    def expire(_: int, __: FrameType | None) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _ignore_signals()
-        _watchdog.arm(_watchdog.grace_seconds, int(ExitCode.TIMEOUT), "MIGRATION_TIMEOUT: grace period over")
-        stopping.stop(RunTimeout(seconds))
-
-    signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-
-
-def _claim_stdout() -> TextIO:
-    """Keep the real stdout for the document alone; fd 1 then points at stderr.
-
-    At the file-descriptor level, so that ``print()``, a subprocess or a C
-    extension in project code cannot add a byte to the document.
-    """
-    sys.stdout.flush()
-    document_fd = os.dup(1)
-    os.dup2(2, 1)
-    return os.fdopen(document_fd, "w", encoding="utf-8")
-
-
-# A run is short, and most of what it allocates lives to the end (modules, classes, the revision
-# map): CPython's default, a young collection every 700 allocations, mostly walks survivors.
-_GC_THRESHOLDS = (50_000, 20, 20)
-
-
 def entrypoint() -> None:
     """The ``migration-runner`` program (through :func:`runner.__main__.main`): :func:`main`, then exit.
 
     Raises:
         SystemExit: always, with :func:`main`'s exit code.
     """
-    gc.set_threshold(*_GC_THRESHOLDS)
-    code = main()
-    # The kernel frees the memory with the process. Without this, interpreter shutdown walks
-    # every object SQLAlchemy, Alembic and the revision modules made in one last full collection
-    # (about 0.1 s after 300 revisions); frozen objects are skipped (gc.freeze docs). atexit
-    # handlers and the flushing of files still run.
-    gc.disable()
-    gc.freeze()
-    sys.exit(code)
+    process.run_program(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -401,16 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code.
     """
-    # First of all: as PID 1 in a container, SIGTERM is ignored unless a handler is installed.
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    process.stop_on_signals()  # first of all (runner.process)
     try:
         args = _parse(list(sys.argv[1:] if argv is None else argv))
     except (Interrupted, RunTimeout) as error:
         return _startup_stopped(error)
     # Until the settings are loaded, the flag or the raw variable decides.
     wants_json = (args.output or os.environ.get("MIGRATION_OUTPUT", "")).lower() == "json"
-    document = _claim_stdout() if wants_json else sys.stdout
+    document = process.claim_stdout() if wants_json else sys.stdout
     try:
         return _main(args, document, wants_json=wants_json)
     except (Interrupted, RunTimeout) as error:  # before the run's own handling was ready
@@ -449,13 +347,13 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
         from runner.settings import load_settings  # noqa: PLC0415
 
         settings = load_settings({name: getattr(args, name) for name in (*_FLAGS, *_VERIFY_FLAGS)}, cwd=Path.cwd())
-        _watchdog.grace_seconds = settings.grace_period
+        process.watchdog.grace_seconds = settings.grace_period
         wants_json = settings.output == "json"
         if settings.output == "markdown" and args.command not in ("plan", "verify"):
             raise ConfigError(f"MIGRATION_OUTPUT=markdown is for plan and verify; {args.command} takes text or json")
         if (wants_json or args.command in ("plan", "verify")) and document is sys.stdout:
-            document = _claim_stdout()  # plan's stdout is the plan, verify's the report, in every format
-        _watchdog.on_expiry = lambda code: _abandoned(report, settings, code)
+            document = process.claim_stdout()  # plan's stdout is the plan, verify's the report, in every format
+        process.watchdog.on_expiry = lambda code: _abandoned(report, settings, code)
         logs.configure(
             level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
         )
@@ -471,12 +369,8 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
             code = _run(args, settings, report, document, run_id=run_id)
     except BaseException as error:  # every way out goes through outcome_of
         failure = error
-    signal.setitimer(signal.ITIMER_REAL, 0)  # the deadline covers the work, not the reporting
     result = outcome_of(failure, code=code)
-    _watchdog.arm(REPORT_BOUND_SECONDS, int(result.code), "reporting took too long")
-    signal.signal(signal.SIGTERM, _cut_reporting)  # a signal now cuts the reporting short; the code stays
-    signal.signal(signal.SIGINT, _cut_reporting)
-    with contextlib.suppress(ReportingCut):
+    with process.reporting(result):
         _finish(
             log,
             report,
@@ -486,7 +380,6 @@ def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> in
             result=result,
             document=document if wants_json else None,
         )
-    _watchdog.disarm()
     _linger(settings, stop_serving)
     return int(result.code)
 
@@ -526,18 +419,6 @@ def _run_all(args: argparse.Namespace, settings: Settings, report: RunReport, *,
     )
 
 
-class ReportingCut(Exception):
-    """A signal arrived while the run reported; what is left of the reporting is skipped.
-
-    An ``Exception``, so each publishing step's best-effort handler catches it too.
-    """
-
-
-def _cut_reporting(_: int, __: FrameType | None) -> None:
-    _ignore_signals()
-    raise ReportingCut
-
-
 def _finish(
     log: Any,
     report: RunReport,
@@ -570,7 +451,8 @@ def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
 
     if report.exit_code is None:  # the work had not ended: say so
         report.error = {"class": "GracePeriodOver", "sqlstate": None, "revision": None}
-        report.error["message"] = f"the run did not stop within MIGRATION_GRACE_PERIOD={_watchdog.grace_seconds:g} s"
+        grace = process.watchdog.grace_seconds
+        report.error["message"] = f"the run did not stop within MIGRATION_GRACE_PERIOD={grace:g} s"
         report.finish(code, outcome(ExitCode(code)))
     if settings is not None:
         explicit = "termination_log" in settings.model_fields_set
@@ -607,7 +489,7 @@ def _run(args: argparse.Namespace, settings: Settings, report: RunReport, docume
         written = urllib.parse.urlsplit(settings.pushgateway_url).password
         logs.add_secret(written)
         logs.add_secret(urllib.parse.unquote(written) if written else None)
-    _start_deadline(settings.timeout)
+    process.start_deadline(settings.timeout)
     host = settings.pod_name or socket.gethostname()
     context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
     if report.metrics:
@@ -724,17 +606,8 @@ def _linger(settings: Settings | None, stop_serving: Callable[[], None]) -> None
     """Keep the metrics endpoint up for ``MIGRATION_METRICS_LINGER`` seconds; a signal cuts it short."""
     from runner import logs  # noqa: PLC0415
 
-    def stop(_: int, __: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
+    seconds = settings.metrics_linger if settings is not None and settings.metrics_port is not None else 0.0
     try:
-        if settings is not None and settings.metrics_port is not None and settings.metrics_linger > 0:
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
-            logs.get_logger().info("metrics.lingering", seconds=settings.metrics_linger)
-            time.sleep(settings.metrics_linger)
-    except KeyboardInterrupt:
-        pass
+        process.linger(seconds, lambda: logs.get_logger().info("metrics.lingering", seconds=seconds))
     finally:
-        _ignore_signals()
         stop_serving()

@@ -384,6 +384,20 @@ class Outcome:
     internal: bool = False
 
 
+def abandoned(outcome: Outcome, reason: str, seconds: float) -> Outcome:
+    """The run did not end within its grace period or its reporting bound: the process ends with ``outcome``'s code.
+
+    Args:
+        outcome: what ended the run (a signal's, the deadline's, or the run's own).
+        reason: which bound passed.
+        seconds: how long it was.
+
+    Returns:
+        The ``run.abandoned`` outcome the watchdog logs, with ``outcome``'s exit code.
+    """
+    return Outcome(outcome.code, "run.abandoned", reason, details={"reason": reason, "after_seconds": seconds})
+
+
 def _stopped_message(error: Stopped, what: str) -> str:
     if error.revision is None:
         return what
