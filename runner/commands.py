@@ -149,7 +149,7 @@ class Run:
         self.report.heads = list(project.heads())
         return project
 
-    def read_heads(self, connection: Connection) -> tuple[str, ...]:
+    def read_current(self, connection: Connection) -> tuple[str, ...]:
         """The database's current revisions (Django: every applied migration)."""
         project = self.project()
         revisions = project.read_applied(connection, self.version_table)
@@ -315,7 +315,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
         run.connect(engine) as connection,
         database.losing_connection_raises(),
     ):
-        current = run.read_heads(connection)
+        current = run.read_current(connection)
         pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
         view = _read_ledger(run, project, connection, current)
         _judge_drift(run, view)
@@ -323,7 +323,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
             return
         with _migration_lock(run, connection) as held:
-            current = run.read_heads(connection)  # another runner may have migrated meanwhile
+            current = run.read_current(connection)  # another runner may have migrated meanwhile
             pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
             if not pending and not view.needs_lock:
                 # Followers pass the lock on one by one: this path stays short (no ledger work).
@@ -350,7 +350,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             # A relative target (+2) is fixed now, so a retry after revision 1 does not go 2 further.
             target = pending[-1].revision if project.is_relative(settings.target) else settings.target
             _apply(run, project, connection, held, book, target=target)
-            after = run.read_heads(connection)
+            after = run.read_current(connection)
             still_pending = [s for s in pending if not project.is_applied(after, s.revision)]
             if still_pending:
                 raise BrokenProject(
@@ -571,12 +571,12 @@ def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]
         run.connect(engine) as connection,
         database.losing_connection_raises(),
     ):
-        current = run.read_heads(connection)
+        current = run.read_current(connection)
         if not _reverting(run, project, current, target):
             log.info("downgrade.noop", current=run.shown(current), target=target[0], reason="already at target")
             return
         with _migration_lock(run, connection) as held:
-            current = run.read_heads(connection)  # another runner may have reverted meanwhile
+            current = run.read_current(connection)  # another runner may have reverted meanwhile
             steps = _reverting(run, project, current, target)
             if not steps:
                 reason = "another runner reverted while this one waited for the lock"
@@ -594,7 +594,7 @@ def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]
             )
             started = time.monotonic()
             _apply(run, project, connection, held, book, target=target[0])
-            after = run.read_heads(connection)
+            after = run.read_current(connection)
             still_applied = [s.revision for s in steps if project.is_applied(after, s.revision)]
             if still_applied:
                 raise BrokenProject(
@@ -632,7 +632,7 @@ def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[s
             "nothing was reverted: choose a target above it"
         )
     reverted = {s.revision for s in steps}
-    ending = (set(current) - reverted) | {r for s in steps for r in s.replaces if r not in reverted}
+    ending = (set(current) - reverted) | {r for s in steps for r in s.parents if r not in reverted}
     run.report.planned(steps)
     run.report.target = sorted(project.summary(sorted(ending)))
     if steps and target[0].startswith("-"):  # Alembic's -N: from now on, where it ends
@@ -836,7 +836,7 @@ def check(run: Run) -> ExitCode:
     project = run.project()
     engine = run.engine(run.settings.url)
     with run.connect(engine) as connection:
-        current = run.read_heads(connection)
+        current = run.read_current(connection)
         pending = _plan(run, project, current, allow_unknown=False)
         in_progress = _unfinished_step(run, project, connection, current)
         if run.settings.drift != "off":
@@ -873,7 +873,7 @@ def plan(run: Run) -> ExitCode:
     project = run.project()
     engine = run.engine(settings.url)
     with run.connect(engine) as connection:
-        current = run.read_heads(connection)
+        current = run.read_current(connection)
         pending = _plan(run, project, current, allow_unknown=False, upgrading=True)
         existing = database.table_names(connection, run.version_table.schema) if pending else set()
     traced = _rehearse(run, project) if pending and run.trace else None
@@ -965,7 +965,7 @@ def current(run: Run) -> ExitCode:
     project = run.project()
     engine = run.engine(run.settings.url)
     with run.connect(engine) as connection:
-        revisions = run.read_heads(connection)
+        revisions = run.read_current(connection)
         in_progress = _unfinished_step(run, project, connection, revisions)
     unknown = project.unknown(revisions)
     pending = [] if unknown else _plan(run, project, revisions, allow_unknown=False)
@@ -1005,7 +1005,7 @@ def wait(run: Run) -> ExitCode:
         state.clear()
         try:
             with run.connect(engine, retry=False) as connection, database.losing_connection_raises():
-                revisions = run.read_heads(connection)
+                revisions = run.read_current(connection)
                 in_progress = _unfinished_step(run, project, connection, revisions)
         except DatabaseUnavailable as error:
             state["error"] = error.message
@@ -1099,7 +1099,7 @@ def accept(run: Run) -> ExitCode:
         database.losing_connection_raises(),
         _migration_lock(run, connection) as held,
     ):
-        current = run.read_heads(connection)
+        current = run.read_current(connection)
         if not project.is_applied(current, revision):
             raise ConfigError(f"revision {revision} is not applied here; a pending revision has nothing to accept")
         book = run.ledger()
@@ -1262,7 +1262,7 @@ class _Verifier:
         case = self.checks.Case("upgrade", "upgrade")
         with self.checks.Timer(case):
             try:
-                for step in self.project.pending(self.run.read_heads(self.connection), "heads"):
+                for step in self.project.pending(self.run.read_current(self.connection), "heads"):
                     self.before[step.revision] = self._snapshot()
                     self._up(step.revision)
                     self.order.append(step)
@@ -1305,7 +1305,7 @@ class _Verifier:
                 )
             return False
         target = self.project.step_target(step.revision, "down")
-        reverts = [s.revision for s in self.project.reverting(self.run.read_heads(self.connection), target)]
+        reverts = [s.revision for s in self.project.reverting(self.run.read_current(self.connection), target)]
         if reverts != [step.revision]:  # e.g. one side of a Django branch
             case.skip(
                 f"no downgrade reverts {step.revision} alone (its target {target} reverts {', '.join(reverts)}); "
@@ -1357,7 +1357,7 @@ def _verify_steps(run: Run, project: Driver, connection: Connection, held: locks
             case.skip("the upgrade failed")
         return [upgraded, *skipped]
     cases = [upgraded, verifier.models_match(), *verifier.down(), *verifier.up_again(), verifier.no_trace()]
-    run.read_heads(connection)
+    run.read_current(connection)
     return cases
 
 
@@ -1389,7 +1389,7 @@ def _resolve_rewound(
         project.stamp(connection, revision, run.version_table)
     else:
         book.record_undone(list(rewound), resolved_by=run.host)
-    run.read_heads(connection)
+    run.read_current(connection)
     get_logger().info("resolve.recorded", revisions=list(rewound), resolution=run.resolution, reason="rewound")
 
 
@@ -1422,7 +1422,7 @@ def resolve(run: Run) -> ExitCode:
         book.prepare(held.connection or connection)
         rows = book.unfinished()
         if not rows:
-            current = run.read_heads(connection)
+            current = run.read_current(connection)
             rewound = _rewound(run, project, connection, current)
             if rewound:
                 _resolve_rewound(run, project, connection, book, rewound)
@@ -1440,6 +1440,6 @@ def resolve(run: Run) -> ExitCode:
         elif run.resolution == "applied":
             project.stamp(connection, row.revision, run.version_table)
         book.resolve(row.row_id, run.resolution)
-        run.read_heads(connection)
+        run.read_current(connection)
         log.info("resolve.recorded", revision=row.revision, resolution=run.resolution)
     return ExitCode.OK

@@ -105,9 +105,9 @@ class RunReport:
         self.applied.append(applied)
         # Committed: the database's heads move on without another query.
         if self.direction == "up":
-            self.after = sorted((set(self.after or []) - set(applied.replaces)) | {applied.revision})
+            self.after = sorted((set(self.after or []) - set(applied.parents)) | {applied.revision})
         else:
-            self.after = sorted((set(self.after or []) - {applied.revision}) | set(applied.replaces))
+            self.after = sorted((set(self.after or []) - {applied.revision}) | set(applied.parents))
         if self.pending and self.pending[0]["id"] == applied.revision:  # the usual case: in plan order
             del self.pending[0]
         else:

@@ -51,13 +51,13 @@ class Step:
     Attributes:
         revision: its id (an Alembic revision id; Django's ``app_label.migration_name``).
         message: its one-line description.
-        replaces: the ids it follows (Alembic: its ``down_revision`` ids; Django:
+        parents: the ids it follows (Alembic: its ``down_revision`` ids; Django:
             its parents in its app): what the database is at once it is reverted.
     """
 
     revision: str
     message: str
-    replaces: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,14 @@ class Applied:
         revision: the step's id.
         message: its one-line description.
         duration_seconds: wall time of the step and its version update.
-        replaces: the ids it supersedes among the database's current ones
+        parents: the ids it supersedes among the database's current ones
             (Alembic: its ``down_revision`` ids; Django: its parents in its app).
     """
 
     revision: str
     message: str
     duration_seconds: float
-    replaces: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
