@@ -278,11 +278,6 @@ def _version() -> str:
     return str(runner.__version__)
 
 
-def outcome(code: ExitCode) -> str:
-    """A short word for how a run ended: ``success`` or the exit code's name, e.g. ``migration_failed``."""
-    return "success" if code == ExitCode.OK else code.name.lower()
-
-
 def entrypoint() -> None:
     """The ``migration-runner`` program (through :func:`runner.__main__.main`): :func:`main`, then exit.
 
@@ -435,7 +430,7 @@ def _finish(
         fields: dict[str, Any] = {"error": result.message, "exit_code": int(result.code), **result.details}
         debug = logging.getLogger().isEnabledFor(logging.DEBUG)
         getattr(log, result.level)(result.event, **fields, exc_info=failure if result.internal or debug else None)
-    report.finish(int(result.code), outcome(result.code))
+    report.finish(int(result.code), result.word)
     log.info(
         "run.finished",
         exit_code=int(result.code),
@@ -453,7 +448,7 @@ def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
         report.error = {"class": "GracePeriodOver", "sqlstate": None, "revision": None}
         grace = process.watchdog.grace_seconds
         report.error["message"] = f"the run did not stop within MIGRATION_GRACE_PERIOD={grace:g} s"
-        report.finish(code, outcome(ExitCode(code)))
+        report.finish(code, Outcome(ExitCode(code), "run.abandoned").word)
     if settings is not None:
         explicit = "termination_log" in settings.model_fields_set
         publish.write_termination_message(report, settings.termination_log, explicit=explicit)

@@ -127,6 +127,7 @@ class RunnerError(Exception):
 
     exit_code: ExitCode = ExitCode.INTERNAL_ERROR
     event: str = "run.failed"
+    outcome: str = ""  # the outcome's word, where the exit code's name would not say what happened
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -215,6 +216,7 @@ class BeforeApplyFailed(RunnerError):
 
     exit_code = ExitCode.TIMEOUT
     event = "before_apply.failed"
+    outcome = "before_apply_failed"  # 75 as a timeout is, but the outcome says what happened
 
     def __init__(self, message: str, *, exit_status: int | None, stderr: list[str]) -> None:
         super().__init__(message)
@@ -374,6 +376,8 @@ class Outcome:
         details: extra fields for the event and the result document
             (``revision``, ``sqlstate``, ``partially_applied``).
         internal: a bug of the runner's own: the log carries the traceback.
+        name: the outcome's word where the exit code's name would not say what happened
+            (``before_apply_failed`` for a 75); empty otherwise.
     """
 
     code: ExitCode
@@ -382,6 +386,12 @@ class Outcome:
     level: str = "error"
     details: dict[str, Any] = field(default_factory=dict)
     internal: bool = False
+    name: str = ""
+
+    @property
+    def word(self) -> str:
+        """How the run ended in one word, for the result document, the termination message and the metrics."""
+        return self.name or ("success" if self.code == ExitCode.OK else self.code.name.lower())
 
 
 def abandoned(outcome: Outcome, reason: str, seconds: float) -> Outcome:
@@ -427,7 +437,7 @@ def outcome_of(error: BaseException | None, *, code: ExitCode = ExitCode.OK) -> 
     if error is None:
         return Outcome(code, "run.succeeded" if code == ExitCode.OK else "run.not_at_target", level="info")
     if isinstance(error, RunnerError):
-        return Outcome(error.exit_code, error.event, error.message, details=error.details())
+        return Outcome(error.exit_code, error.event, error.message, details=error.details(), name=error.outcome)
     if isinstance(error, RunTimeout):
         details = {"revision": error.revision, "partially_applied": not error.transactional}
         return Outcome(ExitCode.TIMEOUT, "run.timeout", _stopped_message(error, str(error)), details=details)

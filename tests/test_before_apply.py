@@ -96,6 +96,8 @@ def test_a_failing_command_applies_nothing_and_exits_75(cli: Cli, pg_url: str, t
     assert advisory_locks_held(pg_url) == 0
     document = json.loads(result.stdout)
     assert document["error"]["class"] == "BeforeApplyFailed"
+    assert document["outcome"] == "before_apply_failed"  # 75, but not a "timeout": the backup failed
+    assert result.one("run.finished")["outcome"] == "before_apply_failed"
     assert document["error"]["command_exit_status"] == 3
     assert document["error"]["stderr"] == ["pg_dump: error: no space left (password ***)"]
     assert "exited 3" in document["error"]["message"]
