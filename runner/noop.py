@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import drift, urls
+from runner.drivers import FilesFastPath, LoadedFastPath
 
 if TYPE_CHECKING:
     from runner.settings import Settings
@@ -103,20 +104,19 @@ def at_target(
     if settings.target != "heads":
         return Verdict(None)
     module = importlib.import_module(f"runner.drivers.{settings.chosen_tool}")
-    quick_noop = getattr(module, "quick_noop", None)
-    if quick_noop is not None:
-        project, current = quick_noop(settings, cwd, ready)
+    if isinstance(module, LoadedFastPath):
+        project, current = module.quick_noop(settings, cwd, ready)
         return _loaded_verdict(project, current, settings, ledger=ledger, unfinished_only=unfinished_only)
-    read_heads: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_heads", None)
-    read_current: Callable[..., tuple[str, ...] | None] | None = getattr(module, "quick_current", None)
-    if settings.database_url is None or read_heads is None or read_current is None:
+    if settings.database_url is None or not isinstance(module, FilesFastPath):
         return Verdict(None)
+    read_heads, read_current = module.quick_heads, module.quick_current
     ready()
     query = None
     if ledger or unfinished_only:
         quote = drift.quote_for(settings.light_url.family)
         schema, table = settings.version_table_schema, settings.version_table
-        query = drift.select_statement(quote, settings.history_table, schema, "alembic", _scope(table, schema))
+        scope = _scope(table, schema)
+        query = drift.select_statement(quote, settings.history_table, schema, settings.chosen_tool, scope)
     read = _read(settings, read_current, name, query)
     current, rows = read if read is not None else (None, None)
     sources: dict[str, tuple[Path | str, bytes | None]] = {}
