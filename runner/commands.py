@@ -353,11 +353,7 @@ def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
             after = run.read_current(connection)
             still_pending = [s for s in pending if not project.is_applied(after, s.revision)]
             if still_pending:
-                raise BrokenProject(
-                    f"env.py returned, but {', '.join(s.revision for s in still_pending)} "
-                    f"{'is' if len(still_pending) == 1 else 'are'} still pending; "
-                    "does env.py call context.run_migrations() in online mode?"
-                )
+                raise BrokenProject(project.returned_early([s.revision for s in still_pending], "pending"))
             log.info(
                 "upgrade.finished",
                 current=run.shown(after),
@@ -597,10 +593,7 @@ def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]
             after = run.read_current(connection)
             still_applied = [s.revision for s in steps if project.is_applied(after, s.revision)]
             if still_applied:
-                raise BrokenProject(
-                    f"env.py returned, but {', '.join(still_applied)} {'is' if len(still_applied) == 1 else 'are'} "
-                    "still applied; does env.py call context.run_migrations() in online mode?"
-                )
+                raise BrokenProject(project.returned_early(still_applied, "applied"))
             log.info(
                 "downgrade.finished",
                 current=run.shown(after),
@@ -879,7 +872,7 @@ def plan(run: Run) -> ExitCode:
     traced = _rehearse(run, project) if pending and run.trace else None
     rendered = {r.revision: r for r in project.render(current, settings.target, settings.url)} if pending else {}
     irreversible = dict(project.irreversible(pending))
-    tool_tables = (run.version_table.name, settings.history_table, "django_migrations")
+    tool_tables = (run.version_table.name, settings.history_table)  # the version table is the tool's own
     steps = []
     for step in pending:
         shown = rendered.get(step.revision)

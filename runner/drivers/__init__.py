@@ -137,6 +137,10 @@ class Driver(Protocol):
     tool: str
     version_table: VersionTable
 
+    def returned_early(self, revisions: Sequence[str], state: str) -> str:
+        """The message when the tool's run returned with ``revisions`` still ``state`` (pending, applied)."""
+        ...
+
     def database_url(self) -> tuple[str, str] | None:
         """The URL the project itself configures, and where it was found, when the settings give none.
 

@@ -696,6 +696,14 @@ class Project:
         files = [script.path for script in scripts if script.revision in involved] or [self.script.dir]
         return f"revision history: {error}; files: {', '.join(files)}"
 
+    def returned_early(self, revisions: Sequence[str], state: str) -> str:
+        """env.py returned with ``revisions`` still ``state``: it did not run them (an offline-only env.py, say)."""
+        verb = "is" if len(revisions) == 1 else "are"
+        return (
+            f"env.py returned, but {', '.join(revisions)} {verb} still {state}; "
+            "does env.py call context.run_migrations() in online mode?"
+        )
+
     def database_url(self) -> None:
         """None: an Alembic project's URL (the ini's ``sqlalchemy.url``) is already in the settings chain."""
         return None

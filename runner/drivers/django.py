@@ -412,6 +412,14 @@ class Project:
         if errors:
             raise BrokenProject(f"Django's system checks failed: {'; '.join(f'{e.id}: {e.msg}' for e in errors)}")
 
+    def returned_early(self, revisions: Sequence[str], state: str) -> str:
+        """``migrate`` returned with ``revisions`` still ``state``: it ran on another alias or another database."""
+        verb = "is" if len(revisions) == 1 else "are"
+        return (
+            f"migrate returned, but {', '.join(revisions)} {verb} still {state}; does a database router "
+            f"(allow_migrate) send them elsewhere, or MIGRATION_DJANGO_DATABASE={self.alias!r} name another alias?"
+        )
+
     def database_url(self) -> tuple[str, str] | None:
         """The URL of the alias' ``DATABASES`` entry and where it is, unless MIGRATION_DATABASE_URL replaced it."""
         return self._own_url
