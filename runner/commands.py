@@ -747,13 +747,15 @@ def _apply(
         for attempt in retrying:
             with attempt:
                 migrate(
-                    connection=connection,
-                    url=run.migration_url(),
-                    target=target,
-                    version_table=run.version_table,
-                    on_applied=applied,
-                    before_each=before_each,
-                    in_transaction=in_transaction,
+                    drivers.MigrateOptions(
+                        connection=connection,
+                        url=run.migration_url(),
+                        target=target,
+                        version_table=run.version_table,
+                        on_applied=applied,
+                        before_each=before_each,
+                        in_transaction=in_transaction,
+                    )
                 )
     except MigrationFailed as error:
         if _worth_retrying(error):  # the retries are used up

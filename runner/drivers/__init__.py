@@ -103,6 +103,31 @@ class VersionTable:
     schema: str | None = None
 
 
+@dataclass(frozen=True)
+class MigrateOptions:
+    """What the orchestration hands a driver's :meth:`Driver.upgrade` or :meth:`Driver.downgrade`.
+
+    Attributes:
+        connection: the runner's session, outside any transaction.
+        url: the database URL with the run's session settings, for a tool that connects itself.
+        target: the revision(s) to reach.
+        version_table: where the tool records what is applied.
+        on_applied: called after each step has committed.
+        before_each: called with each step's id before it runs (the lock check, the ledger's
+            ``started`` row); whatever it raises ends the run.
+        in_transaction: called with a way to execute statements, the step's id and whether it
+            still runs in one transaction, inside the step's transaction after the tool's record.
+    """
+
+    connection: Connection
+    url: URL
+    target: str
+    version_table: VersionTable
+    on_applied: Callable[[Applied], None]
+    before_each: Callable[[str], None] = lambda _: None
+    in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None
+
+
 @runtime_checkable
 class FilesFastPath(Protocol):
     """A driver module that answers the no-op without its tool: the heads from the revision files' text, the
@@ -252,32 +277,12 @@ class Driver(Protocol):
         """
         ...
 
-    def upgrade(
-        self,
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None],
-        in_transaction: Callable[[Execute, str, bool], None],
-    ) -> None:
+    def upgrade(self, options: MigrateOptions) -> None:
         """Apply the pending steps; raises MigrationFailed, BrokenProject, ConnectionLost or Stopped."""
         ...
 
-    def downgrade(
-        self,
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None],
-        in_transaction: Callable[[Execute, str, bool], None],
-    ) -> None:
-        """Revert the steps down to ``target``, each as :meth:`upgrade` applies one; the same errors."""
+    def downgrade(self, options: MigrateOptions) -> None:
+        """Revert the steps down to ``options.target``, each as :meth:`upgrade` applies one; the same errors."""
         ...
 
 

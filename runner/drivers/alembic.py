@@ -34,6 +34,7 @@ from runner.drivers import (
     Applied,
     CallbackFailed,
     Driver,
+    MigrateOptions,
     Rendered,
     Step,
     VersionTable,
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from alembic.script import Script
     from sqlalchemy.engine import URL, Connection
 
-    from runner.drivers import Execute
     from runner.settings import Settings
     from runner.trace import Tracer
 
@@ -1099,64 +1099,15 @@ class Project:
         except OSError:
             return True
 
-    def upgrade(
-        self,
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None] = lambda _: None,
-        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
-    ) -> None:
-        """Run the project's env.py to upgrade the database to ``target``; see :meth:`_run_env`."""
-        self._run_env(
-            self.script._upgrade_revs,
-            connection=connection,
-            url=url,
-            target=target,
-            version_table=version_table,
-            on_applied=on_applied,
-            before_each=before_each,
-            in_transaction=in_transaction,
-        )
+    def upgrade(self, options: MigrateOptions) -> None:
+        """Run the project's env.py to upgrade the database to ``options.target``; see :meth:`_run_env`."""
+        self._run_env(self.script._upgrade_revs, options)
 
-    def downgrade(
-        self,
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None] = lambda _: None,
-        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
-    ) -> None:
-        """Run the project's env.py to downgrade the database to ``target`` (as ``alembic downgrade``)."""
-        self._run_env(
-            self.script._downgrade_revs,
-            connection=connection,
-            url=url,
-            target=target,
-            version_table=version_table,
-            on_applied=on_applied,
-            before_each=before_each,
-            in_transaction=in_transaction,
-        )
+    def downgrade(self, options: MigrateOptions) -> None:
+        """Run the project's env.py to downgrade the database to ``options.target`` (as ``alembic downgrade``)."""
+        self._run_env(self.script._downgrade_revs, options)
 
-    def _run_env(
-        self,
-        plan: Callable[[str, str], Sequence[Any]],
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None],
-        in_transaction: Callable[[Execute, str, bool], None],
-    ) -> None:
+    def _run_env(self, plan: Callable[[str, str], Sequence[Any]], options: MigrateOptions) -> None:
         """Run the project's env.py over the steps ``plan(target, heads)`` gives.
 
         The URL is set as ``sqlalchemy.url`` and the open connection is passed as
@@ -1167,19 +1118,9 @@ class Project:
             plan: ``ScriptDirectory._upgrade_revs`` or ``_downgrade_revs``, what
                 Alembic's own ``upgrade`` and ``downgrade`` commands hand to
                 ``run_migrations`` (private; ``tests/test_downgrade.py`` pins both).
-            connection: an open connection outside any transaction.
-            url: the database URL, for an env.py that builds its own engine.
-            target: the revision(s) to upgrade or downgrade to.
-            version_table: where the revisions are recorded.
-            on_applied: called after each revision's transaction has committed.
-            before_each: called with each revision id before it runs (the lock
-                liveness check, the ledger's "started" row); whatever it raises
-                ends the upgrade.
-            in_transaction: called with a way to execute statements on the
-                revision's connection, its id and whether it still runs in one
-                transaction, after its version-table update, inside its
-                transaction (Alembic's ``on_version_apply``): the ledger row
-                commits with the revision.
+            options: the connection, URL, target, version table and the runner's callbacks
+                (:class:`runner.drivers.MigrateOptions`); ``in_transaction`` is called from
+                Alembic's ``on_version_apply``, so the ledger row commits with the revision.
 
         Raises:
             MigrationFailed: a revision raised (``BaseException`` included); the message names it.
@@ -1192,6 +1133,8 @@ class Project:
 
         from runner import database  # noqa: PLC0415
 
+        connection, url, target, version_table = options.connection, options.url, options.target, options.version_table
+        on_applied, before_each, in_transaction = options.on_applied, options.before_each, options.in_transaction
         self._use_url(url)
         self.config.attributes["connection"] = _alembic_env.SharedConnection(connection)
         running: list[Script] = []

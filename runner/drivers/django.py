@@ -39,7 +39,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from runner import logs, sessions, urls
-from runner.drivers import Applied, CallbackFailed, Driver, Rendered, Step, VersionTable, own, project_code, where
+from runner.drivers import (
+    Applied,
+    CallbackFailed,
+    Driver,
+    MigrateOptions,
+    Rendered,
+    Step,
+    VersionTable,
+    own,
+    project_code,
+    where,
+)
 from runner.errors import (
     BrokenProject,
     BrokenRevisionFiles,
@@ -656,29 +667,16 @@ class Project:
         with self._database_errors():
             MigrationRecorder(connections[self.alias]).record_unapplied(app, name)
 
-    def upgrade(
-        self,
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None] = lambda _: None,
-        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
-    ) -> None:
+    def upgrade(self, options: MigrateOptions) -> None:
         """Run Django's ``migrate`` to ``target`` on the alias.
 
         Args:
-            connection: the runner's session (unused: Django migrates on its own).
-            url: unused (Django connects from its ``DATABASES`` entry).
-            target: ``heads``, ``app_label`` or ``app_label:migration_name``.
-            version_table: unused (always ``django_migrations``).
-            on_applied: called after each migration is applied and recorded.
-            before_each: called with each migration's id before it runs.
-            in_transaction: called with a way to execute statements, the
-                migration's id and whether it runs in a transaction, right after
-                Django records it (in its transaction, where it has one).
+            options: its ``target`` is ``heads``, ``app_label`` or ``app_label:migration_name``;
+                the connection, URL and version table are unused (Django migrates on its own
+                session, from its ``DATABASES`` entry, into ``django_migrations``); ``on_applied``
+                is called after each migration is applied and recorded, ``before_each`` before it
+                runs, ``in_transaction`` right after Django records it (in its transaction, where
+                it has one).
 
         Raises:
             MigrationFailed: a migration raised; the message names it.
@@ -686,10 +684,9 @@ class Project:
             ConnectionLost: the connection was lost while migrating.
             Stopped: the runner's own signal or deadline, with the running migration attached.
         """
+        target = options.target
         app, _, name = ("" if target == "heads" else target).partition(":")
-        self._call_migrate(
-            [part for part in (app, name) if part], _RECORDS_APPLIED, before_each, on_applied, in_transaction
-        )
+        self._call_migrate([part for part in (app, name) if part], _RECORDS_APPLIED, options)
 
     def reverting(self, current: Sequence[str], target: str) -> list[Step]:
         """The migrations ``migrate app_label migration_name`` (or ``zero``) unapplies, in order.
@@ -811,36 +808,19 @@ class Project:
             err.flush()
         return progress.skipped
 
-    def downgrade(
-        self,
-        *,
-        connection: Connection,
-        url: URL,
-        target: str,
-        version_table: VersionTable,
-        on_applied: Callable[[Applied], None],
-        before_each: Callable[[str], None] = lambda _: None,
-        in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None,
-    ) -> None:
+    def downgrade(self, options: MigrateOptions) -> None:
         """Run Django's ``migrate app_label migration_name`` (or ``zero``) backwards; as :meth:`upgrade`."""
-        app, _, name = target.partition(":")
-        self._call_migrate([app, name], _RECORDS_UNAPPLIED, before_each, on_applied, in_transaction)
+        app, _, name = options.target.partition(":")
+        self._call_migrate([app, name], _RECORDS_UNAPPLIED, options)
 
-    def _call_migrate(
-        self,
-        arguments: list[str],
-        records: re.Pattern[str],
-        before_each: Callable[[str], None],
-        on_applied: Callable[[Applied], None],
-        in_transaction: Callable[[Execute, str, bool], None],
-    ) -> None:
+    def _call_migrate(self, arguments: list[str], records: re.Pattern[str], options: MigrateOptions) -> None:
         """``call_command(migrate, *arguments)`` with the runner's hooks around each migration; see :meth:`upgrade`."""
         from django.core.management import call_command  # noqa: PLC0415
         from django.core.management.base import CommandError  # noqa: PLC0415
         from django.db import connections  # noqa: PLC0415
 
         session = connections[self.alias]
-        progress = _Progress(session, before_each, on_applied, in_transaction, records)
+        progress = _Progress(session, options.before_each, options.on_applied, options.in_transaction, records)
         out, err = _LogLines("info"), _LogLines("warning")
         try:
             with session.execute_wrapper(progress.record), project_code(), _recorded_with_their_changes():
