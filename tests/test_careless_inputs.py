@@ -77,6 +77,7 @@ def append_bytes(data: bytes) -> Edit:
     ],
 )
 def test_a_malformed_alembic_ini_is_78_naming_the_file(cli: Cli, pg_url: str, edit: Edit, words: tuple[str]) -> None:
+    """An alembic.ini that configparser or Alembic cannot read is 78 naming the file (was 70)."""
     make_project(cli.cwd, revisions=2)
     edit(cli.cwd)
 
@@ -89,6 +90,7 @@ def test_a_malformed_alembic_ini_is_78_naming_the_file(cli: Cli, pg_url: str, ed
 @pytest.mark.parametrize("command", ["upgrade", "downgrade", "plan", "check", "wait", "current"])
 @pytest.mark.parametrize("target", ["@", "@@", "base@"])
 def test_a_target_alembic_cannot_split_is_78(cli: Cli, pg_url: str, command: str, target: str) -> None:
+    """A target Alembic's resolver asserts on ('@', '@@', 'base@') is 78 naming it on every command that takes one."""
     make_project(cli.cwd, revisions=2)
 
     result = cli(command, "--", target, env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_WAIT_TIMEOUT": "5"})
@@ -101,6 +103,7 @@ def test_a_target_alembic_cannot_split_is_78(cli: Cli, pg_url: str, command: str
 
 
 def test_a_revision_whose_down_revision_is_itself_is_78_naming_its_file(cli: Cli, pg_url: str) -> None:
+    """A revision whose down_revision is itself is 78 naming its file (was 70 from a second load)."""
     make_project(cli.cwd, revisions=3, down_revisions={2: rev_id(2)})
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url})
@@ -144,6 +147,7 @@ def test_two_files_with_one_revision_id_are_78_naming_both(cli: Cli, pg_url: str
 def test_settings_the_database_cannot_hold_are_78(
     cli: Cli, pg_url: str, env: dict[str, str], words: tuple[str]
 ) -> None:
+    """Settings the database or Kubernetes cannot hold are 78 before anything is created."""
     make_project(cli.cwd, revisions=2)
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, **env})
@@ -166,6 +170,7 @@ def test_settings_the_database_cannot_hold_are_78(
 def test_an_object_named_like_the_ledger_that_is_not_one_is_78(
     cli: Cli, pg_url: str, existing: str, command: list[str]
 ) -> None:
+    """A table, view or sequence named like the ledger that is not one is 78, never written to."""
     make_project(cli.cwd, revisions=2)
     query(pg_url, existing)
 
@@ -180,6 +185,7 @@ def test_an_object_named_like_the_ledger_that_is_not_one_is_78(
 
 
 def test_an_application_table_as_the_ledger_is_78_and_left_as_it_was(cli: Cli, pg_url: str) -> None:
+    """MIGRATION_HISTORY_TABLE naming an application's table is 78, and the table keeps its rows and columns."""
     make_project(cli.cwd, revisions=2)
     assert cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url}).code == 0
     before = query(pg_url, "SELECT * FROM applied_log ORDER BY revision")
@@ -193,6 +199,7 @@ def test_an_application_table_as_the_ledger_is_78_and_left_as_it_was(cli: Cli, p
 
 
 def test_a_search_path_that_leaves_no_schema_is_78_naming_it(cli: Cli, pg_url: str) -> None:
+    """A URL whose search_path names no existing schema is 78 naming the search_path."""
     make_project(cli.cwd, revisions=2)
     url = f"{pg_url}?options=-c%20search_path%3Dnowhere"
 
@@ -203,6 +210,7 @@ def test_a_search_path_that_leaves_no_schema_is_78_naming_it(cli: Cli, pg_url: s
 
 
 def test_a_revision_id_that_is_no_string_names_its_file(cli: Cli, pg_url: str) -> None:
+    """revision = None is named by its file, not by Alembic's revision.py."""
     make_project(cli.cwd, revisions=3)
     path = cli.cwd / "migrations" / "versions" / "0002_r.py"
     path.write_text(path.read_text().replace("revision = '0002'", "revision = None"))
@@ -216,6 +224,7 @@ def test_a_revision_id_that_is_no_string_names_its_file(cli: Cli, pg_url: str) -
 
 
 def test_a_symlink_loop_among_the_revision_files_names_the_directory_not_pathlib(cli: Cli, pg_url: str) -> None:
+    """A symlink loop in versions/ names the loop, not pathlib.py."""
     make_project(cli.cwd, revisions=2)
     (cli.cwd / "migrations" / "versions" / "loop.py").symlink_to("loop.py")
 
@@ -238,6 +247,7 @@ def test_a_relative_target_past_base_is_78_not_base(cli: Cli, pg_url: str, comma
 
 
 def test_check_minus_n_within_the_history_still_works(cli: Cli, pg_url: str) -> None:
+    """-N within the history stays a valid target for check (the past-base refusal is no wider)."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli("upgrade", env=env).code == 0
@@ -255,6 +265,7 @@ def test_check_minus_n_within_the_history_still_works(cli: Cli, pg_url: str) -> 
     ],
 )
 def test_a_database_name_longer_than_the_server_keeps_is_78_not_69(cli: Cli, url: str, words: tuple[str]) -> None:
+    """A database name longer than the server keeps is 78, never a retried 69 or another database."""
     make_project(cli.cwd, revisions=1)
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": url, "MIGRATION_CONNECT_TIMEOUT": "1"})
@@ -263,6 +274,7 @@ def test_a_database_name_longer_than_the_server_keeps_is_78_not_69(cli: Cli, url
 
 
 def test_a_nul_in_a_databases_file_url_is_78(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A NUL inside a databases-file URL is 78 naming the line (it connected to the name cut at the NUL)."""
     make_project(cli.cwd, revisions=1)
     databases = tmp_path / "databases"
     databases.write_text(f"{pg_url}\x00other\n")
@@ -290,6 +302,7 @@ def test_a_databases_file_with_a_utf8_bom_is_read(cli: Cli, pg_url: str, tmp_pat
 def test_an_index_in_other_digits_is_78_not_index_1(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, variable: str, index: str
 ) -> None:
+    """An index written in other scripts' digits is 78, not the index int() reads."""
     make_project(cli.cwd, revisions=1)
     first, second = pg_databases(), pg_databases()
     databases = tmp_path / "databases"
@@ -373,10 +386,12 @@ def test_a_sub_millisecond_lock_timeout_is_1_ms_not_none(cli: Cli, pg_url: str) 
 
 @pytest.mark.parametrize(("seconds", "expected"), [(0, 0), (0.0000001, 1), (0.0004, 1), (0.0015, 2), (2.5, 2500)])
 def test_session_milliseconds_round_up_and_keep_zero(seconds: float, expected: int) -> None:
+    """Session durations round up to whole milliseconds and keep 0 as 0."""
     assert sessions.milliseconds(seconds) == expected
 
 
 def test_a_statement_timeout_too_short_for_the_runners_own_queries_is_75_not_70(cli: Cli, pg_url: str) -> None:
+    """A statement_timeout too short for the runner's own queries ends in a documented code naming it, never 70."""
     make_project(cli.cwd, revisions=1)
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_STATEMENT_TIMEOUT": "0.0004"})

@@ -71,6 +71,7 @@ def psycopg_url(url: str) -> str:
 
 @pytest.mark.parametrize("env_py", [PYTEST_ALEMBIC_ENV_PY, BEGIN_ENV_PY], ids=["connect", "begin"])
 def test_an_env_py_that_takes_the_shared_connection_for_an_engine_migrates(cli: Cli, pg_url: str, env_py: str) -> None:
+    """pytest-alembic's env.py (connectable.connect() / begin()) migrates unmodified, recorded in the ledger."""
     make_project(cli.cwd, revisions=3, env_py=env_py)
     env = {"MIGRATION_DATABASE_URL": pg_url}
 
@@ -85,6 +86,7 @@ def test_an_env_py_that_takes_the_shared_connection_for_an_engine_migrates(cli: 
 
 
 def test_plan_and_verify_take_the_pytest_alembic_env_py(cli: Cli, pg_databases: Callable[[], str]) -> None:
+    """plan --trace and verify run pytest-alembic's env.py too, and the trace changes nothing."""
     make_project(cli.cwd, revisions=2, env_py=PYTEST_ALEMBIC_ENV_PY)
     planned_url, verified_url = pg_databases(), pg_databases()
 
@@ -105,6 +107,7 @@ def test_plan_and_verify_take_the_pytest_alembic_env_py(cli: Cli, pg_databases: 
 def test_an_env_py_engine_on_another_database_is_78_naming_both_and_applies_nothing(
     cli: Cli, pg_databases: Callable[[], str]
 ) -> None:
+    """An env.py engine on another database than the locked one is 78 naming both; neither database changes."""
     locked, elsewhere = pg_databases(), pg_databases()
     make_project(cli.cwd, revisions=2, env_py=OWN_ENGINE_ENV_PY.format(extra=""))
 
@@ -118,6 +121,7 @@ def test_an_env_py_engine_on_another_database_is_78_naming_both_and_applies_noth
 
 
 def test_an_env_py_engine_on_the_same_database_gets_the_runners_session_settings(cli: Cli, pg_url: str) -> None:
+    """An env.py engine on the same database runs with the runner's lock_timeout, statement_timeout and name."""
     seen = (
         "op.create_table('seen', sa.Column('name', sa.Text), sa.Column('value', sa.Text))\n"
         'op.execute("INSERT INTO seen SELECT name, setting FROM pg_settings '
@@ -144,6 +148,7 @@ def test_an_env_py_engine_on_the_same_database_gets_the_runners_session_settings
 def test_a_version_table_schema_set_only_in_env_py_is_78_before_anything_is_applied(
     cli: Cli, pg_url: str, command: str
 ) -> None:
+    """env.py's own version_table_schema, unlike the settings', is 78 before anything is applied."""
     query(pg_url, "CREATE SCHEMA audit")
     env_py = OWN_ENGINE_ENV_PY.format(extra=", version_table_schema='audit'")
     make_project(cli.cwd, revisions=2, env_py=env_py)

@@ -190,6 +190,7 @@ def blocked_on(url: str, table: str) -> bool:
 def test_same_schema_as_the_tool_and_a_noop_again(
     cli: Cli, project: Project, pg_databases: Callable[[], str], tmp_path: Path
 ) -> None:
+    """Each real project reaches the tool's own schema (pg_dump) and is a no-op the second time."""
     ours, theirs = pg_databases(), pg_databases()
     expected = tool_schema(cli, project, theirs, tmp_path)
     project.prepare(ours)
@@ -208,6 +209,7 @@ def test_same_schema_as_the_tool_and_a_noop_again(
 def test_stopped_inside_a_revision_the_next_run_finishes_to_the_same_schema(  # noqa: PLR0917  (fixtures)
     cli: Cli, project: Project, pg_databases: Callable[[], str], tmp_path: Path, signum: int, code: int
 ) -> None:
+    """SIGKILL or SIGTERM inside a real project's revision rolls it back; the next run finishes to the same schema."""
     ours, theirs = pg_databases(), pg_databases()
     expected = tool_schema(cli, project, theirs, tmp_path)
     cwd = project.cwd or tmp_path

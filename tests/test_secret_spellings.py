@@ -91,6 +91,7 @@ PROPERTY = settings(
 def test_a_failing_revision_shows_the_password_nowhere(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, password: str
 ) -> None:
+    """For any password, a revision that prints and raises it in every spelling leaks it through no channel."""
     make_project(cli.cwd, revisions=2, bodies={2: LEAKY})
     env = {"MIGRATION_DATABASE_URL": url_with(pg_databases(), password), "APP_PASSWORD": password}
 
@@ -112,6 +113,7 @@ def test_a_failing_revision_shows_the_password_nowhere(
 def test_a_password_in_a_revisions_sql_is_cut_from_plan_and_the_statement_log(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, password: str
 ) -> None:
+    """For any password in a revision's SQL, plan (three formats) and the debug statement log show no spelling of it."""
     make_project(cli.cwd, revisions=1, bodies={1: IN_SQL})
     env = {"MIGRATION_DATABASE_URL": url_with(pg_databases(), password), "APP_PASSWORD": password}
 

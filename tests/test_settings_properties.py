@@ -84,6 +84,7 @@ ENVIRONMENTS = st.dictionaries(st.sampled_from(NAMES), st.one_of(ODD, TEXT), min
 def test_any_settings_end_in_a_documented_code_without_a_traceback(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, env: dict[str, str], command: str
 ) -> None:
+    """Any settings values end upgrade and check in a documented code, never 70, never a traceback."""
     project = tmp_path / f"project-{len(list(tmp_path.iterdir()))}"
     make_project(project, revisions=2)
     base = {"MIGRATION_DATABASE_URL": pg_databases(), "MIGRATION_CONNECT_TIMEOUT": "1", "MIGRATION_TIMEOUT": "60"}

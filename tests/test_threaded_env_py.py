@@ -68,6 +68,7 @@ RUNNING = {
 def test_a_signal_while_env_py_migrates_in_a_worker_thread_ends_the_run_cleanly(
     cli: Cli, pg_url: str, body: str, signum: int, code: int
 ) -> None:
+    """A signal while env.py migrates in a worker thread gives 143/130, rolls back the revision and frees the lock."""
     make_project(cli.cwd, revisions=3, env_py=THREADED_ENV_PY, bodies={2: body})
     started = time.monotonic()
     env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_GRACE_PERIOD": "30"}
