@@ -21,10 +21,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from runner import drift, urls
-from runner.drivers import FilesFastPath, LoadedFastPath
 
 if TYPE_CHECKING:
     from runner.settings import Settings
@@ -41,6 +40,37 @@ def application_name(*, host: str, namespace: str | None, run_id: str) -> str:
     """How the runner's sessions appear in ``pg_stat_activity``: ``migration-runner <namespace/pod> <run id>``."""
     where = f"{namespace}/{host}" if namespace else host
     return f"migration-runner {where} {run_id}"
+
+
+@runtime_checkable
+class FilesFastPath(Protocol):
+    """A driver module that answers the no-op without its tool (Alembic).
+
+    The heads come from the revision files' text, the database's revisions from one query.
+    Checked with ``isinstance``; the protocol is declared here, where it is used, so the
+    drivers import nothing from this module.
+    """
+
+    def quick_heads(
+        self, settings: Settings, cwd: Path, sources: dict[str, tuple[str, bytes]] | None = None
+    ) -> tuple[str, ...] | None:
+        """The heads, or ``None`` when unsure (the full path then decides)."""
+        ...
+
+    def quick_current(self, connection: Any, family: str, settings: Settings) -> tuple[str, ...] | None:
+        """The database's revisions on a plain DB-API connection, or ``None`` when unsure."""
+        ...
+
+
+@runtime_checkable
+class LoadedFastPath(Protocol):
+    """A driver module that answers the no-op by loading the project, as it must, but not SQLAlchemy (Django)."""
+
+    def quick_noop(
+        self, settings: Settings, cwd: Path, ready: Callable[[], None]
+    ) -> tuple[Any, tuple[str, ...] | None]:
+        """The loaded project (a :class:`Driver` with ``quick_ledger_rows``) and the applied revisions."""
+        ...
 
 
 @dataclass(frozen=True)

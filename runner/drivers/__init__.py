@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -126,34 +126,6 @@ class MigrateOptions:
     on_applied: Callable[[Applied], None]
     before_each: Callable[[str], None] = lambda _: None
     in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None
-
-
-@runtime_checkable
-class FilesFastPath(Protocol):
-    """A driver module that answers the no-op without its tool: the heads from the revision files' text, the
-    database's revisions from one query (Alembic). :mod:`runner.noop` checks for it with ``isinstance``.
-    """  # noqa: D205
-
-    def quick_heads(
-        self, settings: Settings, cwd: Path, sources: dict[str, tuple[str, bytes]] | None = None
-    ) -> tuple[str, ...] | None:
-        """The heads, or ``None`` when unsure (the full path then decides)."""
-        ...
-
-    def quick_current(self, connection: Any, family: str, settings: Settings) -> tuple[str, ...] | None:
-        """The database's revisions on a plain DB-API connection, or ``None`` when unsure."""
-        ...
-
-
-@runtime_checkable
-class LoadedFastPath(Protocol):
-    """A driver module that answers the no-op by loading the project, as it must, but not SQLAlchemy (Django)."""
-
-    def quick_noop(
-        self, settings: Settings, cwd: Path, ready: Callable[[], None]
-    ) -> tuple[Any, tuple[str, ...] | None]:
-        """The loaded project (a :class:`Driver` with ``quick_ledger_rows``) and the applied revisions."""
-        ...
 
 
 class Driver(Protocol):

@@ -1,0 +1,472 @@
+"""``upgrade`` and ``downgrade``: the lock, the ledger's checks, the before-apply command, the driver's run, retries."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import tenacity
+from sqlalchemy.engine import Connection, Engine
+
+from runner import checksum, database, drivers, ledger, locks, logs
+from runner.commands.ledger_checks import (
+    _adopt,
+    _judge_drift,
+    _ledger_work,
+    _read_ledger,
+    _refuse_rewound,
+    _refuse_unfinished,
+    _rewound,
+)
+from runner.commands.run import Run
+from runner.drivers import Applied, Driver, Step
+from runner.errors import (
+    BrokenProject,
+    ConfigError,
+    ConnectionLost,
+    ExitCode,
+    MigrationFailed,
+    ReadOnlyDatabase,
+    Stopped,
+    UnknownRevision,
+)
+from runner.logs import get_logger
+
+MAX_RECONNECTS = 10
+# Lock not available, deadlock detected, serialization failure (PostgreSQL docs, "Appendix A").
+RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+# How often, at most, the lock is verified between revisions (seconds).
+LOCK_CHECK_INTERVAL_SECONDS = 1.0
+
+
+def _describe(steps: Sequence[Step]) -> list[dict[str, str]]:
+    return [{"revision": s.revision, "message": s.message} for s in steps]
+
+
+def _plan(
+    run: Run, project: Driver, current: Sequence[str], *, allow_unknown: bool, upgrading: bool = False
+) -> list[Step]:
+    """The pending revisions, or none when the database is at a revision we lack and that is allowed.
+
+    Args:
+        run: this run.
+        project: the loaded project.
+        current: the database's revisions.
+        allow_unknown: ``MIGRATION_ALLOW_UNKNOWN_REVISION`` applies (upgrade, wait).
+        upgrading: for ``upgrade``, a database newer than the target is an error;
+            ``check`` and ``wait`` accept "at or past the target" (a rolled-back
+            application must still start).
+
+    Raises:
+        UnknownRevision: the database has revisions the script directory lacks.
+        ConfigError: ``upgrading`` and the target is older than the database.
+
+    """
+    missing = project.unknown(current)
+    if not missing:
+        target = run.settings.target
+        if not upgrading and project.is_relative(target):
+            raise ConfigError(f"MIGRATION_TARGET={target!r}: a relative target applies to upgrade only")
+        if upgrading and project.past_target(current, target):
+            raise ConfigError(
+                f"the database is at {', '.join(run.shown(current))}, newer than the target {target!r}; "
+                "upgrade does not downgrade: set MIGRATION_TARGET to a newer revision or to heads"
+            )
+        pending = project.pending(current, target)
+        run.report.planned(pending)
+        return pending
+    message = (
+        f"the database is at revision {', '.join(missing)}, which the script directory does not have; "
+        "was the application rolled back? Set MIGRATION_ALLOW_UNKNOWN_REVISION=true to accept it"
+    )
+    if allow_unknown:
+        get_logger().warning("revision.unknown_allowed", current=run.shown(current), unknown=missing)
+        return []
+    raise UnknownRevision(message, missing)
+
+
+def upgrade(run: Run) -> ExitCode:
+    """Apply the pending revisions under the migration lock, surviving lost connections.
+
+    First the applied revisions' files are compared with the checksums the
+    ledger recorded (``MIGRATION_DRIFT``). A database already at the target
+    returns at once, without the lock: that is what every init-container sees on
+    every pod start; unless the ledger lacks some applied revisions (they are
+    adopted under the lock) or shows an unfinished step. Otherwise the lock is
+    taken, the version table read again (another runner may have migrated
+    meanwhile), and the revisions still pending are applied one transaction
+    each. A revision that fails with 55P03, 40P01 or 40001 is rolled back and
+    retried with backoff. When a connection is lost, the runner reconnects,
+    takes the lock again, reads the version table again and goes on.
+
+    Returns:
+        ``ExitCode.OK``.
+
+    Raises:
+        ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision,
+        RevisionDrifted (``MIGRATION_DRIFT=fail``).
+    """
+    project = run.project()
+    engine = run.engine(run.migration_url())
+    for attempt in _reconnecting(run):
+        with attempt:
+            _upgrade_once(run, project, engine)
+    return ExitCode.OK
+
+
+def _reconnecting(run: Run) -> tenacity.Retrying:
+    """Runs the work again after a lost connection (the lock, the re-read and all), with backoff."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ConnectionLost),
+        stop=tenacity.stop_after_attempt(MAX_RECONNECTS + 1),
+        wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+        before_sleep=_log_retry(run, "database.reconnecting", "reconnect"),
+        reraise=True,
+    )
+
+
+@contextlib.contextmanager
+def _migration_lock(run: Run, connection: Connection) -> Iterator[locks.HeldLock]:
+    """The migration lock of ``connection``'s database, after checking that the server takes writes.
+
+    Raises:
+        ReadOnlyDatabase: a hot standby, or ``default_transaction_read_only``.
+        LockTimeout, LockLost: from :func:`runner.locks.migration_lock`.
+    """
+    settings = run.settings
+    read_only = database.read_only_reason(connection)
+    if read_only:
+        raise ReadOnlyDatabase(
+            f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
+            "point MIGRATION_DATABASE_URL at the primary (during a failover, retrying finds the new one)"
+        )
+    with locks.migration_lock(
+        settings.url,
+        key=run.lock_key(connection),
+        timeout=settings.lock_timeout,
+        application_name=run.application_name,
+        connect_for=settings.connect_timeout,
+        on_connect_retry=lambda: run.report.retried("connect"),
+    ) as held:
+        run.report.lock_acquired(held.wait_seconds)
+        yield held
+
+
+def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
+    log = get_logger()
+    settings = run.settings
+    allow = settings.allow_unknown_revision
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+    ):
+        current = run.read_current(connection)
+        pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
+        view = _read_ledger(run, project, connection, current)
+        _judge_drift(run, view)
+        if not pending and not _ledger_work(run, view, connection):
+            log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
+            return
+        with _migration_lock(run, connection) as held:
+            current = run.read_current(connection)  # another runner may have migrated meanwhile
+            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
+            if not pending and not view.needs_lock:
+                # Followers pass the lock on one by one: this path stays short (no ledger work).
+                reason = "another runner migrated while this one waited for the lock"
+                log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason=reason)
+                return
+            book = run.ledger()
+            book.prepare(held.connection or connection)
+            _adopt(project, book, current)
+            _refuse_unfinished(project, book, current)
+            # Under the lock: the version table and the ledger are read with no runner writing either.
+            _refuse_rewound(run, connection, current, _rewound(run, project, connection, current))
+            if not pending:
+                log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
+                return
+            _before_apply(run, project, held, current, pending)
+            log.info(
+                "upgrade.started",
+                current=run.shown(current),
+                target=settings.target,
+                pending=[s.revision for s in pending],
+            )
+            started = time.monotonic()
+            # A relative target (+2) is fixed now, so a retry after revision 1 does not go 2 further.
+            target = pending[-1].revision if project.is_relative(settings.target) else settings.target
+            _apply(run, project, connection, held, book, target=target)
+            after = run.read_current(connection)
+            still_pending = [s for s in pending if not project.is_applied(after, s.revision)]
+            if still_pending:
+                raise BrokenProject(project.returned_early([s.revision for s in still_pending], "pending"))
+            log.info(
+                "upgrade.finished",
+                current=run.shown(after),
+                applied=len(pending),
+                duration_seconds=round(time.monotonic() - started, 6),
+            )
+
+
+def _before_apply(
+    run: Run, project: Driver, held: locks.HeldLock, current: Sequence[str], pending: Sequence[Step]
+) -> None:
+    """Run ``MIGRATION_BEFORE_APPLY_COMMAND``, if set, once per run: under the lock, before the first revision.
+
+    Raises:
+        BeforeApplyFailed: it failed; nothing was applied (exit 75).
+        ConfigError: it cannot be started.
+    """
+    argv = run.settings.before_apply_command
+    if not argv or run._before_apply_ran:  # a reconnect starts the upgrade again: the backup is taken
+        return
+    run._before_apply_ran = True
+    from runner import before_apply  # noqa: PLC0415  (only when configured)
+
+    context = before_apply.Context(
+        run_id=run.run_id,
+        environment=run.settings.environment,
+        tool=project.tool,
+        direction=run.report.direction,
+        current=run.shown(current),
+        target=run.report.target,
+        pending=[step.revision for step in pending],
+    )
+    before_apply.run(
+        argv,
+        timeout=run.settings.before_apply_timeout,
+        env=before_apply.environment_for(context, run.settings.light_url, os.environ),
+        verify_lock=held.verify,
+        verify_every=LOCK_CHECK_INTERVAL_SECONDS,
+    )
+
+
+def downgrade(run: Run) -> ExitCode:
+    """Revert applied revisions down to ``MIGRATION_TARGET``, under the migration lock, one transaction each.
+
+    Explicit and guarded: the target is required (there is no default),
+    ``production`` needs ``MIGRATION_ALLOW_DOWNGRADE=true``, and the whole path
+    is checked for steps that cannot be reverted before anything changes.
+    Otherwise as :func:`upgrade`: the lock, the re-read under it, the ledger,
+    retries and reconnects; a failure half-way leaves the database at the last
+    fully reverted revision.
+
+    Returns:
+        ``ExitCode.OK``, also when the database is already at the target.
+
+    Raises:
+        ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision, BeforeApplyFailed.
+    """
+    settings = run.settings
+    if "target" not in settings.model_fields_set:
+        raise ConfigError(
+            "downgrade needs a target, and has no default: --target or MIGRATION_TARGET (Alembic: a revision id, "
+            "-N or base; Django: app_label:migration_name or app_label:zero); nothing was reverted"
+        )
+    if settings.environment == "production" and not settings.allow_downgrade:
+        raise ConfigError(
+            "downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really needed, "
+            "run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted"
+        )
+    project = run.project()
+    engine = run.engine(run.migration_url())
+    target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
+    for attempt in _reconnecting(run):
+        with attempt:
+            _downgrade_once(run, project, engine, target)
+    return ExitCode.OK
+
+
+def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]) -> None:
+    log = get_logger()
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+    ):
+        current = run.read_current(connection)
+        if not _reverting(run, project, current, target):
+            log.info("downgrade.noop", current=run.shown(current), target=target[0], reason="already at target")
+            return
+        with _migration_lock(run, connection) as held:
+            current = run.read_current(connection)  # another runner may have reverted meanwhile
+            steps = _reverting(run, project, current, target)
+            if not steps:
+                reason = "another runner reverted while this one waited for the lock"
+                log.info("downgrade.noop", current=run.shown(current), target=target[0], reason=reason)
+                return
+            book = run.ledger()
+            book.prepare(held.connection or connection)
+            _refuse_unfinished(project, book, current)
+            _before_apply(run, project, held, current, steps)
+            log.info(
+                "downgrade.started",
+                current=run.shown(current),
+                target=target[0],
+                reverting=[s.revision for s in steps],
+            )
+            started = time.monotonic()
+            _apply(run, project, connection, held, book, target=target[0])
+            after = run.read_current(connection)
+            still_applied = [s.revision for s in steps if project.is_applied(after, s.revision)]
+            if still_applied:
+                raise BrokenProject(project.returned_early(still_applied, "applied"))
+            log.info(
+                "downgrade.finished",
+                current=run.shown(after),
+                reverted=len(steps),
+                duration_seconds=round(time.monotonic() - started, 6),
+            )
+
+
+def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[str]) -> list[Step]:
+    """The steps down to ``target[0]``, checked for irreversible ones; a relative target is fixed here.
+
+    Raises:
+        UnknownRevision: the database is at a revision the project lacks (only its own image can revert it).
+        ConfigError: a bad target, or a step on the way that cannot be reverted (nothing is done).
+    """
+    missing = project.unknown(current)
+    if missing:
+        raise UnknownRevision(
+            f"the database is at revision {', '.join(missing)}, which the script directory does not have: "
+            "only an image that has it can revert it",
+            missing,
+        )
+    steps = project.reverting(current, target[0])
+    blocked = project.irreversible(steps)
+    if blocked:
+        named = "; ".join(f"{revision} ({why})" for revision, why in blocked)
+        raise ConfigError(
+            f"downgrade to {target[0]!r} would revert {named}, which cannot be reverted; "
+            "nothing was reverted: choose a target above it"
+        )
+    reverted = {s.revision for s in steps}
+    ending = (set(current) - reverted) | {r for s in steps for r in s.parents if r not in reverted}
+    run.report.planned(steps)
+    run.report.target = sorted(project.summary(sorted(ending)))
+    if steps and target[0].startswith("-"):  # Alembic's -N: from now on, where it ends
+        target[0] = sorted(ending)[0] if len(ending) == 1 else "base" if not ending else target[0]
+    return steps
+
+
+def _apply(
+    run: Run,
+    project: Driver,
+    connection: Connection,
+    held: locks.HeldLock,
+    book: ledger.Ledger,
+    *,
+    target: str,
+    direction: str | None = None,
+) -> None:
+    """Run the upgrade (or downgrade: ``direction``, default the run's) to ``target``; retry retryable SQLSTATEs."""
+    log = get_logger()
+    upgrading = (direction or run.report.direction) == "up"
+    migrate = project.upgrade if upgrading else project.downgrade
+
+    def applied(revision: Applied) -> None:
+        run.report.revision_applied(revision)
+        log.info(
+            "revision.applied" if upgrading else "revision.reverted",
+            revision=revision.revision,
+            message=revision.message,
+            duration_seconds=round(revision.duration_seconds, 6),
+        )
+
+    verified = [-LOCK_CHECK_INTERVAL_SECONDS]  # the first revision always asks (behind a pooler, this fails)
+
+    def before_each(revision: str) -> None:
+        # A lost lock session is noticed by its keepalives only after tens of seconds anyway, so
+        # asking the server once a second, not before every revision, loses no protection.
+        if time.monotonic() - verified[0] >= LOCK_CHECK_INTERVAL_SECONDS:
+            held.verify()
+            verified[0] = time.monotonic()
+        found = checksum.fingerprint(project.source(revision))
+        if found:
+            book.checksums[revision] = found
+        book.starting(revision, commits_as_it_goes=project.commits_as_it_goes(revision))
+
+    def in_transaction(execute: drivers.Execute, revision: str, transactional: bool) -> None:
+        book.applied(execute, revision, transactional=transactional)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_worth_retrying),
+        stop=tenacity.stop_after_attempt(run.settings.revision_retries + 1),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=10),
+        before_sleep=_log_retry(run, "revision.retrying", "revision"),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                migrate(
+                    drivers.MigrateOptions(
+                        connection=connection,
+                        url=run.migration_url(),
+                        target=target,
+                        version_table=run.version_table,
+                        on_applied=applied,
+                        before_each=before_each,
+                        in_transaction=in_transaction,
+                    )
+                )
+    except MigrationFailed as error:
+        if _worth_retrying(error):  # the retries are used up
+            error.message += (
+                f" (gave up after {run.settings.revision_retries + 1} attempts: something holds a conflicting lock; "
+                "find it, or raise MIGRATION_DDL_LOCK_TIMEOUT or MIGRATION_REVISION_RETRIES)"
+            )
+        if error.revision is not None:
+            _record_end(book, error.revision, "failed", transactional=error.transactional, message=error.message)
+        # What was applied before it is on disk before the run reports it; best effort: a lost
+        # server has lost only whole revisions at the end, which the next run applies again.
+        with contextlib.suppress(Exception):
+            book.make_durable()
+        raise
+    except Stopped as stopped:  # no durability wait: the grace period is for rollback and the lock
+        if stopped.revision is not None:
+            held.cancel_running()  # MySQL: the statement must be gone before the row says so
+            _record_end(
+                book, stopped.revision, "interrupted", transactional=stopped.transactional, message=str(stopped)
+            )
+        raise
+    # What was applied is on disk before the run says so (exit 0 promises it).
+    with database.losing_connection_raises():
+        book.make_durable()
+
+
+def _record_end(book: ledger.Ledger, revision: str, outcome: str, *, transactional: bool, message: str) -> None:
+    """Write the ledger row of a revision that did not finish; best effort (the run's error matters more)."""
+    try:
+        book.ended(revision, outcome, transactional=transactional, error=logs.redact_text(message))
+    except Exception as error:
+        get_logger().warning("ledger.write_failed", revision=revision, error=database.error_message(error))
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    """A revision rolled back on a lock timeout, deadlock or serialization failure.
+
+    Never one that ran outside a transaction, and never SQLSTATE classes 22, 23
+    or 42 (data, constraint, syntax): those fail the same way every time.
+    """
+    return isinstance(error, MigrationFailed) and error.transactional and error.sqlstate in RETRYABLE_SQLSTATES
+
+
+def _log_retry(run: Run, event: str, reason: str) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        run.report.retried(reason)
+        error = state.outcome.exception() if state.outcome else None
+        details: dict[str, Any] = {}
+        if isinstance(error, MigrationFailed):
+            details = {"revision": error.revision, "sqlstate": error.sqlstate}
+        get_logger().warning(
+            event,
+            attempt=state.attempt_number,
+            delay_seconds=round(state.upcoming_sleep, 3),
+            error=getattr(error, "message", str(error)),
+            **details,
+        )
+
+    return log

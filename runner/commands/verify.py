@@ -1,0 +1,265 @@
+"""``verify``: the CI checks on a scratch database; the engine of the checks is :mod:`runner.verify`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import URL, Connection
+
+from runner import database, locks, logs
+from runner.commands.migrate import _apply, _migration_lock
+from runner.commands.run import Run
+from runner.drivers import Driver, Step
+from runner.errors import (
+    ConfigError,
+    ExitCode,
+    MigrationFailed,
+)
+from runner.logs import get_logger
+
+
+def verify(run: Run) -> ExitCode:
+    """The CI checks on a scratch database (:mod:`runner.verify`): one head, upgrade, models, the stairway, no trace.
+
+    Prints the report on stdout (text, ``--output json`` or ``markdown``) and, with
+    ``--junit-xml PATH``, writes it as JUnit XML.
+
+    Returns:
+        ``ExitCode.OK`` when no case failed (skipped ones do not fail), ``ExitCode.NOT_AT_TARGET`` (1) otherwise.
+
+    Raises:
+        ConfigError: the database holds tables already (unless ``--allow-nonempty``, which the
+            ``production`` environment refuses).
+        DatabaseUnavailable, LockTimeout.
+    """
+    from runner import verify as checks  # noqa: PLC0415
+
+    settings = run.settings
+    if settings.environment == "production" and settings.verify_allow_nonempty:
+        raise ConfigError(
+            "verify --allow-nonempty is refused in the production environment: verify reverts every revision, "
+            "and a database with tables in production holds data; run it on a scratch database with "
+            "MIGRATION_ENVIRONMENT=test; nothing was changed"
+        )
+    project = run.project()
+    _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible)
+    url = run.migration_url()
+    engine = run.engine(url)
+    schema = run.version_table.schema
+    ignored = (run.version_table.name, settings.history_table)
+    cases: list[checks.Case] = []
+    with run.connect(engine) as connection, database.losing_connection_raises():
+        found = sorted(database.table_names(connection, schema) - set(ignored))
+        if found and not settings.verify_allow_nonempty:
+            raise ConfigError(
+                f"verify needs a scratch database, and this one holds tables: {', '.join(found[:20])}; point "
+                "MIGRATION_DATABASE_URL at an empty database (a CI service container), or pass --allow-nonempty; "
+                "nothing was changed"
+            )
+        cases.append(_single_head(project, settings.verify_heads))
+        with _migration_lock(run, connection) as held:
+            if cases[0].status == "passed" or settings.verify_heads is not None:
+                cases += _verify_steps(run, project, connection, held, url)
+            else:
+                for check in CHECKS_AFTER_HEADS:
+                    cases.append(checks.Case(check, check))
+                    cases[-1].skip("several heads: merge them first")
+    code = ExitCode.NOT_AT_TARGET if any(case.status == "failed" for case in cases) else ExitCode.OK
+    # Redacted like the logs: a revision's own error, in a case's message, may carry the URL.
+    report = logs.redact_value(
+        checks.document(tool=project.tool, database=settings.light_url.database_name, cases=cases, exit_code=code)
+    )
+    if settings.junit_xml is not None:
+        settings.junit_xml.write_bytes(checks.junit(report))
+    if settings.output == "json":
+        run.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        run.stdout.write(checks.markdown(report) if settings.output == "markdown" else checks.text(report))
+    run.stdout.flush()
+    get_logger().info("verify.finished", passed=report["passed"], failed=report["failed"], skipped=report["skipped"])
+    return code
+
+
+def _check_verify_settings(project: Driver, heads: Sequence[str] | None, irreversible: Sequence[str]) -> None:
+    """The revisions ``MIGRATION_VERIFY_HEADS`` and ``MIGRATION_VERIFY_IRREVERSIBLE`` name exist (a typo is 78).
+
+    Raises:
+        ConfigError: an empty heads list, or a name that is no revision of the project.
+    """
+    if heads is not None and not heads:
+        raise ConfigError("MIGRATION_VERIFY_HEADS is empty: list the heads you mean to have, or unset it")
+    known = {step.revision for step in project.pending((), "heads")}
+    for name, values in (("MIGRATION_VERIFY_HEADS", heads or ()), ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible)):
+        unknown = [value for value in values if value not in known]
+        if unknown:
+            example = min(known, default="none")
+            raise ConfigError(
+                f"{name} names {', '.join(unknown)}, which this project has no revision of "
+                f"(they are written like {example}); nothing was changed"
+            )
+
+
+CHECKS_AFTER_HEADS = ("upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")
+
+
+def _single_head(project: Driver, expected: Sequence[str] | None) -> Any:
+    from runner import verify as checks  # noqa: PLC0415
+
+    case = checks.Case("single_head", "single_head")
+    with checks.Timer(case):
+        heads = sorted(project.heads())
+        diverged = project.diverged()
+        if expected is not None and sorted(expected) != heads:
+            case.fail(f"the heads are {', '.join(heads)}, not MIGRATION_VERIFY_HEADS={','.join(expected)}", heads)
+        elif expected is None and diverged:
+            case.fail(
+                f"{len(diverged)} heads: {', '.join(diverged)}; run `{project.merge_command}` to join them "
+                "(or list the heads you mean to have in MIGRATION_VERIFY_HEADS)",
+                diverged,
+            )
+    return case
+
+
+class _Verifier:
+    """The cases of ``verify`` that change the database, run in order under one lock.
+
+    The upgrade goes one revision at a time and keeps the schema as it was before
+    each; the stairway then reverts them from the head down, comparing each
+    revert with that schema, and applies them again.
+    """
+
+    def __init__(self, run: Run, project: Driver, connection: Connection, held: locks.HeldLock, url: URL) -> None:
+        from runner import verify as checks  # noqa: PLC0415
+
+        self.checks = checks
+        self.run, self.project, self.connection, self.held, self.url = run, project, connection, held, url
+        self.schema = run.version_table.schema
+        self.ignored = (run.version_table.name, run.settings.history_table)
+        self.up_book = run.ledger()
+        self.up_book.prepare(held.connection or connection)
+        self.down_book = run.ledger()
+        self.down_book.direction = "down"
+        self.down_book.prepare(held.connection or connection)
+        self.before: dict[str, Any] = {}  # revision -> the schema before it was applied
+        self.order: list[Step] = []
+        self.reverted: list[Step] = []
+        self.left_behind: list[str] = []
+
+    def _step(self, target: str, direction: str) -> None:
+        book = self.up_book if direction == "up" else self.down_book
+        _apply(self.run, self.project, self.connection, self.held, book, target=target, direction=direction)
+
+    def _up(self, revision: str) -> None:
+        self._step(self.project.step_target(revision, "up"), "up")
+
+    def _stairway_case(self, step: Step, direction: str) -> Any:
+        name = f"up_down_consistency[{step.revision} {direction}]"
+        return self.checks.Case("up_down_consistency", name, revision=step.revision, direction=direction)
+
+    def _snapshot(self) -> Any:
+        return self.checks.snapshot(self.connection, self.schema, self.ignored)
+
+    def upgrade(self) -> Any:
+        """``upgrade``: base (or where the database is) to the heads, one revision at a time."""
+        case = self.checks.Case("upgrade", "upgrade")
+        with self.checks.Timer(case):
+            try:
+                for step in self.project.pending(self.run.read_current(self.connection), "heads"):
+                    self.before[step.revision] = self._snapshot()
+                    self._up(step.revision)
+                    self.order.append(step)
+            except MigrationFailed as error:
+                case.fail(f"revision {error.revision} failed on the way up: {error.message}")
+        return case
+
+    def models_match(self) -> Any:
+        """``models_match``: the models against the migrated schema (the driver's check)."""
+        case = self.checks.Case("models_match", "models_match")
+        with self.checks.Timer(case):
+            status, lines = self.project.models_match(self.connection, self.url, self.ignored)
+            if status == "failed":
+                case.fail(f"the models differ from the migrated schema; a new revision would {lines[0]}", lines)
+            elif status == "skipped":
+                case.skip(lines[0])
+        return case
+
+    def down(self) -> list[Any]:
+        """The stairway down: each revision from the head, compared afterwards with the schema before it."""
+        excepted = set(self.run.settings.verify_irreversible)
+        cases = []
+        for step in reversed(self.order):  # the last applied first: what depends on a step is reverted before it
+            case = self._stairway_case(step, "down")
+            cases.append(case)
+            with self.checks.Timer(case):
+                if not self._down_one(step, case, excepted):
+                    break
+        return cases
+
+    def _down_one(self, step: Step, case: Any, excepted: set[str]) -> bool:
+        why = dict(self.project.irreversible([step])).get(step.revision)
+        if why is not None:
+            if step.revision in excepted:
+                case.skip(f"cannot be reverted ({why}), as MIGRATION_VERIFY_IRREVERSIBLE says")
+            else:
+                case.fail(
+                    f"revision {step.revision} cannot be reverted ({why}); "
+                    "list it in MIGRATION_VERIFY_IRREVERSIBLE if that is by design"
+                )
+            return False
+        target = self.project.step_target(step.revision, "down")
+        reverts = [s.revision for s in self.project.reverting(self.run.read_current(self.connection), target)]
+        if reverts != [step.revision]:  # e.g. one side of a Django branch
+            case.skip(
+                f"no downgrade reverts {step.revision} alone (its target {target} reverts {', '.join(reverts)}); "
+                "the stairway stops here"
+            )
+            return False
+        try:
+            self._step(target, "down")
+        except MigrationFailed as error:
+            case.fail(f"the downgrade of {step.revision} failed: {error.message}")
+            return False
+        self.reverted.append(step)
+        left = self.checks.differences(self.before[step.revision], self._snapshot())
+        self.left_behind += [f"{step.revision}: {line}" for line in left]
+        return True
+
+    def up_again(self) -> list[Any]:
+        """The stairway up: each reverted revision applied again, base first."""
+        cases = []
+        for step in reversed(self.reverted):
+            case = self._stairway_case(step, "up")
+            cases.append(case)
+            with self.checks.Timer(case):
+                try:
+                    self._up(step.revision)
+                except MigrationFailed as error:
+                    case.fail(f"the upgrade of {step.revision} after its downgrade failed: {error.message}")
+                    break
+        return cases
+
+    def no_trace(self) -> Any:
+        """``downgrade_leaves_no_trace``: what the stairway down found left behind (or missing)."""
+        case = self.checks.Case("downgrade_leaves_no_trace", "downgrade_leaves_no_trace")
+        if self.left_behind:
+            revision, what = self.left_behind[0].split(": ", 1)
+            case.fail(f"after the downgrade of {revision}, {what}", self.left_behind)
+        elif not self.reverted:
+            case.skip("no revision was downgraded")
+        return case
+
+
+def _verify_steps(run: Run, project: Driver, connection: Connection, held: locks.HeldLock, url: URL) -> list[Any]:
+    """``upgrade``, ``models_match``, the stairway and ``downgrade_leaves_no_trace``, in that order."""
+    verifier = _Verifier(run, project, connection, held, url)
+    upgraded = verifier.upgrade()
+    if upgraded.status == "failed":
+        skipped = [verifier.checks.Case(check, check) for check in ("models_match", "downgrade_leaves_no_trace")]
+        for case in skipped:
+            case.skip("the upgrade failed")
+        return [upgraded, *skipped]
+    cases = [upgraded, verifier.models_match(), *verifier.down(), *verifier.up_again(), verifier.no_trace()]
+    run.read_current(connection)
+    return cases
