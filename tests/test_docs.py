@@ -1,0 +1,37 @@
+"""docs/drivers.md, the guide to adding a migration tool, names every member of the protocols a driver implements."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import pytest
+from support import REPO
+
+from runner import drivers, noop
+
+GUIDE = (REPO / "docs" / "drivers.md").read_text()
+
+
+def members(protocol: type) -> list[str]:
+    """The public methods and annotated attributes a protocol declares."""
+    methods = [name for name, _ in inspect.getmembers(protocol, inspect.isfunction) if not name.startswith("_")]
+    return sorted({*methods, *(name for name in protocol.__annotations__ if not name.startswith("_"))})
+
+
+@pytest.mark.parametrize(
+    "protocol", [drivers.Driver, noop.FilesFastPath, noop.LoadedFastPath], ids=lambda p: p.__name__
+)
+def test_the_driver_guide_names_every_member_of_each_protocol(protocol: type) -> None:
+    """A method or attribute added to a protocol without a word in the guide fails here."""
+    missing = [name for name in members(protocol) if not re.search(rf"`{name}[`(]", GUIDE)]
+    assert members(protocol), protocol
+    assert not missing, f"docs/drivers.md does not name {protocol.__name__}.{', '.join(missing)}"
+
+
+def test_the_driver_guide_names_every_migrate_option() -> None:
+    """Each field of MigrateOptions, the value upgrade and downgrade take, is named in the guide."""
+    fields = [field.name for field in dataclasses.fields(drivers.MigrateOptions)]
+    missing = [name for name in fields if not re.search(rf"`{name}[`(]", GUIDE)]
+    assert fields and not missing, f"docs/drivers.md does not name MigrateOptions.{', '.join(missing)}"
