@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from runner import checksum
+from runner import checksum, database
 from runner.errors import ConfigError
 
 DEFAULT_TABLE = "migration_runner_history"
@@ -46,11 +46,6 @@ _ERROR_MAX_CHARS = 2000
 
 # Columns every ledger has had since the first: a table without them is someone else's.
 _IDENTITY_COLUMNS = frozenset({"id", "tool", "revision", "direction", "outcome"})
-
-
-def _first_line(error: BaseException) -> str:
-    orig = getattr(error, "orig", None) or error
-    return (str(orig).strip() or type(orig).__name__).splitlines()[0]
 
 
 def history_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Table:
@@ -175,11 +170,12 @@ class Ledger:
             try:
                 self.table.create(connection, checkfirst=True)
             except sa.exc.DBAPIError as error:  # a view, sequence or index of that name (42P07; MySQL 1050)
-                code = getattr(error.orig, "sqlstate", None) or (getattr(error.orig, "args", None) or [None])[0]
-                if code not in ("42P07", 1050):
+                mysql_errno = (getattr(error.orig, "args", None) or [None])[0]
+                if database.sqlstate(error) != "42P07" and mysql_errno != 1050:
                     raise
                 raise ConfigError(
-                    f"{self._shown()} cannot be created: another object of that name exists ({_first_line(error)}); "
+                    f"{self._shown()} cannot be created: another object of that name exists "
+                    f"({database.error_message(error)}); "
                     "set MIGRATION_HISTORY_TABLE to a name of the ledger's own"
                 ) from None
             self._add_missing_columns(connection)
