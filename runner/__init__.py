@@ -1,10 +1,10 @@
-"""migration-runner: apply Alembic revisions under a database advisory lock.
+"""migration-runner: apply Alembic revisions or Django migrations under a database advisory lock.
 
-The command line is the product (``migration-runner --help``); the modules are
-``settings`` (configuration), ``locks`` (advisory and file locks),
-``drivers`` (one module per migration system behind one protocol:
-``drivers.alembic``), ``ledger`` (the runner's history table), ``commands``
-(what each command does), ``errors`` (the exit-code contract), ``logs`` and ``cli``.
+The command line is the product (``migration-runner --help``). ``cli`` parses,
+``invocation`` runs one command and reports it, ``process`` owns signals and the
+deadline, ``errors`` is the exit-code contract, ``settings`` and ``target`` read
+the configuration once, ``commands`` holds one module per command family, and
+``drivers`` one module per migration system (docs/drivers.md).
 """
 
 __all__ = ["__version__"]

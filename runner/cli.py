@@ -1,6 +1,7 @@
-"""The ``migration-runner`` command line: parse, load settings, run, exit with the documented code.
+"""The ``migration-runner`` command line: the commands, their flags and help; parse, then run one invocation.
 
-Signals, the deadline, the watchdog and the document's file descriptor are
+Everything after parsing is :func:`runner.invocation.execute`'s. Signals, the
+deadline, the watchdog and the document's file descriptor are
 :mod:`runner.process`'s; every code and event comes from :func:`runner.errors.outcome_of`.
 """
 
@@ -9,24 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
-import socket
 import sys
-import urllib.parse
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
 
-from runner import process
-from runner.errors import MEANINGS, ConfigError, ExitCode, Interrupted, Outcome, RunTimeout, outcome_of
-
-if TYPE_CHECKING:
-    from runner.commands import Run
-    from runner.report import RunReport
-    from runner.settings import Settings
+from runner import invocation, process
+from runner.errors import MEANINGS, ExitCode, Interrupted, RunTimeout, outcome_of
 
 
 @dataclass(frozen=True)
@@ -127,12 +117,6 @@ COMMANDS: dict[str, Command] = {
     ),
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
 }
-# Commands that take --all.
-_ALL_COMMANDS = ("upgrade", "check", "wait")
-# Commands whose stdout is a document: their log lines go to stderr instead.
-_DOCUMENT_COMMANDS = {"current", "config", "plan", "history", "verify"}
-# Commands whose stdout is their own document in every format (not the result document).
-_OWN_DOCUMENT = ("config", "plan", "history", "verify")
 _FLAGS = (
     "output",
     "environment",
@@ -233,7 +217,7 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 help="PostgreSQL: run the pending revisions under the lock in a transaction that is always rolled "
                 "back, and report the locks each statement took (refused in production unless MIGRATION_ALLOW_TRACE)",
             )
-        if name in _ALL_COMMANDS:
+        if name in invocation.ALL_COMMANDS:
             sub.add_argument(
                 "--all",
                 action="store_true",
@@ -304,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until the settings are loaded, the flag or the raw variable decides.
     wants_json = (args.output or os.environ.get("MIGRATION_OUTPUT", "")).lower() == "json"
     document = process.claim_stdout() if wants_json else sys.stdout
+    flags = {name: getattr(args, name) for name in (*_FLAGS, *_VERIFY_FLAGS)}
     try:
-        return _main(args, document, wants_json=wants_json)
+        return invocation.execute(args, flags, document, wants_json=wants_json)
     except (Interrupted, RunTimeout) as error:  # before the run's own handling was ready
         return _startup_stopped(error)
 
@@ -315,294 +300,3 @@ def _startup_stopped(error: Interrupted | RunTimeout) -> int:
     with contextlib.suppress(Exception):
         sys.stderr.write(json.dumps({"level": "warning", "event": result.event, "error": result.message}) + "\n")
     return int(result.code)
-
-
-def _main(args: argparse.Namespace, document: TextIO, *, wants_json: bool) -> int:
-    from runner import logs  # noqa: PLC0415  (imported after the signal handlers: see the module docstring)
-    from runner.report import RunReport  # noqa: PLC0415
-
-    stream = _log_stream(args.command, wants_json=wants_json)
-    logs.configure(stream=stream)
-    log = logs.get_logger()
-    # Every line carries the run's fields, even an error about the settings themselves: until they
-    # are loaded, the raw variables stand in.
-    run_id = uuid.uuid4().hex[:12]
-    logs.bind_run(
-        run_id=run_id,
-        command=args.command,
-        environment=(args.environment or os.environ.get("MIGRATION_ENVIRONMENT") or "development").lower(),
-        host=os.environ.get("MIGRATION_POD_NAME") or socket.gethostname(),
-    )
-    report = RunReport(command=args.command)
-    settings: Settings | None = None
-    stop_serving: Callable[[], None] = lambda: None  # noqa: E731
-    failure: BaseException | None = None
-    code = ExitCode.OK
-    try:
-        from runner.settings import load_settings  # noqa: PLC0415
-
-        settings = load_settings({name: getattr(args, name) for name in (*_FLAGS, *_VERIFY_FLAGS)}, cwd=Path.cwd())
-        process.watchdog.grace_seconds = settings.grace_period
-        wants_json = settings.output == "json"
-        if settings.output == "markdown" and args.command not in ("plan", "verify"):
-            raise ConfigError(f"MIGRATION_OUTPUT=markdown is for plan and verify; {args.command} takes text or json")
-        if (wants_json or args.command in ("plan", "verify")) and document is sys.stdout:
-            document = process.claim_stdout()  # plan's stdout is the plan, verify's the report, in every format
-        process.watchdog.on_expiry = lambda code: _abandoned(report, settings, code)
-        logs.configure(
-            level=settings.log_level, fmt=settings.log_format, stream=_log_stream(args.command, wants_json=wants_json)
-        )
-        if args.all:
-            code = _run_all(args, settings, report, wants_json=wants_json)
-        else:
-            if settings.metrics_port is not None or settings.metrics_textfile or settings.pushgateway_url:
-                from runner.metrics import Metrics  # noqa: PLC0415  (prometheus-client only when metrics go somewhere)
-
-                report.metrics = Metrics(version=_version(), command=args.command)
-            if settings.metrics_port is not None:
-                stop_serving = _serve_metrics(report, settings)
-            code = _run(args, settings, report, document, run_id=run_id)
-    except BaseException as error:  # every way out goes through outcome_of
-        failure = error
-    result = outcome_of(failure, code=code)
-    with process.reporting(result):
-        _finish(
-            log,
-            report,
-            settings,
-            command=args.command,
-            failure=failure,
-            result=result,
-            document=document if wants_json else None,
-        )
-    _linger(settings, stop_serving)
-    return int(result.code)
-
-
-def _run_all(args: argparse.Namespace, settings: Settings, report: RunReport, *, wants_json: bool) -> ExitCode:
-    """``--all``: every database of ``MIGRATION_DATABASES_FILE``, each in a child process (:mod:`runner.fleet`).
-
-    Raises:
-        ConfigError: no databases file, or an output only one process can own (a textfile, a metrics port).
-    """
-    from runner import fleet, logs, urls  # noqa: PLC0415
-
-    if not settings.databases:
-        raise ConfigError(f"{args.command} --all runs every database of MIGRATION_DATABASES_FILE, which is not set")
-    if settings.metrics_textfile is not None or settings.metrics_port is not None:
-        raise ConfigError(
-            "--all runs each database in a process of its own, which cannot share MIGRATION_METRICS_TEXTFILE or "
-            "MIGRATION_METRICS_PORT: use MIGRATION_PUSHGATEWAY_URL (each database pushes its own group)"
-        )
-    databases = []
-    for index, (_, raw) in enumerate(settings.databases):
-        parsed = urls.parse(raw)
-        for secret in parsed.secrets():
-            logs.add_secret(secret)
-        databases.append(fleet.Database(index=index, name=parsed.database_name or ""))
-    stream = _log_stream(args.command, wants_json=wants_json)
-    log_format = settings.log_format if settings.log_format != "auto" else ("console" if stream.isatty() else "json")
-    report.databases = []
-    return fleet.run_all(
-        args.argv,
-        databases,
-        parallelism=settings.parallelism,
-        log_format=log_format,
-        log_stream=stream,
-        grace_seconds=settings.grace_period,
-        into=report.databases,
-    )
-
-
-def _finish(
-    log: Any,
-    report: RunReport,
-    settings: Settings | None,
-    *,
-    command: str,
-    failure: BaseException | None,
-    result: Outcome,
-    document: TextIO | None,
-) -> None:
-    """Log the outcome, then the termination message, the result document and the metrics."""
-    if failure is not None:
-        report.failed(failure, result.message, result.details)
-        fields: dict[str, Any] = {"error": result.message, "exit_code": int(result.code), **result.details}
-        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
-        getattr(log, result.level)(result.event, **fields, exc_info=failure if result.internal or debug else None)
-    report.finish(int(result.code), result.word)
-    log.info(
-        "run.finished",
-        exit_code=int(result.code),
-        outcome=report.outcome,
-        duration_seconds=round(report.duration_seconds or 0.0, 6),
-    )
-    _report(report, settings, document=document if command not in _OWN_DOCUMENT else None)
-
-
-def _abandoned(report: RunReport, settings: Settings | None, code: int) -> None:
-    """The watchdog's last act: a termination message that says why the process ended."""
-    from runner import publish  # noqa: PLC0415
-
-    if report.exit_code is None:  # the work had not ended: say so
-        report.error = {"class": "GracePeriodOver", "sqlstate": None, "revision": None}
-        grace = process.watchdog.grace_seconds
-        report.error["message"] = f"the run did not stop within MIGRATION_GRACE_PERIOD={grace:g} s"
-        report.finish(code, Outcome(ExitCode(code), "run.abandoned").word)
-    if settings is not None:
-        explicit = "termination_log" in settings.model_fields_set
-        publish.write_termination_message(report, settings.termination_log, explicit=explicit)
-
-
-def _log_stream(command: str, *, wants_json: bool) -> TextIO:
-    """Stdout, unless stdout carries a document (``current``, ``config``, ``--output json``)."""
-    return sys.stderr if command in _DOCUMENT_COMMANDS or wants_json else sys.stdout
-
-
-def _serve_metrics(report: RunReport, settings: Settings) -> Callable[[], None]:
-
-    assert settings.metrics_port is not None and report.metrics is not None  # noqa: S101  (checked by the caller)
-    try:
-        return report.metrics.serve(port=settings.metrics_port, address=settings.metrics_bind_address)
-    except (OSError, ValueError) as error:  # in use, no permission, or an address that does not parse
-        reason = getattr(error, "strerror", None) or str(error)
-        raise ConfigError(
-            f"MIGRATION_METRICS_PORT={settings.metrics_port} / MIGRATION_METRICS_BIND_ADDRESS="
-            f"{settings.metrics_bind_address!r}: cannot serve metrics there ({reason})"
-        ) from None
-
-
-def _run(args: argparse.Namespace, settings: Settings, report: RunReport, document: TextIO, *, run_id: str) -> ExitCode:
-    from runner import logs, noop  # noqa: PLC0415
-
-    if settings.database_url is not None:
-        for secret in settings.light_url.secrets():
-            logs.add_secret(secret)
-    for pushgateway_secret in (settings.pushgateway_password, settings.pushgateway_token):
-        logs.add_secret(pushgateway_secret.get_secret_value() if pushgateway_secret else None)
-    if settings.pushgateway_url:  # userinfo in the URL: the password as written and as decoded
-        written = urllib.parse.urlsplit(settings.pushgateway_url).password
-        logs.add_secret(written)
-        logs.add_secret(urllib.parse.unquote(written) if written else None)
-    process.start_deadline(settings.timeout)
-    host = settings.pod_name or socket.gethostname()
-    context = {"pod": settings.pod_name, "namespace": settings.pod_namespace, "node": settings.node_name}
-    if report.metrics:
-        report.metrics.run_info.labels(run_id=run_id, **{k: v or "" for k, v in context.items()}).set(1)
-    logs.bind_run(
-        run_id=run_id,
-        command=args.command,
-        environment=settings.environment,
-        host=host,
-        **{k: v for k, v in context.items() if v},
-    )
-    if settings.database_index_in_use is not None:  # one line of MIGRATION_DATABASES_FILE: name it, never the URL
-        report.database_index, report.database = settings.database_index_in_use, settings.light_url.database_name
-        # `database_name`: run.started's `database` is the (redacted) URL.
-        logs.bind_run(database_index=report.database_index, database_name=report.database)
-    started: list[bool] = []
-
-    def log_started() -> None:
-        if not started:
-            started.append(True)
-            _log_started(settings)
-
-    verdict = noop.Verdict(None)
-    if args.command in _AT_TARGET_EVENTS:
-        # What every pod start sees: already at head (upgrade in the migration init-container or Job,
-        # wait in the application's). Answered, when it can be, without SQLAlchemy or the tool.
-        name = noop.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
-        compare = args.command in ("upgrade", "check")
-        verdict = noop.at_target(
-            settings, Path.cwd(), name=name, ready=log_started, ledger=compare, unfinished_only=args.command == "wait"
-        )
-        if verdict.at_target is not None:
-            found = verdict.at_target
-            report.target, report.heads = list(found.heads), list(found.heads)
-            report.database_at(found.current)
-            report.planned([])
-            if found.compared:
-                report.drift_compared([])
-            event, fields = _AT_TARGET_EVENTS[args.command]
-            logs.get_logger().info(event, current=list(found.current), **fields(settings))
-            return ExitCode.OK
-    from runner import commands  # noqa: PLC0415
-
-    run: Run = commands.Run(
-        settings=settings,
-        cwd=Path.cwd(),
-        report=report,
-        run_id=run_id,
-        stdout=document,
-        resolution=args.mark,
-        trace=args.trace,
-        preloaded=verdict.project,
-    )
-    if settings.database_url is None and args.command != "config":
-        run.project()  # a project that configures its own database (Django's DATABASES) supplies the URL
-    log_started()
-    handlers: dict[str, Callable[[Run], ExitCode]] = {
-        "upgrade": commands.upgrade,
-        "downgrade": commands.downgrade,
-        "plan": commands.plan,
-        "check": commands.check,
-        "current": commands.current,
-        "wait": commands.wait,
-        "resolve": commands.resolve,
-        "history": commands.history,
-        "accept": commands.accept,
-        "verify": commands.verify,
-        "config": commands.show_config,
-    }
-    return handlers[args.command](run)
-
-
-# What each command logs when the database is at the target, as the full path logs it (runner.commands).
-_AT_TARGET_EVENTS: dict[str, tuple[str, Callable[[Settings], dict[str, Any]]]] = {
-    "upgrade": ("upgrade.noop", lambda settings: {"target": settings.target, "reason": "already at target"}),
-    "check": ("check.ok", lambda settings: {"target": settings.target}),
-    "wait": ("wait.finished", lambda _: {"waited_seconds": 0.0}),
-}
-
-
-def _log_started(settings: Settings) -> None:
-    from runner import logs  # noqa: PLC0415
-
-    logs.get_logger().info(
-        "run.started",
-        version=_version(),
-        tool=settings.chosen_tool,
-        target=settings.target,
-        database=settings.light_url.redacted() if settings.database_url is not None else None,
-        database_source=settings.database_source or None,
-    )
-
-
-def _report(report: RunReport, settings: Settings | None, *, document: TextIO | None) -> None:
-    """Write the termination message and the result document first (local, fast), then publish the metrics."""
-    from runner import publish  # noqa: PLC0415
-
-    if settings is not None:
-        explicit = "termination_log" in settings.model_fields_set
-        publish.write_termination_message(report, settings.termination_log, explicit=explicit)
-    else:  # the settings are invalid: honour the raw variable, best effort
-        raw = os.environ.get("MIGRATION_TERMINATION_LOG")
-        path = Path(raw) if raw else publish.DEFAULT_TERMINATION_LOG
-        publish.write_termination_message(report, path, explicit=raw is not None)
-    if document is not None:
-        with contextlib.suppress(Exception):
-            document.write(json.dumps(report.document()) + "\n")
-            document.flush()
-    if settings is not None:
-        publish.publish_metrics(report, settings)
-
-
-def _linger(settings: Settings | None, stop_serving: Callable[[], None]) -> None:
-    """Keep the metrics endpoint up for ``MIGRATION_METRICS_LINGER`` seconds; a signal cuts it short."""
-    from runner import logs  # noqa: PLC0415
-
-    seconds = settings.metrics_linger if settings is not None and settings.metrics_port is not None else 0.0
-    try:
-        process.linger(seconds, lambda: logs.get_logger().info("metrics.lingering", seconds=seconds))
-    finally:
-        stop_serving()

@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool, Pool
 
-from runner import noop, sessions, stopping, urls
+from runner import sessions, stopping, urls
 from runner.errors import ConfigError, ConnectionLost, DatabaseUnavailable
 from runner.logs import get_logger
 from runner.urls import ASYNC_DRIVERS, DatabaseUrl
@@ -219,7 +219,7 @@ def make_engine(
     timeout = max(2, math.ceil(attempt_timeout))  # libpq takes whole seconds, treats 1 as 2 and 0 as forever
     _track_connections()
     if family(url) == "postgresql":
-        name = application_name.encode()[: noop.APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
+        name = application_name.encode()[: sessions.APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
         connect_args = {"application_name": name, "connect_timeout": timeout}
         url = with_network_bounds(url)
         if keepalives:

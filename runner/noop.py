@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from runner import drift, urls
+from runner import drift, sessions, urls
+from runner.target import Target, load_project
 
 if TYPE_CHECKING:
     from runner.settings import Settings
@@ -31,15 +32,6 @@ if TYPE_CHECKING:
 # libpq's smallest useful connect_timeout (libpq docs, "connect_timeout"): a server that does not
 # answer that fast is left to the full path and its retries.
 CONNECT_TIMEOUT_SECONDS = 2
-# PostgreSQL keeps at most NAMEDATALEN - 1 = 63 bytes of application_name
-# (PostgreSQL docs, "20.11.3 Other Defaults > application_name").
-APPLICATION_NAME_MAX_BYTES = 63
-
-
-def application_name(*, host: str, namespace: str | None, run_id: str) -> str:
-    """How the runner's sessions appear in ``pg_stat_activity``: ``migration-runner <namespace/pod> <run id>``."""
-    where = f"{namespace}/{host}" if namespace else host
-    return f"migration-runner {where} {run_id}"
 
 
 @runtime_checkable
@@ -64,12 +56,13 @@ class FilesFastPath(Protocol):
 
 @runtime_checkable
 class LoadedFastPath(Protocol):
-    """A driver module that answers the no-op by loading the project, as it must, but not SQLAlchemy (Django)."""
+    """A driver module that answers the no-op on the loaded project, without SQLAlchemy (Django)."""
 
-    def quick_noop(
-        self, settings: Settings, cwd: Path, ready: Callable[[], None]
-    ) -> tuple[Any, tuple[str, ...] | None]:
-        """The loaded project (a :class:`Driver` with ``quick_ledger_rows``) and the applied revisions."""
+    def quick_applied(self, project: Any, settings: Settings) -> tuple[str, ...] | None:
+        """What is applied, if that is the heads; ``None`` when anything is pending or unsure.
+
+        ``project`` is the loaded :class:`runner.drivers.Driver`, which also has ``quick_ledger_rows``.
+        """
         ...
 
 
@@ -95,18 +88,20 @@ class Verdict:
     Attributes:
         at_target: set when the database is at the heads; ``None``: take the full path.
         project: the project, when the check had to load it (Django); the full path reuses it.
+        target: the run's target, with the URL that project configures itself, if it does.
     """
 
     at_target: AtTarget | None
     project: Any = None
+    target: Target | None = None
 
 
 def at_target(
     settings: Settings,
-    cwd: Path,
+    target: Target,
     *,
     name: str,
-    ready: Callable[[], None],
+    ready: Callable[[Target], None],
     ledger: bool = False,
     unfinished_only: bool = False,
 ) -> Verdict:
@@ -114,12 +109,12 @@ def at_target(
 
     Only for ``MIGRATION_TARGET=heads``. A driver module answers with
     ``quick_heads`` and ``quick_current`` (Alembic: no tool import) or with
-    ``quick_noop`` (Django: the project is loaded, as it must be, but SQLAlchemy
-    is not imported).
+    ``quick_applied`` on the loaded project (Django: the project is loaded, as
+    it must be, but SQLAlchemy is not imported).
 
     Args:
-        settings: the run's settings (the URL, the version table).
-        cwd: the working directory.
+        settings: the run's settings (the version table, the ledger, the drift setting).
+        target: the run's tool and database URL.
         name: the sessions' ``application_name``.
         ready: called once the database URL is known, before the database is read (``run.started``).
         ledger: also read the ledger (``upgrade``, ``check``): the answer is yes only when it records
@@ -133,24 +128,28 @@ def at_target(
     """
     if settings.target != "heads":
         return Verdict(None)
-    module = importlib.import_module(f"runner.drivers.{settings.chosen_tool}")
+    module = importlib.import_module(f"runner.drivers.{target.tool}")
     if isinstance(module, LoadedFastPath):
-        project, current = module.quick_noop(settings, cwd, ready)
-        return _loaded_verdict(project, current, settings, ledger=ledger, unfinished_only=unfinished_only)
-    if settings.database_url is None or not isinstance(module, FilesFastPath):
+        project, target = load_project(settings, target)
+        ready(target)
+        current = module.quick_applied(project, settings)
+        return _loaded_verdict(
+            project, current, settings, ledger=ledger, unfinished_only=unfinished_only, target=target
+        )
+    if target.url_text is None or not isinstance(module, FilesFastPath):
         return Verdict(None)
     read_heads, read_current = module.quick_heads, module.quick_current
-    ready()
+    ready(target)
     query = None
     if ledger or unfinished_only:
-        quote = drift.quote_for(settings.light_url.family)
+        quote = drift.quote_for(target.light_url.family)
         schema, table = settings.version_table_schema, settings.version_table
         scope = _scope(table, schema)
-        query = drift.select_statement(quote, settings.history_table, schema, settings.chosen_tool, scope)
-    read = _read(settings, read_current, name, query)
+        query = drift.select_statement(quote, settings.history_table, schema, target.tool, scope)
+    read = _read(settings, target.light_url, read_current, name, query)
     current, rows = read if read is not None else (None, None)
     sources: dict[str, tuple[Path | str, bytes | None]] = {}
-    heads = read_heads(settings, cwd, sources) if current else None  # an empty database need not read the files
+    heads = read_heads(settings, settings.cwd, sources) if current else None  # an empty database need not read files
     if not heads or current is None or len(set(current)) != len(current) or set(current) != set(heads):
         return Verdict(None)
     if (ledger or unfinished_only) and not _ledger_allows(rows, sources, settings, drift_too=ledger):
@@ -168,24 +167,31 @@ def _ledger_allows(
 
 
 def _loaded_verdict(
-    project: Any, current: tuple[str, ...] | None, settings: Settings, *, ledger: bool, unfinished_only: bool
+    project: Any,
+    current: tuple[str, ...] | None,
+    settings: Settings,
+    *,
+    ledger: bool,
+    unfinished_only: bool,
+    target: Target,
 ) -> Verdict:
     """The verdict for a driver that loaded the project to answer (Django), from what is applied."""
+    undecided = Verdict(None, project, target)
     if not current:
-        return Verdict(None, project)
+        return undecided
     if ledger or unfinished_only:
         try:
             rows = project.quick_ledger_rows(settings.history_table)
         except Exception:  # no ledger yet, or any doubt: the full path decides
-            return Verdict(None, project)
+            return undecided
         if drift.any_unfinished(rows):
-            return Verdict(None, project)
+            return undecided
     if ledger:
         sources = {r: path for r in project.applied_revisions(current) if (path := project.source(r)) is not None}
         if not _ledger_clean(rows, {r: (path, None) for r, path in sources.items()}, settings):
-            return Verdict(None, project)
+            return undecided
     found = AtTarget(tuple(project.summary(current)), tuple(project.heads()), compared=_compares(settings, ledger))
-    return Verdict(found, project)
+    return Verdict(found, project, target)
 
 
 def _scope(name: str, schema: str | None) -> str:
@@ -212,10 +218,13 @@ def _ledger_clean(rows: list[Any], sources: dict[str, tuple[Path | str, bytes | 
 
 
 def _read(
-    settings: Settings, read_current: Callable[..., tuple[str, ...] | None], name: str, ledger_query: str | None
+    settings: Settings,
+    url: urls.DatabaseUrl,
+    read_current: Callable[..., tuple[str, ...] | None],
+    name: str,
+    ledger_query: str | None,
 ) -> tuple[tuple[str, ...] | None, list[Any] | None] | None:
     """The version table's revisions and, if asked and any, the ledger's rows, on one session; None on any doubt."""
-    url = settings.light_url
     try:
         with _connect(url, name) as connection:
             if connection is None:
@@ -295,6 +304,6 @@ def _libpq_parameters(url: urls.DatabaseUrl, name: str) -> dict[str, Any] | None
         parameters["dbname"] = url.database
     for key, value in urls.PG_NETWORK_BOUNDS.items():
         parameters.setdefault(key, value)
-    parameters["application_name"] = name.encode()[:APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
+    parameters["application_name"] = name.encode()[: sessions.APPLICATION_NAME_MAX_BYTES].decode(errors="ignore")
     parameters["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     return parameters

@@ -26,7 +26,7 @@ def _best_effort(target: str) -> Iterator[None]:
         get_logger().warning("publish.failed", target=target, error=f"{type(error).__name__}: {error}")
 
 
-def grouping_key(settings: Settings) -> dict[str, str]:
+def grouping_key(settings: Settings, report: RunReport) -> dict[str, str]:
     """The Pushgateway group of this runner: environment, in Kubernetes namespace, and the database's index and name.
 
     The pod name is left out on purpose: a Job's pods get new names on every
@@ -37,9 +37,9 @@ def grouping_key(settings: Settings) -> dict[str, str]:
     key: dict[str, str] = {"environment": settings.environment}
     if settings.pod_namespace:
         key["namespace"] = settings.pod_namespace
-    if settings.database_index_in_use is not None:  # one group per database of MIGRATION_DATABASES_FILE
-        key["database_index"] = str(settings.database_index_in_use)
-        key["database"] = settings.light_url.database_name or ""
+    if report.database_index is not None:  # one group per database of MIGRATION_DATABASES_FILE
+        key["database_index"] = str(report.database_index)
+        key["database"] = report.database or ""
     return key
 
 
@@ -58,12 +58,12 @@ def publish_metrics(report: RunReport, settings: Settings) -> None:
             metrics.push(
                 settings.pushgateway_url,
                 job=settings.pushgateway_job,
-                grouping_key=grouping_key(settings),
+                grouping_key=grouping_key(settings, report),
                 username=settings.pushgateway_username,
                 password=settings.pushgateway_password.get_secret_value() if settings.pushgateway_password else None,
                 token=settings.pushgateway_token.get_secret_value() if settings.pushgateway_token else None,
             )
-            log.info("publish.pushgateway", url=settings.pushgateway_url, grouping_key=grouping_key(settings))
+            log.info("publish.pushgateway", url=settings.pushgateway_url, grouping_key=grouping_key(settings, report))
 
 
 def write_termination_message(report: RunReport, path: Path, *, explicit: bool) -> None:

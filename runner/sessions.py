@@ -7,13 +7,23 @@ Django's connections (:mod:`runner.drivers.django`, on every Django run, the
 no-op included) add their ids here; importing SQLAlchemy for that would cost the
 Django no-op about 0.16 s.
 
-It also holds the units of the session settings the runner gives every session
-(``lock_timeout``, ``statement_timeout``, ``lock_wait_timeout``).
+It also holds how the sessions are named (``application_name``) and the units
+of the session settings the runner gives every session (``lock_timeout``,
+``statement_timeout``, ``lock_wait_timeout``).
 """
 
 import math
 
 mysql_connection_ids: set[int] = set()  # CONNECTION_ID() of each
+# PostgreSQL keeps at most NAMEDATALEN - 1 = 63 bytes of application_name
+# (PostgreSQL docs, "20.11.3 Other Defaults > application_name").
+APPLICATION_NAME_MAX_BYTES = 63
+
+
+def application_name(*, host: str, namespace: str | None, run_id: str) -> str:
+    """How the runner's sessions appear in ``pg_stat_activity``: ``migration-runner <namespace/pod> <run id>``."""
+    where = f"{namespace}/{host}" if namespace else host
+    return f"migration-runner {where} {run_id}"
 
 
 def milliseconds(seconds: float) -> int:

@@ -1,20 +1,13 @@
-"""Settings from flags, environment variables, secret files and ``.env`` files.
+"""Settings from flags, environment variables, secret files and ``.env`` files, read once and frozen.
 
 Precedence, highest first (README, "Settings")::
 
     CLI flag > environment variable > secret file > .env.<environment> > .env
              > environment defaults > built-in defaults
 
-The database URL has a longer chain, because a wrong database that exits 0 is
-the worst outcome there is (README, "Which database")::
-
-    --database-url > MIGRATION_DATABASE_URL (variable, secret file, .env files)
-                   > DATABASE_URL > the Alembic ini's sqlalchemy.url
-                   > the development SQLite default
-
-A Django project's URL is its ``DATABASES`` entry unless MIGRATION_DATABASE_URL
-(or --database-url) replaces it; the driver reads it once Django's settings
-are imported.
+Which tool and which database a run works on is resolved from these settings
+by :func:`runner.target.resolve`, which also holds the database URL's longer
+chain (``DATABASE_URL``, the tool's own fallback, the development default).
 
 Every setting is validated before any connection is made; a problem raises
 :class:`runner.errors.ConfigError` with one line naming the variable.
@@ -26,9 +19,9 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from dotenv import dotenv_values
@@ -44,13 +37,9 @@ from pydantic_settings import (
 from runner import urls
 from runner.errors import ConfigError, ExitCode
 
-if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
-
 PREFIX = "MIGRATION_"
 ENVIRONMENTS = ("development", "test", "staging", "production")
 DEFAULT_SECRETS_DIR = "/run/secrets"
-SQLITE_DEFAULT_URL = "sqlite:///./migration-runner.db"
 
 # Defaults that depend on MIGRATION_ENVIRONMENT. Only development gets a database
 # of its own, so a newcomer needs no server; elsewhere a missing URL is an error.
@@ -83,8 +72,6 @@ NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)
 # JSON first, and `0001` is no JSON (a plain list field then failed with its SettingsError).
 RevisionList = Annotated[list[NonEmpty], NoDecode]
 OptionalRevisionList = Annotated[list[NonEmpty] | None, NoDecode]  # NoDecode must be outside the union
-# `alembic init` writes this URL into alembic.ini; it means "not configured".
-ALEMBIC_PLACEHOLDER_URL = "driver://user:pass@localhost/dbname"
 
 
 class Settings(BaseSettings):
@@ -100,6 +87,7 @@ class Settings(BaseSettings):
         extra="ignore",
         env_file_encoding="utf-8",
         validate_default=True,
+        frozen=True,  # read once: nothing writes to the settings after load_settings returns them
     )
 
     environment: Literal["development", "test", "staging", "production"] = Field(
@@ -327,88 +315,18 @@ class Settings(BaseSettings):
             raise ValueError("exists and is not a regular file (a device, a symlink or a directory)")
         return value
 
-    _database_source: str = PrivateAttr("")
-    _databases: list[tuple[int, str]] = PrivateAttr(default_factory=list)  # (line number, URL)
-    _database_index: int | None = PrivateAttr(None)
-    _tool: str = PrivateAttr("alembic")
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _secrets_dir: tuple[str, str] = PrivateAttr((DEFAULT_SECRETS_DIR, "default"))
     _cwd: Path = PrivateAttr(Path())
 
     @property
-    def chosen_tool(self) -> str:
-        """The migration system of this run: ``MIGRATION_TOOL``, or the one ``auto`` found."""
-        return self._tool
+    def cwd(self) -> Path:
+        """The working directory the settings were read in (``.env`` files; the project's files)."""
+        return self._cwd
 
-    def use_project_url(self, url: str, source: str) -> None:
-        """Take the database URL a project configures itself (Django's ``DATABASES``), after loading it.
-
-        Raises:
-            ConfigError: the URL does not parse.
-        """
-        self._take_url(url, source, problem=f"invalid database in {source}")
-
-    def _take_url(self, raw: str, source: str, *, problem: str) -> None:
-        """Use ``raw`` as the database URL, from ``source``; ConfigError(``problem: why``) if it does not parse."""
-        try:
-            urls.parse(raw)
-        except ValueError as error:
-            raise ConfigError(f"{problem}: {error}") from None
-        self.database_url = SecretStr(raw)
-        self._database_source = source
-
-    def note_database_problem(self, problem: str) -> None:
-        """Why no URL is known (for ``config``: the project that would supply it did not load)."""
-        self._database_source = f"not set: {problem}"
-
-    @property
-    def databases(self) -> list[tuple[int, str]]:
-        """``MIGRATION_DATABASES_FILE``'s databases in index order: ``(line number, URL)``; empty without the file."""
-        return list(self._databases)
-
-    @property
-    def database_index_in_use(self) -> int | None:
-        """The index of this run's database in ``MIGRATION_DATABASES_FILE``; None without the file or an index."""
-        return self._database_index
-
-    @property
-    def database_source(self) -> str:
-        """Which source the database URL came from, e.g. ``DATABASE_URL`` (README, "Which database")."""
-        return self._database_source
-
-    @property
-    def url(self) -> URL:
-        """The normalised database URL as SQLAlchemy's ``URL`` (``postgres://`` → ``postgresql+psycopg://``).
-
-        Raises:
-            ConfigError: no database URL is configured for this environment.
-
-        """
-        from runner import database  # noqa: PLC0415  (SQLAlchemy only when an engine is made)
-
-        return database.parse_url(self._raw_url())
-
-    @property
-    def light_url(self) -> urls.DatabaseUrl:
-        """The same URL, read without SQLAlchemy (:mod:`runner.urls`).
-
-        Raises:
-            ConfigError: no database URL is configured for this environment.
-        """
-        return urls.parse(self._raw_url())
-
-    def _raw_url(self) -> str:
-        if self.database_url is None and self._databases:
-            raise ConfigError(
-                f"MIGRATION_DATABASES_FILE lists {len(self._databases)} database(s): set MIGRATION_DATABASE_INDEX "
-                "(an Indexed Job sets JOB_COMPLETION_INDEX for it), or run every one with upgrade, check or wait --all"
-            )
-        if self.database_url is None:
-            raise ConfigError(
-                f"MIGRATION_DATABASE_URL is not set; it is required in the {self.environment} "
-                "environment (or set DATABASE_URL, or a secret file migration_database_url)"
-            )
-        return self.database_url.get_secret_value()
+    def source_of(self, name: str) -> str:
+        """Where setting ``name`` (a field name) came from: a flag, ``environment``, a file, or ``default``."""
+        return self._sources.get(name, "default")
 
     @classmethod
     def settings_customise_sources(
@@ -429,27 +347,16 @@ class Settings(BaseSettings):
         )
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as JSON-ready values, the URL's password replaced by ``***``.
+        """The settings as JSON-ready values, secrets shown as ``**********``, with where each came from.
+
+        :meth:`runner.target.Target.shown` adds the tool and the (redacted) database URL.
 
         Returns:
-            One key per setting, named as its environment variable.
+            One key per setting, named as its environment variable, and ``sources``.
 
         """
         values = self.model_dump(mode="json")  # SecretStr dumps as "**********"
-        if self.database_url is not None:
-            values["database_url"] = self.light_url.redacted()
-        sources = {PREFIX + name.upper(): self._sources.get(name, "default") for name in values}
-        sources[PREFIX + "DATABASE_URL"] = self.database_source or "not set"
-        values["tool"] = self.chosen_tool
-        if self.tool == "auto":
-            sources[PREFIX + "TOOL"] = "auto: found in the working directory and environment"
-        # Show the file in use, found as `alembic` finds it.
-        if self.alembic_config is None and self.chosen_tool == "alembic":
-            from runner.drivers.alembic import config_files  # noqa: PLC0415  (only `config` asks)
-
-            found = [path.name for path in config_files(None, self._cwd) if path is not None]
-            values["alembic_config"] = " + ".join(found) or None
-            sources[PREFIX + "ALEMBIC_CONFIG"] = "found in the working directory" if found else "not set"
+        sources = {PREFIX + name.upper(): self.source_of(name) for name in values}
         redacted: dict[str, Any] = {PREFIX + name.upper(): value for name, value in values.items()}
         redacted["MIGRATION_SECRETS_DIR"], sources["MIGRATION_SECRETS_DIR"] = self._secrets_dir
         redacted["sources"] = sources
@@ -622,21 +529,6 @@ def load_settings(cli: Mapping[str, Any] | None = None, cwd: Path | None = None)
     settings._secrets_dir = (secrets_dir, "environment" if "MIGRATION_SECRETS_DIR" in environ else "default")
     files = ((env_specific, env_specific_values), (dotenv_file, dotenv))
     settings._sources = _sources_of(given, environ, Path(secrets_dir), files, environment)
-    from runner import drivers  # noqa: PLC0415  (its modules import no tool until one is loaded)
-
-    settings._tool = drivers.choose(settings.tool, cwd=cwd, environ=environ, settings=settings)
-    if settings.databases_file is not None:
-        _use_databases_file(settings, environ)
-    elif settings.database_index is not None:
-        raise ConfigError(
-            "MIGRATION_DATABASE_INDEX picks a line of MIGRATION_DATABASES_FILE, which is not set; "
-            "set the file, or drop the index"
-        )
-    elif settings.database_url is not None:
-        found = settings._sources["database_url"]
-        settings._database_source = "MIGRATION_DATABASE_URL" if found == "environment" else found
-    elif settings.chosen_tool == "alembic":
-        _fall_back(settings, environ, cwd)
     return settings
 
 
@@ -659,82 +551,3 @@ def _sources_of(
         found += [f"the {environment} default"] if name in ENVIRONMENT_DEFAULTS.get(environment, {}) else []
         sources[name] = (found or ["default"])[0]
     return sources
-
-
-def read_databases_file(path: Path) -> list[tuple[int, str]]:
-    """The database URLs of a databases file, with their line numbers; blank lines and ``#`` comments skipped.
-
-    Raises:
-        ConfigError: the file cannot be read, a line is not a URL (named by its number, never echoed),
-            or there is none.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM, as some editors write, is not part of line 1
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"MIGRATION_DATABASES_FILE={str(path)!r} cannot be read ({_reason(error)})") from None
-    entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            urls.parse(stripped)
-        except ValueError as error:
-            raise ConfigError(f"MIGRATION_DATABASES_FILE line {number}: {error}") from None
-        entries.append((number, stripped))
-    if not entries:
-        raise ConfigError(
-            f"MIGRATION_DATABASES_FILE={str(path)!r} has no database URL (blank lines and # comments do not count)"
-        )
-    return entries
-
-
-def _use_databases_file(settings: Settings, environ: Mapping[str, str]) -> None:
-    """Read ``MIGRATION_DATABASES_FILE`` and take the URL at the run's index, if it has one.
-
-    Raises:
-        ConfigError: a URL is configured too, the file is unusable, or the index is bad or past its end.
-    """
-    if settings.database_url is not None:
-        raise ConfigError(
-            "MIGRATION_DATABASES_FILE and a database URL are both set: use the file (MIGRATION_DATABASE_INDEX "
-            "picks a line) or MIGRATION_DATABASE_URL, not both"
-        )
-    assert settings.databases_file is not None  # noqa: S101  (the caller checked)
-    settings._databases = read_databases_file(settings.databases_file)
-    index, named = settings.database_index, "MIGRATION_DATABASE_INDEX"
-    if index is None and environ.get("JOB_COMPLETION_INDEX"):
-        raw, named = environ["JOB_COMPLETION_INDEX"], "JOB_COMPLETION_INDEX"
-        if not (raw.isascii() and raw.isdigit()):  # isdigit() and int() take Arabic-Indic digits too
-            raise ConfigError(f"JOB_COMPLETION_INDEX={raw!r} is not an index (0, 1, 2, ...)")
-        index = int(raw)
-    if index is None:
-        return  # --all, or an error once a command needs the URL
-    count = len(settings._databases)
-    if index >= count:
-        raise ConfigError(
-            f"{named}={index}: index {index} is past the end of MIGRATION_DATABASES_FILE, which lists {count} "
-            f"database(s) (indexes 0-{count - 1}); is the Job's completions larger than the file?"
-        )
-    line, raw = settings._databases[index]
-    settings._take_url(raw, f"MIGRATION_DATABASES_FILE index {index} (line {line})", problem=f"line {line}")
-    settings._database_index = index
-
-
-def _fall_back(settings: Settings, environ: Mapping[str, str], cwd: Path) -> None:
-    """Take the URL from ``DATABASE_URL``, the Alembic ini, or the development default, in that order."""
-
-    def candidates() -> Iterator[tuple[str, str]]:
-        if environ.get("DATABASE_URL"):
-            yield "DATABASE_URL", environ["DATABASE_URL"]
-        from runner.drivers.alembic import ini_database_url  # noqa: PLC0415  (Alembic only when it is needed)
-
-        found = ini_database_url(settings.alembic_config, cwd)
-        if found and found[0].strip() != ALEMBIC_PLACEHOLDER_URL:
-            yield f"sqlalchemy.url in {found[1]}", found[0]
-        if settings.environment == "development":
-            yield "the development default", SQLITE_DEFAULT_URL
-
-    for source, raw in candidates():  # the first one wins; later sources are not even read
-        settings._take_url(raw, source, problem=f"invalid setting {source}")
-        return

@@ -32,7 +32,7 @@ def check(run: Run) -> ExitCode:
         ConfigError, DatabaseUnavailable, UnknownRevision.
     """
     project = run.project()
-    engine = run.engine(run.settings.url)
+    engine = run.engine(run.target.url)
     with run.connect(engine) as connection:
         current = run.read_current(connection)
         pending = _plan(run, project, current, allow_unknown=False)
@@ -56,7 +56,7 @@ def check(run: Run) -> ExitCode:
 def current(run: Run) -> ExitCode:
     """Print the database's revisions, the heads and what is pending (or, with ``--output json``, the result)."""
     project = run.project()
-    engine = run.engine(run.settings.url)
+    engine = run.engine(run.target.url)
     with run.connect(engine) as connection:
         revisions = run.read_current(connection)
         in_progress = _unfinished_step(run, project, connection, revisions)
@@ -91,7 +91,7 @@ def wait(run: Run) -> ExitCode:
     log = get_logger()
     settings = run.settings
     project = run.project()
-    engine = run.engine(settings.url)
+    engine = run.engine(run.target.url)
     state: dict[str, Any] = {}
 
     def at_target() -> bool:
@@ -138,7 +138,7 @@ def history(run: Run) -> ExitCode:
     """
     settings = run.settings
     project = run.project()
-    engine = run.engine(settings.url)
+    engine = run.engine(run.target.url)
     only = settings.target if "target" in settings.model_fields_set else None
     with run.connect(engine) as connection:
         rows = logs.redact_value(run.ledger().history(connection, only))  # an error recorded by an older runner
@@ -168,11 +168,11 @@ def show_config(run: Run) -> ExitCode:
     configures its own database (Django's ``DATABASES``) shows it; a project
     that cannot load is shown as the URL's source.
     """
-    if run.settings.database_url is None:
+    if run.target.url_text is None:
         try:
             run.project()
         except ConfigError as error:
-            run.settings.note_database_problem(error.message)
-    json.dump(logs.redact_value(run.settings.redacted()), run.stdout, indent=2)
+            run.target = run.target.without_url(error.message)
+    json.dump(logs.redact_value(run.target.shown(run.settings)), run.stdout, indent=2)
     print(file=run.stdout)
     return ExitCode.OK

@@ -212,7 +212,7 @@ def _unfinished_step(run: Run, project: Driver, connection: Connection, current:
     for row in book.unfinished(connection):
         if _version_table_agrees(project, current, row):
             continue
-        if locks.held_by_anyone(connection, run.settings.url, key=run.lock_key(connection)):
+        if locks.held_by_anyone(connection, run.target.url, key=run.lock_key(connection)):
             return row.revision
         raise _interrupted(book, row)
     return None

@@ -43,7 +43,7 @@ def accept(run: Run) -> ExitCode:
     found = checksum.fingerprint(project.source(revision))
     if found is None:
         raise ConfigError(f"revision {revision} has no Python file that can be read and parsed; nothing to accept")
-    engine = run.engine(settings.url)
+    engine = run.engine(run.target.url)
     with (
         run.connect(engine) as connection,
         database.losing_connection_raises(),
@@ -99,7 +99,7 @@ def resolve(run: Run) -> ExitCode:
     if run.resolution not in ledger.RESOLUTIONS:
         raise ConfigError(f"resolve needs --mark {' or --mark '.join(ledger.RESOLUTIONS)}")
     project = run.project()
-    engine = run.engine(run.settings.url)
+    engine = run.engine(run.target.url)
     settings = run.settings
     with (
         run.connect(engine) as connection,

@@ -140,11 +140,11 @@ def _migration_lock(run: Run, connection: Connection) -> Iterator[locks.HeldLock
     read_only = database.read_only_reason(connection)
     if read_only:
         raise ReadOnlyDatabase(
-            f"{database.redact(settings.url)} reaches a read-only server: {read_only}; "
+            f"{database.redact(run.target.url)} reaches a read-only server: {read_only}; "
             "point MIGRATION_DATABASE_URL at the primary (during a failover, retrying finds the new one)"
         )
     with locks.migration_lock(
-        settings.url,
+        run.target.url,
         key=run.lock_key(connection),
         timeout=settings.lock_timeout,
         application_name=run.application_name,
@@ -237,7 +237,7 @@ def _before_apply(
     before_apply.run(
         argv,
         timeout=run.settings.before_apply_timeout,
-        env=before_apply.environment_for(context, run.settings.light_url, os.environ),
+        env=before_apply.environment_for(context, run.target.light_url, os.environ),
         verify_lock=held.verify,
         verify_every=LOCK_CHECK_INTERVAL_SECONDS,
     )

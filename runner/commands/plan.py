@@ -32,20 +32,20 @@ def plan(run: Run) -> ExitCode:
 
     settings = run.settings
     project = run.project()
-    engine = run.engine(settings.url)
+    engine = run.engine(run.target.url)
     with run.connect(engine) as connection:
         current = run.read_current(connection)
         pending = _plan(run, project, current, allow_unknown=False, upgrading=True)
         existing = database.table_names(connection, run.version_table.schema) if pending else set()
     traced = _rehearse(run, project) if pending and run.trace else None
-    rendered = {r.revision: r for r in project.render(current, settings.target, settings.url)} if pending else {}
+    rendered = {r.revision: r for r in project.render(current, settings.target, run.target.url)} if pending else {}
     irreversible = dict(project.irreversible(pending))
     tool_tables = (run.version_table.name, settings.history_table)  # the version table is the tool's own
     steps = []
     for step in pending:
         shown = rendered.get(step.revision)
         sql = shown.sql if shown else None
-        flags = planning.flags_of(sql or "", existing, family=database.family(settings.url), ignored=tool_tables)
+        flags = planning.flags_of(sql or "", existing, family=database.family(run.target.url), ignored=tool_tables)
         existing -= planning.created_tables(sql or "")  # a table an earlier step creates is new, not existing
         steps.append(
             planning.PlannedStep(
@@ -65,7 +65,7 @@ def plan(run: Run) -> ExitCode:
         planning.document(
             traced=traced is not None,
             tool=project.tool,
-            database=settings.light_url.database_name,
+            database=run.target.light_url.database_name,
             current=run.shown(current),
             target=run.report.target,
             steps=steps,
@@ -98,9 +98,9 @@ def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]
     from runner import trace  # noqa: PLC0415
 
     settings = run.settings
-    if database.family(settings.url) != "postgresql":
+    if database.family(run.target.url) != "postgresql":
         raise ConfigError(
-            f"plan --trace reads pg_locks, which only PostgreSQL has; {database.family(settings.url)} cannot be "
+            f"plan --trace reads pg_locks, which only PostgreSQL has; {database.family(run.target.url)} cannot be "
             "traced (plan without --trace shows the SQL and its flags)"
         )
     if settings.environment == "production" and not settings.allow_trace:

@@ -13,10 +13,11 @@ from typing import TextIO
 
 from sqlalchemy.engine import URL, Connection, Engine
 
-from runner import __version__, database, drivers, ledger, locks, noop, sessions
+from runner import __version__, database, ledger, locks, sessions
 from runner.drivers import Driver, VersionTable
 from runner.report import RunReport
 from runner.settings import Settings
+from runner.target import Target, load_project
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Run:
 
     Attributes:
         settings: the validated settings.
+        target: the tool and the database; a project that configures its own
+            database (Django's ``DATABASES``) gives the URL once loaded.
         cwd: the working directory (alembic.ini and relative paths).
         run_id: a random id, in every log event and in ``application_name``.
         report: the record of the run; also feeds the metrics.
@@ -36,6 +39,7 @@ class Run:
     """
 
     settings: Settings
+    target: Target
     cwd: Path
     report: RunReport
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -54,7 +58,7 @@ class Run:
     @property
     def application_name(self) -> str:
         """How this runner's connections appear in ``pg_stat_activity``: namespace/pod and run id."""
-        return noop.application_name(host=self.host, namespace=self.settings.pod_namespace, run_id=self.run_id)
+        return sessions.application_name(host=self.host, namespace=self.settings.pod_namespace, run_id=self.run_id)
 
     def connect(self, engine: Engine, *, retry: bool = True) -> contextlib.AbstractContextManager[Connection]:
         """Open a connection, retried for ``MIGRATION_CONNECT_TIMEOUT`` seconds unless ``retry`` is False."""
@@ -74,7 +78,7 @@ class Run:
 
     def migration_url(self) -> URL:
         """The database URL with each revision's session timeouts and TCP bounds, so env.py's own engine has them."""
-        url = database.with_network_bounds(self.settings.url)
+        url = database.with_network_bounds(self.target.url)
         lock_ms = sessions.milliseconds(self.settings.ddl_lock_timeout)
         if database.family(url) == "postgresql":
             statement_ms = sessions.milliseconds(self.settings.statement_timeout)
@@ -108,7 +112,10 @@ class Run:
         """
         if self._driver is not None:
             return self._driver
-        project = self.preloaded or drivers.load(self.settings.chosen_tool, settings=self.settings, cwd=self.cwd)
+        if self.preloaded is not None:
+            project = self.preloaded
+        else:
+            project, self.target = load_project(self.settings, self.target)
         self._driver = project
         if self.report.direction == "up":  # a downgrade's target is resolved against the database
             self.report.target = list(project.target_revisions(self.settings.target))
@@ -148,7 +155,7 @@ class Run:
         settings = self.settings
         return ledger.Ledger(
             table=ledger.history_table(settings.history_table, self.version_table.schema),
-            family=database.family(settings.url),
+            family=database.family(self.target.url),
             tool=self.project().tool,
             scope=ledger.scope_of(self.version_table.name, self.version_table.schema),
             run_id=self.run_id,

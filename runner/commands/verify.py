@@ -69,7 +69,7 @@ def verify(run: Run) -> ExitCode:
     code = ExitCode.NOT_AT_TARGET if any(case.status == "failed" for case in cases) else ExitCode.OK
     # Redacted like the logs: a revision's own error, in a case's message, may carry the URL.
     report = logs.redact_value(
-        checks.document(tool=project.tool, database=settings.light_url.database_name, cases=cases, exit_code=code)
+        checks.document(tool=project.tool, database=run.target.light_url.database_name, cases=cases, exit_code=code)
     )
     if settings.junit_xml is not None:
         settings.junit_xml.write_bytes(checks.junit(report))

@@ -1,7 +1,7 @@
 """The seam between the orchestration and a migration system.
 
 :mod:`runner.commands` asks a :class:`Driver` for what it needs and never
-imports Alembic (or, later, Django) itself: the heads, what the database has
+imports Alembic or Django itself: the heads, what the database has
 applied, the pending steps to a target, and applying them with per-step
 callbacks. Each system is one module here that imports its tool only when
 it is used (:func:`choose`, :func:`load`), so an Alembic run never imports
@@ -12,7 +12,10 @@ A driver module provides:
 - ``detect(cwd, environ, settings) -> str | None``: what in the working
   directory or the environment says a project of this tool is here (shown in
   the error when two tools are), without importing the tool;
-- ``Project(settings=, cwd=)``: the loaded project, a :class:`Driver`.
+- ``Project(settings=, cwd=, url=)``: the loaded project, a :class:`Driver`;
+- ``HAS_OWN_URL``, ``fallback_urls(settings, cwd)`` and ``shown_settings(settings, cwd)``:
+  where the tool's projects keep a database URL, for :func:`runner.target.resolve`,
+  and what ``config`` shows of the tool's own files.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection
     from sqlalchemy.sql import Executable
 
+    from runner import urls
     from runner.settings import Settings
     from runner.trace import Tracer
 
@@ -292,25 +296,21 @@ def choose(requested: str, *, cwd: Path, environ: Mapping[str, str], settings: S
     return next(iter(found), "alembic")
 
 
-def load(tool: str, *, settings: Settings, cwd: Path) -> Driver:
+def load(tool: str, *, settings: Settings, cwd: Path, url: urls.DatabaseUrl | None) -> Driver:
     """Load the project with the driver of ``tool``, importing only that tool.
 
-    A project that configures its own database (Django's ``DATABASES``) gives
-    the settings its URL here, unless they name one; its secrets are redacted
-    from then on.
+    Args:
+        tool: a name from :func:`tools`.
+        settings: the run's settings.
+        cwd: the working directory.
+        url: the database URL the runner resolved, or ``None`` when the project
+            is to give its own (Django's ``DATABASES``: :meth:`Driver.database_url`).
 
     Raises:
         ConfigError: the project cannot be loaded (BrokenProject, BrokenRevisionFiles included).
     """
-    from runner import logs  # noqa: PLC0415
-
     module = importlib.import_module(f"runner.drivers.{tool}")
-    driver: Driver = module.Project(settings=settings, cwd=cwd)
-    own_url = driver.database_url()
-    if own_url is not None:
-        settings.use_project_url(*own_url)
-        for secret in settings.light_url.secrets():
-            logs.add_secret(secret)
+    driver: Driver = module.Project(settings=settings, cwd=cwd, url=url)
     return driver
 
 

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from alembic.script import Script
     from sqlalchemy.engine import URL, Connection
 
+    from runner import urls
     from runner.settings import Settings
     from runner.trace import Tracer
 
@@ -71,6 +72,31 @@ def detect(cwd: Path, environ: Mapping[str, str], settings: Settings) -> str | N
         return "MIGRATION_SCRIPT_LOCATION"
     found = [path.name for path in config_files(settings.alembic_config, cwd) if path is not None]
     return " and ".join(found) or None
+
+
+# An Alembic project's URL comes from the runner's settings or the ini file: target.resolve's chain.
+HAS_OWN_URL = False
+# `alembic init` writes this URL into alembic.ini; it means "not configured".
+PLACEHOLDER_URL = "driver://user:pass@localhost/dbname"
+
+
+def fallback_urls(settings: Settings, cwd: Path) -> Iterator[tuple[str, str]]:
+    """The ini's ``sqlalchemy.url``, as ``(source, URL)``, unless it is ``alembic init``'s placeholder.
+
+    Raises:
+        ConfigError: the ini file is not readable.
+    """
+    found = ini_database_url(settings.alembic_config, cwd)
+    if found and found[0].strip() != PLACEHOLDER_URL:
+        yield f"sqlalchemy.url in {found[1]}", found[0]
+
+
+def shown_settings(settings: Settings, cwd: Path) -> dict[str, tuple[Any, str]]:
+    """For ``config``: the configuration file in use, found as ``alembic`` finds it, by variable name."""
+    if settings.alembic_config is not None:
+        return {}
+    found = [path.name for path in config_files(None, cwd) if path is not None]
+    return {"ALEMBIC_CONFIG": (" + ".join(found) or None, "found in the working directory" if found else "not set")}
 
 
 def config_files(alembic_config: Path | None, cwd: Path) -> tuple[Path | None, Path | None]:
@@ -545,7 +571,8 @@ class Project:
 
     tool = "alembic"
 
-    def __init__(self, *, settings: Settings, cwd: Path) -> None:
+    def __init__(self, *, settings: Settings, cwd: Path, url: urls.DatabaseUrl | None = None) -> None:
+        del url  # an Alembic project's URL is in the runner's chain (target.resolve); env.py is given it per run
         from alembic.script import ScriptDirectory  # noqa: PLC0415
         from alembic.util.exc import CommandError  # noqa: PLC0415
 
@@ -1435,4 +1462,4 @@ def _history_errors(target: str | None = None) -> Iterator[None]:
 
 
 if TYPE_CHECKING:  # the Alembic project is a Driver (checked by mypy, not at run time)
-    _as_driver: Driver = Project(settings=cast("Settings", None), cwd=Path())
+    _as_driver: Driver = Project(settings=cast("Settings", None), cwd=Path(), url=None)

@@ -104,35 +104,50 @@ def detect(cwd: Path, environ: Mapping[str, str], settings: Settings) -> str | N
     return f"DJANGO_SETTINGS_MODULE={module}" if module else None
 
 
-def quick_noop(settings: Settings, cwd: Path, ready: Callable[[], None]) -> tuple[Project, tuple[str, ...] | None]:
-    """The no-op check of :mod:`runner.noop`: the project, and what is applied if that is every app's leaf node.
+# A Django project's URL is its DATABASES entry, read once the project is loaded (Driver.database_url).
+HAS_OWN_URL = True
+
+
+def fallback_urls(settings: Settings, cwd: Path) -> Iterator[tuple[str, str]]:
+    """None: Django's ``DATABASES`` is the project's URL (:meth:`Project.database_url`)."""
+    return iter(())
+
+
+def shown_settings(settings: Settings, cwd: Path) -> dict[str, tuple[Any, str]]:
+    """For ``config``: nothing beyond the settings themselves."""
+    return {}
+
+
+def quick_applied(project: Driver, settings: Settings) -> tuple[str, ...] | None:
+    """The no-op check of :mod:`runner.noop`: what is applied, if that is every app's leaf node.
 
     The project is loaded as always (``django.setup()`` is most of a Django run);
     what this saves is SQLAlchemy and the runner's own session: Django's
     ``MigrationLoader`` reads ``django_migrations`` on Django's session.
 
+    Args:
+        project: the loaded project, a :class:`Project`.
+        settings: the run's settings (``MIGRATION_DJANGO_SYSTEM_CHECKS``).
+
     Returns:
-        ``(project, applied)``; ``applied`` is ``None`` when anything is pending or
-        unknown, or the read failed: the full path decides, with the loaded project.
+        The applied migrations; ``None`` when anything is pending or unknown, or the
+        read failed: the full path decides, with the loaded project.
 
     Raises:
-        ConfigError: the project cannot be loaded, or its history is inconsistent, as on the full path.
+        ConfigError: the system checks fail, or the history is inconsistent, as on the full path.
     """
-    from runner import drivers  # noqa: PLC0415
-
-    project = cast(Project, drivers.load("django", settings=settings, cwd=cwd))
-    ready()
+    loaded = cast(Project, project)
     if settings.django_system_checks:
-        project.run_system_checks()
+        loaded.run_system_checks()
     try:
-        current = project.read_applied(cast("Connection", None), project.version_table)
+        current = loaded.read_applied(cast("Connection", None), loaded.version_table)
     except ConfigError:
         raise
     except Exception:  # unreachable, refused, or any doubt: the full path retries and classifies
-        return project, None
-    if project.unknown(current) or project.pending(current, "heads"):
-        return project, None
-    return project, current
+        return None
+    if loaded.unknown(current) or loaded.pending(current, "heads"):
+        return None
+    return current
 
 
 def _key(revision: str) -> Key:
@@ -283,8 +298,9 @@ class Project:
 
     tool = "django"
 
-    def __init__(self, *, settings: Settings, cwd: Path) -> None:
+    def __init__(self, *, settings: Settings, cwd: Path, url: urls.DatabaseUrl | None = None) -> None:
         self.alias = settings.django_database
+        self._url = url  # MIGRATION_DATABASE_URL replaces the DATABASES entry's database
         self.version_table = VersionTable("django_migrations")
         self._settings = settings
         misplaced = [name for name in _ALEMBIC_ONLY if name in settings.model_fields_set]
@@ -348,8 +364,8 @@ class Project:
             )
         entry = databases[self.alias]
         self._own_url: tuple[str, str] | None = None
-        if self._settings.database_url is not None:
-            entry.update(entry_of_url(self._settings.light_url))
+        if self._url is not None:
+            entry.update(entry_of_url(self._url))
         else:
             self._own_url = (url_of_entry(entry, where), where)
         if _ENGINES.get(entry.get("ENGINE", "")) == "postgresql":
@@ -1134,4 +1150,4 @@ def _close(session: Any) -> None:
 
 
 if TYPE_CHECKING:  # the Django project is a Driver (checked by mypy, not at run time)
-    _as_driver: Driver = Project(settings=cast("Settings", None), cwd=Path())
+    _as_driver: Driver = Project(settings=cast("Settings", None), cwd=Path(), url=None)
