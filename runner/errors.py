@@ -168,14 +168,22 @@ class LockLost(ConfigError):
 
 
 class DatabaseUnavailable(RunnerError):
-    """The database refused or dropped the connection (SQLSTATE class 08, ...)."""
+    """The database refused or dropped the connection, after ``MIGRATION_CONNECT_TIMEOUT`` of retries.
+
+    SQLSTATE class 08 (connection exception), 57P01-57P03 (the server is shutting
+    down or starting up), and a driver's own connect errors (PostgreSQL docs, "Appendix A").
+    """
 
     exit_code = ExitCode.DATABASE_UNAVAILABLE
     event = "database.unavailable"
 
 
 class ConnectionLost(DatabaseUnavailable):
-    """An open connection died mid-run; ``upgrade`` reconnects and resumes."""
+    """An open connection died mid-run.
+
+    ``upgrade`` reconnects and resumes from what the database records; after
+    ``MAX_RECONNECTS`` (:mod:`runner.commands.migrate`) it is 69.
+    """
 
     event = "database.connection_lost"
 

@@ -218,6 +218,7 @@ def _run(
 ) -> ExitCode:
     """One database: its secrets registered, the deadline started, the run's fields bound, then the command."""
     from runner import commands, logs  # noqa: PLC0415
+    from runner.commands.start import Start  # noqa: PLC0415
 
     if target.url_text is not None:
         for secret in target.light_url.secrets():
@@ -250,18 +251,8 @@ def _run(
             started.append(True)
             _log_started(settings, known)
 
-    return commands.run_command(
-        args.command,
-        settings,
-        target,
-        report=report,
-        run_id=run_id,
-        host=host,
-        stdout=document,
-        started=log_started,
-        resolution=args.mark,
-        trace=args.trace,
-    )
+    start = Start(settings, target, report, run_id, host, log_started, document, args.mark, args.trace)
+    return commands.run_command(args.command, start)
 
 
 def _log_started(settings: Settings, target: Target) -> None:

@@ -32,7 +32,7 @@ from support import (
 )
 
 from runner import urls
-from runner.drivers.django import entry_of_url
+from runner.drivers._django_database import entry_of_url
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 # contenttypes (2), auth (12) and the example's shop app (3).

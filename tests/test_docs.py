@@ -21,7 +21,9 @@ def members(protocol: type) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "protocol", [drivers.Driver, noop.FilesFastPath, noop.LoadedFastPath], ids=lambda p: p.__name__
+    "protocol",
+    [drivers.History, drivers.Executor, drivers.Driver, noop.FilesFastPath, noop.LoadedFastPath],
+    ids=lambda p: p.__name__,
 )
 def test_the_driver_guide_names_every_member_of_each_protocol(protocol: type) -> None:
     """A method or attribute added to a protocol without a word in the guide fails here."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from support import Cli, make_project, query, rev_id, version
 
+from runner.drivers import _alembic_files as files
 from runner.drivers import alembic as driver
 from runner.settings import load_settings
 
@@ -296,11 +297,11 @@ def test_the_line_reader_and_the_parser_agree(tmp_path: Path) -> None:
     ]
     answered = 0
     for head in heads:
-        plain = driver._plain_head(head)
+        plain = files._plain_head(head)
         if plain is None:
             continue
         answered += 1
-        assert plain == driver._top_level_values(ast.parse(head)), head
+        assert plain == files._top_level_values(ast.parse(head)), head
     assert answered == 4
 
 

@@ -18,15 +18,13 @@ The modules of the full path import SQLAlchemy, which costs a pod start about
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from runner.commands import at_target
 
 if TYPE_CHECKING:
+    from runner.commands.start import Start
     from runner.errors import ExitCode
-    from runner.report import RunReport
-    from runner.settings import Settings
-    from runner.target import Target
 
 COMMANDS = (
     "upgrade",
@@ -43,32 +41,12 @@ COMMANDS = (
 )
 
 
-def run_command(
-    command: str,
-    settings: Settings,
-    target: Target,
-    *,
-    report: RunReport,
-    run_id: str,
-    host: str,
-    stdout: TextIO,
-    started: Callable[[Target], None],
-    resolution: str | None = None,
-    trace: bool = False,
-) -> ExitCode:
+def run_command(command: str, start: Start) -> ExitCode:
     """Run ``command``: the no-op answer when it has one, else the command on a :class:`Run`.
 
     Args:
         command: one of :data:`COMMANDS`.
-        settings: the run's settings.
-        target: the run's tool and database.
-        report: the run's record.
-        run_id: the run's id.
-        host: the pod's or host's name.
-        stdout: where the command's document goes.
-        started: logs ``run.started`` once the database URL is known (called once).
-        resolution: ``resolve --mark``.
-        trace: ``plan --trace``.
+        start: the command's inputs.
 
     Returns:
         The command's exit code.
@@ -76,7 +54,7 @@ def run_command(
     Raises:
         RunnerError: any error of :mod:`runner.errors`, turned into its code by the caller.
     """
-    verdict = at_target.answer(command, settings, target, report=report, run_id=run_id, host=host, started=started)
+    verdict = at_target.answer(command, start)
     if verdict.at_target is not None:
         from runner.errors import ExitCode  # noqa: PLC0415  (a type above; the value only here)
 
@@ -99,18 +77,8 @@ def run_command(
         "verify": verify.verify,
     }
 
-    run = Run(
-        settings=settings,
-        target=verdict.target or target,
-        cwd=settings.cwd,
-        report=report,
-        run_id=run_id,
-        stdout=stdout,
-        resolution=resolution,
-        trace=trace,
-        preloaded=verdict.project,
-    )
+    run = Run.after(start, preloaded=verdict.project, target=verdict.target)
     if run.target.url_text is None and command != "config":
         run.project()  # a project that configures its own database (Django's DATABASES) supplies the URL
-    started(run.target)
+    run.started(run.target)
     return handlers[command](run)

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 from runner import logs, noop, sessions
 
 if TYPE_CHECKING:
-    from runner.report import RunReport
+    from runner.commands.start import Start
     from runner.settings import Settings
-    from runner.target import Target
 
 # What each command logs when the database is at the target, as the full path logs it.
 EVENTS: dict[str, tuple[str, Callable[[Settings], dict[str, Any]]]] = {
@@ -27,26 +26,13 @@ EVENTS: dict[str, tuple[str, Callable[[Settings], dict[str, Any]]]] = {
 }
 
 
-def answer(
-    command: str,
-    settings: Settings,
-    target: Target,
-    *,
-    report: RunReport,
-    run_id: str,
-    host: str,
-    started: Callable[[Target], None],
-) -> noop.Verdict:
+def answer(command: str, start: Start) -> noop.Verdict:
     """Ask :func:`runner.noop.at_target` for ``command``; when it answers yes, log and record it as the full path does.
 
     Args:
         command: ``upgrade``, ``check`` or ``wait`` (any other gets no answer).
-        settings: the run's settings.
-        target: the run's tool and database.
-        report: the run's record: the target, heads, current revisions and an empty plan on a yes.
-        run_id: the run's id, in the sessions' ``application_name``.
-        host: the pod's or host's name, in ``application_name``.
-        started: logs ``run.started`` with the target (once the URL is known).
+        start: the command's inputs; on a yes, ``start.report`` gets the target, heads,
+            current revisions and an empty plan.
 
     Returns:
         The verdict: ``at_target`` is set when the command is done (exit 0); otherwise the
@@ -57,12 +43,13 @@ def answer(
     """
     if command not in EVENTS:
         return noop.Verdict(None)
-    name = sessions.application_name(host=host, namespace=settings.pod_namespace, run_id=run_id)
+    settings, report = start.settings, start.report
+    name = sessions.application_name(host=start.host, namespace=settings.pod_namespace, run_id=start.run_id)
     verdict = noop.at_target(
         settings,
-        target,
+        start.target,
         name=name,
-        ready=started,
+        ready=start.started,
         ledger=command in ("upgrade", "check"),
         unfinished_only=command == "wait",
     )

@@ -18,12 +18,6 @@ from runner.errors import (
 )
 from runner.logs import get_logger
 
-MAX_RECONNECTS = 10
-# Lock not available, deadlock detected, serialization failure (PostgreSQL docs, "Appendix A").
-RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
-# How often, at most, the lock is verified between revisions (seconds).
-LOCK_CHECK_INTERVAL_SECONDS = 1.0
-
 
 @dataclass(frozen=True)
 class _LedgerView:

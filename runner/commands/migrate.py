@@ -265,11 +265,11 @@ def downgrade(run: Run) -> ExitCode:
             "downgrade needs a target, and has no default: --target or MIGRATION_TARGET (Alembic: a revision id, "
             "-N or base; Django: app_label:migration_name or app_label:zero); nothing was reverted"
         )
-    if settings.environment == "production" and not settings.allow_downgrade:
-        raise ConfigError(
-            "downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really needed, "
-            "run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted"
-        )
+    run.refuse_in_production(
+        allowed=settings.allow_downgrade,
+        refusal="downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really "
+        "needed, run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted",
+    )
     project = run.project()
     engine = run.engine(run.migration_url())
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further

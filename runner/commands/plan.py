@@ -103,11 +103,11 @@ def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]
             f"plan --trace reads pg_locks, which only PostgreSQL has; {database.family(run.target.url)} cannot be "
             "traced (plan without --trace shows the SQL and its flags)"
         )
-    if settings.environment == "production" and not settings.allow_trace:
-        raise ConfigError(
-            "plan --trace holds the locks it measures while it runs, so it is refused in production unless "
-            "MIGRATION_ALLOW_TRACE=true; trace a copy of the database instead"
-        )
+    run.refuse_in_production(
+        allowed=settings.allow_trace,
+        refusal="plan --trace holds the locks it measures while it runs, so it is refused in production unless "
+        "MIGRATION_ALLOW_TRACE=true; trace a copy of the database instead",
+    )
     url = run.migration_url()
     engine = run.engine(url)
     tracer = trace.Tracer()

@@ -3,57 +3,50 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from sqlalchemy.engine import URL, Connection, Engine
 
 from runner import __version__, database, ledger, locks, sessions
+from runner.commands.start import Start
 from runner.drivers import Driver, VersionTable
-from runner.report import RunReport
-from runner.settings import Settings
+from runner.errors import ConfigError
 from runner.target import Target, load_project
 
 
 @dataclass
-class Run:
-    """What one invocation knows before it touches the database.
+class Run(Start):
+    """What one invocation knows before it touches the database: its :class:`Start`, then the project.
 
     Attributes:
-        settings: the validated settings.
-        target: the tool and the database; a project that configures its own
-            database (Django's ``DATABASES``) gives the URL once loaded.
-        cwd: the working directory (alembic.ini and relative paths).
-        run_id: a random id, in every log event and in ``application_name``.
-        report: the record of the run; also feeds the metrics.
-        stdout: where a command's document goes (the real stdout, even when
-            ``sys.stdout`` has been pointed at stderr).
-        resolution: ``resolve``'s ``--mark``: ``applied`` or ``not-applied``.
-        trace: ``plan --trace``.
         preloaded: the project, if the no-op check loaded it already.
     """
 
-    settings: Settings
-    target: Target
-    cwd: Path
-    report: RunReport
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    resolution: str | None = None
-    trace: bool = False
     preloaded: Driver | None = None
     _driver: Driver | None = field(default=None, init=False, repr=False)
     _before_apply_ran: bool = field(default=False, init=False, repr=False)
 
+    @classmethod
+    def after(cls, start: Start, *, preloaded: Driver | None, target: Target | None) -> Run:
+        """The run context of ``start``, with the project and target the no-op check may have loaded."""
+        fields = {name: getattr(start, name) for name in start.__dataclass_fields__}
+        return cls(**{**fields, "target": target or start.target}, preloaded=preloaded)
+
+    def refuse_in_production(self, *, allowed: bool, refusal: str) -> None:
+        """Stop a command that production allows only by its own setting (``MIGRATION_ALLOW_*``).
+
+        Raises:
+            ConfigError: ``refusal``, in the production environment unless ``allowed``.
+        """
+        if self.settings.environment == "production" and not allowed:
+            raise ConfigError(refusal)
+
     @property
-    def host(self) -> str:
-        """The pod's name (Downward API) or else this host's name."""
-        return self.settings.pod_name or socket.gethostname()
+    def cwd(self) -> Path:
+        """The working directory (alembic.ini and relative paths)."""
+        return self.settings.cwd
 
     @property
     def application_name(self) -> str:

@@ -66,14 +66,10 @@ class Step:
 
 @dataclass(frozen=True)
 class Applied:
-    """One step that was applied and committed.
+    """One step that was applied and committed: a :class:`Step`'s fields, and ``duration_seconds``.
 
-    Attributes:
-        revision: the step's id.
-        message: its one-line description.
-        duration_seconds: wall time of the step and its version update.
-        parents: the ids it supersedes among the database's current ones
-            (Alembic: its ``down_revision`` ids; Django: its parents in its app).
+    ``duration_seconds`` is the wall time of the step and its version update; ``parents``
+    are the ids it supersedes among the database's current ones.
     """
 
     revision: str
@@ -103,7 +99,7 @@ class Rendered:
 class VersionTable:
     """Where the tool records what is applied (Alembic: ``alembic_version``; Django: ``django_migrations``)."""
 
-    name: str = "alembic_version"
+    name: str
     schema: str | None = None
 
 
@@ -132,11 +128,15 @@ class MigrateOptions:
     in_transaction: Callable[[Execute, str, bool], None] = lambda _, __, ___: None
 
 
-class Driver(Protocol):
-    """What the orchestration asks of a migration system. Every error is one of :mod:`runner.errors`."""
+class History(Protocol):
+    """Queries over the tool's graph of steps; none changes the database. Every error is one of :mod:`runner.errors`.
+
+    All but Django's :meth:`reverting` (Django plans a downgrade from ``django_migrations``) read only the files.
+    """
 
     tool: str
     version_table: VersionTable
+    merge_command: str  # what joins diverged heads (verify's single_head says it)
 
     def returned_early(self, revisions: Sequence[str], state: str) -> str:
         """The message when the tool's run returned with ``revisions`` still ``state`` (pending, applied)."""
@@ -168,10 +168,6 @@ class Driver(Protocol):
         """The target depends on the database (``+2``)."""
         ...
 
-    def read_applied(self, connection: Connection, version_table: VersionTable) -> tuple[str, ...]:
-        """What the database has applied (empty without a version table); the read's transaction is ended."""
-        ...
-
     def unknown(self, current: Sequence[str]) -> list[str]:
         """The applied ids the project does not have (an application rollback)."""
         ...
@@ -188,10 +184,6 @@ class Driver(Protocol):
         """The steps an upgrade from ``current`` to ``target`` applies, in order."""
         ...
 
-    def stamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
-        """Record ``revision`` as applied without running it."""
-        ...
-
     def source(self, revision: str) -> Path | None:
         """The step's source file, whose checksum the ledger records (:mod:`runner.checksum`); None if it has none."""
         ...
@@ -204,8 +196,6 @@ class Driver(Protocol):
         half-way is named by the next run.
         """
         ...
-
-    merge_command: str  # what joins diverged heads (verify's single_head says it)
 
     def diverged(self) -> list[str]:
         """The heads that diverge; empty when the history is one line (per app).
@@ -222,16 +212,8 @@ class Driver(Protocol):
         """
         ...
 
-    def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
-        """Compare the project's models with the migrated database: ``(passed|failed|skipped, lines)``."""
-        ...
-
     def applied_revisions(self, current: Sequence[str]) -> list[str]:
         """Every step that ``current`` (from :meth:`read_applied`) records as applied, ancestors included."""
-        ...
-
-    def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
-        """Record ``revision`` as not applied without running its downgrade."""
         ...
 
     def reverting(self, current: Sequence[str], target: str) -> list[Step]:
@@ -240,6 +222,26 @@ class Driver(Protocol):
 
     def irreversible(self, steps: Sequence[Step]) -> list[tuple[str, str]]:
         """``(revision, why)`` for each of ``steps`` that cannot be reverted (none: all can)."""
+        ...
+
+
+class Executor(Protocol):
+    """Reading, recording and running steps on a database connection. Every error is one of :mod:`runner.errors`."""
+
+    def read_applied(self, connection: Connection, version_table: VersionTable) -> tuple[str, ...]:
+        """What the database has applied (empty without a version table); the read's transaction is ended."""
+        ...
+
+    def stamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as applied without running it."""
+        ...
+
+    def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
+        """Compare the project's models with the migrated database: ``(passed|failed|skipped, lines)``."""
+        ...
+
+    def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:
+        """Record ``revision`` as not applied without running its downgrade."""
         ...
 
     def render(self, current: Sequence[str], target: str, url: URL) -> list[Rendered]:
@@ -260,6 +262,10 @@ class Driver(Protocol):
     def downgrade(self, options: MigrateOptions) -> None:
         """Revert the steps down to ``options.target``, each as :meth:`upgrade` applies one; the same errors."""
         ...
+
+
+class Driver(History, Executor, Protocol):
+    """What the orchestration asks of a migration system: its :class:`History` and its :class:`Executor`."""
 
 
 def choose(requested: str, *, cwd: Path, environ: Mapping[str, str], settings: Settings) -> str:
