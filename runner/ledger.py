@@ -149,7 +149,7 @@ class Ledger:
     namespace: str | None
     node: str | None
     version: str
-    scope: str = "alembic_version"
+    scope: str
     direction: str = "up"
     connection: Connection | None = None
     _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours

@@ -6,6 +6,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import tenacity
@@ -88,6 +89,120 @@ def _plan(
     raise UnknownRevision(message, missing)
 
 
+# Each direction's words: the key of its steps in ``.started``, of their count in ``.finished``, what a step
+# the tool did not run still is, and what another runner did while this one waited for the lock.
+_WORDS = {
+    "upgrade": ("pending", "applied", "pending", "migrated"),
+    "downgrade": ("reverting", "reverted", "applied", "reverted"),
+}
+
+
+@dataclass(frozen=True)
+class _Way:
+    """What differs between upgrade and downgrade on their one path (:func:`_migrate_once`).
+
+    Attributes:
+        name: ``upgrade`` or ``downgrade``: the prefix of its events, the key of :data:`_WORDS`.
+        target: the target as the events show it.
+        steps: the steps from the database's current revisions to the target, in order.
+        under_lock: the ledger's checks under the lock, before any step runs.
+        look: before the lock, what the ledger says (upgrade's drift check), or ``None``.
+    """
+
+    name: str
+    target: Callable[[], str]
+    steps: Callable[[Driver, Sequence[str]], list[Step]]
+    under_lock: Callable[[Run, Driver, ledger.Ledger, Connection, Sequence[str]], None]
+    look: Callable[[Run, Driver, Connection, Sequence[str]], Any] = lambda *_: None
+
+    def left_over(self, project: Driver, after: Sequence[str], step: Step) -> bool:
+        """The step is still to do after the tool returned: pending after an upgrade, applied after a downgrade."""
+        return project.is_applied(after, step.revision) == (self.name == "downgrade")
+
+
+def _migrate(run: Run, way: _Way) -> ExitCode:
+    """Run ``way`` to its target, again after each lost connection (the lock, the re-read and all)."""
+    project = run.project()
+    engine = run.engine(run.migration_url())
+    for attempt in _reconnecting(run):
+        with attempt:
+            _migrate_once(run, project, engine, way)
+    return ExitCode.OK
+
+
+def _migrate_once(run: Run, project: Driver, engine: Engine, way: _Way) -> None:
+    """Upgrade or downgrade once: no-op without the lock when nothing is to do, else under it, step by step.
+
+    Raises:
+        BrokenProject: the tool's run returned with steps still to do (an offline-only env.py, say).
+        And what :func:`upgrade` and :func:`downgrade` document.
+    """
+    log, done = get_logger(), "already at target"
+    steps_key, done_key, left_state, verb = _WORDS[way.name]
+    raced = f"another runner {verb} while this one waited for the lock"
+    with (
+        run.connect(engine) as connection,
+        database.losing_connection_raises(),
+    ):
+        current = run.read_current(connection)
+        steps = way.steps(project, current)
+        view = way.look(run, project, connection, current)
+        if not steps and not (view is not None and _ledger_work(run, view, connection)):
+            log.info(f"{way.name}.noop", current=run.shown(current), target=way.target(), reason=done)
+            return
+        with _migration_lock(run, connection) as held:
+            current = run.read_current(connection)  # another runner may have done it meanwhile
+            steps = way.steps(project, current)
+            if not steps and not (view is not None and view.needs_lock):
+                # Followers pass the lock on one by one: this path stays short (no ledger work).
+                log.info(f"{way.name}.noop", current=run.shown(current), target=way.target(), reason=raced)
+                return
+            book = run.ledger()
+            book.prepare(held.connection or connection)
+            way.under_lock(run, project, book, connection, current)
+            if not steps:
+                log.info(f"{way.name}.noop", current=run.shown(current), target=way.target(), reason=done)
+                return
+            _before_apply(run, project, held, current, steps)
+            log.info(
+                f"{way.name}.started",
+                current=run.shown(current),
+                target=way.target(),
+                **{steps_key: [s.revision for s in steps]},
+            )
+            started = time.monotonic()
+            # A relative target (+2) is fixed now, so a retry after revision 1 does not go 2 further.
+            target = steps[-1].revision if project.is_relative(way.target()) else way.target()
+            _apply(run, project, connection, held, book, target=target)
+            after = run.read_current(connection)
+            left = [s.revision for s in steps if way.left_over(project, after, s)]
+            if left:
+                raise BrokenProject(project.returned_early(left, left_state))
+            log.info(
+                f"{way.name}.finished",
+                current=run.shown(after),
+                **{done_key: len(steps)},
+                duration_seconds=round(time.monotonic() - started, 6),
+            )
+
+
+def _look_at_the_ledger(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> Any:
+    """Upgrade, before the lock: the ledger's view of the applied revisions, drift judged (``MIGRATION_DRIFT``)."""
+    view = _read_ledger(run, project, connection, current)
+    _judge_drift(run, view)
+    return view
+
+
+def _settle_the_ledger(
+    run: Run, project: Driver, book: ledger.Ledger, connection: Connection, current: Sequence[str]
+) -> None:
+    """Upgrade, under the lock: adopt unrecorded revisions, refuse an unfinished step or a rewound version table."""
+    _adopt(project, book, current)
+    _refuse_unfinished(project, book, current)
+    # Under the lock: the version table and the ledger are read with no runner writing either.
+    _refuse_rewound(run, connection, current, _rewound(run, project, connection, current))
+
+
 def upgrade(run: Run) -> ExitCode:
     """Apply the pending revisions under the migration lock, surviving lost connections.
 
@@ -109,12 +224,17 @@ def upgrade(run: Run) -> ExitCode:
         ConfigError, DatabaseUnavailable, LockTimeout, LockLost, MigrationFailed, UnknownRevision,
         RevisionDrifted (``MIGRATION_DRIFT=fail``).
     """
-    project = run.project()
-    engine = run.engine(run.migration_url())
-    for attempt in _reconnecting(run):
-        with attempt:
-            _upgrade_once(run, project, engine)
-    return ExitCode.OK
+    allow = run.settings.allow_unknown_revision
+    return _migrate(
+        run,
+        _Way(
+            "upgrade",
+            target=lambda: run.settings.target,
+            steps=lambda project, current: _plan(run, project, current, allow_unknown=allow, upgrading=True),
+            under_lock=_settle_the_ledger,
+            look=_look_at_the_ledger,
+        ),
+    )
 
 
 def _reconnecting(run: Run) -> tenacity.Retrying:
@@ -153,61 +273,6 @@ def _migration_lock(run: Run, connection: Connection) -> Iterator[locks.HeldLock
     ) as held:
         run.report.lock_acquired(held.wait_seconds)
         yield held
-
-
-def _upgrade_once(run: Run, project: Driver, engine: Engine) -> None:
-    log = get_logger()
-    settings = run.settings
-    allow = settings.allow_unknown_revision
-    with (
-        run.connect(engine) as connection,
-        database.losing_connection_raises(),
-    ):
-        current = run.read_current(connection)
-        pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
-        view = _read_ledger(run, project, connection, current)
-        _judge_drift(run, view)
-        if not pending and not _ledger_work(run, view, connection):
-            log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
-            return
-        with _migration_lock(run, connection) as held:
-            current = run.read_current(connection)  # another runner may have migrated meanwhile
-            pending = _plan(run, project, current, allow_unknown=allow, upgrading=True)
-            if not pending and not view.needs_lock:
-                # Followers pass the lock on one by one: this path stays short (no ledger work).
-                reason = "another runner migrated while this one waited for the lock"
-                log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason=reason)
-                return
-            book = run.ledger()
-            book.prepare(held.connection or connection)
-            _adopt(project, book, current)
-            _refuse_unfinished(project, book, current)
-            # Under the lock: the version table and the ledger are read with no runner writing either.
-            _refuse_rewound(run, connection, current, _rewound(run, project, connection, current))
-            if not pending:
-                log.info("upgrade.noop", current=run.shown(current), target=settings.target, reason="already at target")
-                return
-            _before_apply(run, project, held, current, pending)
-            log.info(
-                "upgrade.started",
-                current=run.shown(current),
-                target=settings.target,
-                pending=[s.revision for s in pending],
-            )
-            started = time.monotonic()
-            # A relative target (+2) is fixed now, so a retry after revision 1 does not go 2 further.
-            target = pending[-1].revision if project.is_relative(settings.target) else settings.target
-            _apply(run, project, connection, held, book, target=target)
-            after = run.read_current(connection)
-            still_pending = [s for s in pending if not project.is_applied(after, s.revision)]
-            if still_pending:
-                raise BrokenProject(project.returned_early([s.revision for s in still_pending], "pending"))
-            log.info(
-                "upgrade.finished",
-                current=run.shown(after),
-                applied=len(pending),
-                duration_seconds=round(time.monotonic() - started, 6),
-            )
 
 
 def _before_apply(
@@ -270,54 +335,10 @@ def downgrade(run: Run) -> ExitCode:
         refusal="downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really "
         "needed, run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted",
     )
-    project = run.project()
-    engine = run.engine(run.migration_url())
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
-    for attempt in _reconnecting(run):
-        with attempt:
-            _downgrade_once(run, project, engine, target)
-    return ExitCode.OK
-
-
-def _downgrade_once(run: Run, project: Driver, engine: Engine, target: list[str]) -> None:
-    log = get_logger()
-    with (
-        run.connect(engine) as connection,
-        database.losing_connection_raises(),
-    ):
-        current = run.read_current(connection)
-        if not _reverting(run, project, current, target):
-            log.info("downgrade.noop", current=run.shown(current), target=target[0], reason="already at target")
-            return
-        with _migration_lock(run, connection) as held:
-            current = run.read_current(connection)  # another runner may have reverted meanwhile
-            steps = _reverting(run, project, current, target)
-            if not steps:
-                reason = "another runner reverted while this one waited for the lock"
-                log.info("downgrade.noop", current=run.shown(current), target=target[0], reason=reason)
-                return
-            book = run.ledger()
-            book.prepare(held.connection or connection)
-            _refuse_unfinished(project, book, current)
-            _before_apply(run, project, held, current, steps)
-            log.info(
-                "downgrade.started",
-                current=run.shown(current),
-                target=target[0],
-                reverting=[s.revision for s in steps],
-            )
-            started = time.monotonic()
-            _apply(run, project, connection, held, book, target=target[0])
-            after = run.read_current(connection)
-            still_applied = [s.revision for s in steps if project.is_applied(after, s.revision)]
-            if still_applied:
-                raise BrokenProject(project.returned_early(still_applied, "applied"))
-            log.info(
-                "downgrade.finished",
-                current=run.shown(after),
-                reverted=len(steps),
-                duration_seconds=round(time.monotonic() - started, 6),
-            )
+    only_unfinished = lambda _, project, book, __, current: _refuse_unfinished(project, book, current)  # noqa: E731
+    steps = lambda project, current: _reverting(run, project, current, target)  # noqa: E731
+    return _migrate(run, _Way("downgrade", target=lambda: target[0], steps=steps, under_lock=only_unfinished))
 
 
 def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[str]) -> list[Step]:
