@@ -208,8 +208,8 @@ def _entry(database: Database, code: int, document: dict[str, Any] | None, why: 
         "database": database.name,
         "exit_code": code,
         "outcome": document.get("outcome") or _outcome_name(code),
-        "applied": [step["id"] for step in document.get("applied") or []],
-        "pending": [step["id"] for step in document.get("pending") or []],
+        "applied": [step["revision"] for step in document.get("applied") or []],
+        "pending": [step["revision"] for step in document.get("pending") or []],
         "duration_seconds": document.get("duration_seconds"),
         "error": error,
     }

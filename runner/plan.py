@@ -22,7 +22,8 @@ from typing import Any
 
 from runner.trace import BLOCKS_WRITES
 
-SCHEMA_VERSION = 1
+# 2: a step's revision is under "revision", as in every document and log event; "id" repeats it until version 3.
+SCHEMA_VERSION = 2
 _STATEMENT_SHOWN_CHARS = 200
 
 
@@ -229,6 +230,7 @@ def document(
         "target": list(target),
         "pending": [
             {
+                "revision": step.revision,
                 "id": step.revision,
                 "message": step.message,
                 "transactional": step.transactional,

@@ -21,7 +21,8 @@ from runner.logs import redact_text
 if TYPE_CHECKING:
     from runner.metrics import Metrics
 
-SCHEMA_VERSION = 1
+# 2: a revision is under "revision", as in every document and log event; "id" repeats it until version 3.
+SCHEMA_VERSION = 2
 # The kubelet keeps at most 4096 bytes of a termination message (Kubernetes
 # docs, "Determine the Reason for Pod Failure > Customizing the termination message").
 TERMINATION_MESSAGE_MAX_BYTES = 4096
@@ -84,7 +85,7 @@ class RunReport:
 
     def planned(self, pending: Sequence[Step]) -> None:
         """These revisions are pending, in order."""
-        self.pending = [{"id": s.revision, "message": s.message} for s in pending]
+        self.pending = [{"revision": s.revision, "id": s.revision, "message": s.message} for s in pending]
         if self.metrics:
             self.metrics.pending.set(len(self.pending))
 
@@ -108,10 +109,10 @@ class RunReport:
             self.after = sorted((set(self.after or []) - set(applied.parents)) | {applied.revision})
         else:
             self.after = sorted((set(self.after or []) - {applied.revision}) | set(applied.parents))
-        if self.pending and self.pending[0]["id"] == applied.revision:  # the usual case: in plan order
+        if self.pending and self.pending[0]["revision"] == applied.revision:  # the usual case: in plan order
             del self.pending[0]
         else:
-            self.pending = [p for p in self.pending if p["id"] != applied.revision]
+            self.pending = [p for p in self.pending if p["revision"] != applied.revision]
         if self.metrics:
             self.metrics.database_at(self.after)
             self.metrics.revisions_applied.labels(direction=self.direction).inc()
@@ -176,7 +177,12 @@ class RunReport:
             "target": self.target,
             "heads": self.heads,
             "applied": [
-                {"id": a.revision, "message": a.message, "duration_seconds": round(a.duration_seconds, 6)}
+                {
+                    "revision": a.revision,
+                    "id": a.revision,
+                    "message": a.message,
+                    "duration_seconds": round(a.duration_seconds, 6),
+                }
                 for a in self.applied
             ],
             "pending": self.pending,

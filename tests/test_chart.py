@@ -274,6 +274,7 @@ def test_pod_simulation_runs_the_rendered_job_against_postgresql(pg_url: str, tm
 
 
 def test_the_url_as_a_variable_is_still_an_option() -> None:
+    """database.secretAs=env puts the URL in MIGRATION_DATABASE_URL from the Secret, with no file volume."""
     container = only(render("--set", "database.existingSecret=app-db", "--set", "database.secretAs=env"), "Job")
     env = container["spec"]["template"]["spec"]["containers"][0]["env"]
 
@@ -295,6 +296,7 @@ def test_every_namespaced_object_names_the_release_namespace() -> None:
 
 
 def test_an_image_digest_replaces_the_tag() -> None:
+    """image.digest pins the image by digest over the tag, and a value that is no digest fails the render."""
     digest = "sha256:" + "ab" * 32
     job = only(
         render("--set", "database.existingSecret=app-db", "--set", f"image.digest={digest}", "--set", "image.tag=v9"),
@@ -453,6 +455,7 @@ def test_a_django_app_image_with_its_own_databases_gets_no_url_and_the_runner_as
 
 
 def test_the_network_policy_allows_dns_the_database_and_the_pushgateway_only() -> None:
+    """The NetworkPolicy lets out DNS, the database and the Pushgateway, and lets in only the metrics scrape."""
     objects = render(
         "--set",
         "database.existingSecret=app-db",

@@ -55,15 +55,18 @@ CHANGED = {
 
 @pytest.mark.parametrize("name", list(SAME))
 def test_formatting_is_not_a_change(name: str) -> None:
+    """A revision file reformatted (spacing, comments, quotes) keeps its checksum."""
     assert checksum.of_python(SAME[name]) == checksum.of_python(REVISION)
 
 
 @pytest.mark.parametrize("name", list(CHANGED))
 def test_a_changed_operation_is(name: str) -> None:
+    """A revision file whose operations changed gets a new checksum."""
     assert checksum.of_python(CHANGED[name]) != checksum.of_python(REVISION)
 
 
 def test_bytes_and_text_agree_and_the_form_is_stable() -> None:
+    """The checksum of bytes equals that of the text, is 64 hex digits, and is pinned for one input."""
     value = checksum.of_python(REVISION.encode())
 
     assert value == checksum.of_python(REVISION)
@@ -73,6 +76,7 @@ def test_bytes_and_text_agree_and_the_form_is_stable() -> None:
 
 
 def test_sql_is_normalised_but_literals_are_kept() -> None:
+    """SQL loses comments and spacing in its canonical form, but string literals and quoted names stay exact."""
     sql = (
         "-- the table\nCREATE   TABLE  t (\n    id int, /* key */\n    name text DEFAULT 'a  -- b'\n);\n"
         'CREATE FUNCTION f() RETURNS int AS $body$ select   1 $body$ LANGUAGE sql;\nSELECT "Odd  Name" FROM t'
@@ -85,6 +89,7 @@ def test_sql_is_normalised_but_literals_are_kept() -> None:
 
 
 def test_a_loaded_sql_file_is_in_the_version_2_checksum(tmp_path: Path) -> None:
+    """An SQL file a revision reads is part of its checksum: reformatting it is no change, editing it is."""
     revision = tmp_path / "versions" / "0002_r.py"
     revision.parent.mkdir()
     revision.write_text(REVISION.replace('op.drop_table("orders")', 'op.execute(open("views.sql").read())'))
@@ -108,6 +113,8 @@ def test_a_loaded_sql_file_is_in_the_version_2_checksum(tmp_path: Path) -> None:
 
 
 def test_the_latest_recording_row_counts_and_a_revert_forgets_it() -> None:
+    """drift.recorded takes each revision's latest recording row; a revert or a failure records none."""
+
     def row(revision: str, direction: str, outcome: str, value: str | None, resolution: str | None = None) -> tuple:
         return (revision, direction, outcome, True, resolution, value, 2, None, "2026-12-01", "run")
 

@@ -23,6 +23,7 @@ import sqlalchemy
 from support import (
     REPO,
     Cli,
+    Watched,
     advisory_locks_held,
     applied,
     copy_django_example,
@@ -124,6 +125,7 @@ def test_the_noop_imports_no_sqlalchemy_on_each_database(cli: Cli, project: Path
 
 
 def test_upgrade_noop_check_current_on_each_database(cli: Cli, project: Path, any_url: str) -> None:
+    """The Django example on each database: check 1, upgrade applies each migration once, then a no-op and check 0."""
     before = cli("check", env=env(any_url))
     assert before.code == 1, before.stderr
     assert len(before.one("check.pending")["pending"]) == EXAMPLE_MIGRATIONS
@@ -190,6 +192,7 @@ def test_same_state_as_manage_py_migrate(
 
 @pytest.mark.timeout(240)
 def test_ten_runners_at_once_apply_each_migration_once(cli: Cli, project: Path, pg_url: str) -> None:
+    """Ten Django runners at once: each migration applied and recorded in the ledger exactly once."""
     started = time.monotonic()
     processes = [cli.start("upgrade", env=env(pg_url, MIGRATION_LOCK_TIMEOUT="180")) for _ in range(10)]
     results = [cli.finish(process, started, timeout=200) for process in processes]
@@ -206,13 +209,13 @@ def test_ten_runners_at_once_apply_each_migration_once(cli: Cli, project: Path, 
 
 
 def test_wait_returns_once_another_process_migrates(cli: Cli, project: Path, pg_url: str) -> None:
-    started = time.monotonic()
-    waiter = cli.start("wait", env=env(pg_url, MIGRATION_WAIT_TIMEOUT="60"))
-    time.sleep(1.5)
-    assert waiter.poll() is None, "wait returned before the database was migrated"
+    """wait polls an unmigrated database (wait.waiting) and returns 0 once another process migrates it."""
+    waiter = Watched(cli.start("wait", env=env(pg_url, MIGRATION_WAIT_TIMEOUT="60")))
+    polling = waiter.wait_for("wait.waiting", timeout=60)  # it has seen the database, and not returned
+    assert polling["pending"], polling
 
     assert cli("upgrade", env=env(pg_url)).code == 0
-    result = cli.finish(waiter, started, timeout=60)
+    result = waiter.finish(timeout=60)
 
     assert result.code == 0, result.stderr
     assert result.one("wait.finished")["current"] == EXAMPLE_LEAVES
@@ -238,6 +241,7 @@ def test_the_databases_entry_is_used_when_no_url_is_set(cli: Cli, project: Path,
 
 
 def test_migration_database_url_replaces_an_entry_that_points_nowhere(cli: Cli, project: Path, pg_url: str) -> None:
+    """MIGRATION_DATABASE_URL replaces a DATABASES entry that reaches nothing (69 without it, 0 with it)."""
     nowhere = settings_module(
         project, "nowhere_settings", None, ENGINE="django.db.backends.postgresql", NAME="x", HOST="127.0.0.1", PORT="1"
     )
@@ -252,6 +256,7 @@ def test_migration_database_url_replaces_an_entry_that_points_nowhere(cli: Cli, 
 
 
 def test_targets_app_and_app_migration_prefix(cli: Cli, project: Path, pg_url: str) -> None:
+    """Django targets: app:prefix and app apply up to there; a target below the database or unknown is 78."""
     partial = cli("upgrade", env=env(pg_url, MIGRATION_TARGET="shop:0002"))
     assert partial.code == 0, partial.stderr
     rows = applied(pg_url, "django")
@@ -274,6 +279,7 @@ def test_targets_app_and_app_migration_prefix(cli: Cli, project: Path, pg_url: s
 def test_a_failing_migration_exits_65_naming_it_and_keeps_the_earlier_ones(
     cli: Cli, project: Path, pg_url: str
 ) -> None:
+    """A Django migration that fails: 65 naming it with its SQLSTATE; the earlier ones stay applied."""
     add_migration(project, "0004_broken", 'operations = [migrations.RunSQL("SELECT 1/0")]')
 
     result = cli("upgrade", env=env(pg_url))
@@ -292,6 +298,7 @@ RAISE_55P03 = "DO $$ BEGIN RAISE EXCEPTION 'held' USING ERRCODE = '55P03'; END $
 
 
 def test_an_atomic_migration_is_retried_and_a_non_atomic_one_is_not(cli: Cli, project: Path, pg_url: str) -> None:
+    """55P03 in an atomic Django migration is retried; in a non-atomic one it is not, and is partially applied."""
     add_migration(project, "0004_locked", f'operations = [migrations.RunSQL("{RAISE_55P03}")]')
     atomic = cli("upgrade", env=env(pg_url, MIGRATION_REVISION_RETRIES="1"))
     assert atomic.code == 65, atomic.stderr
@@ -348,6 +355,7 @@ def test_the_ddl_lock_timeout_applies_to_djangos_session(cli: Cli, project: Path
 
 
 def test_inconsistent_history_two_leaves_and_unknown_rows(cli: Cli, project: Path, pg_url: str) -> None:
+    """Django: an unknown applied row is 66, an inconsistent history 78, and two leaf nodes in one app 78."""
     assert cli("upgrade", env=env(pg_url)).code == 0
 
     query(pg_url, "INSERT INTO django_migrations (app, name, applied) VALUES ('shop', '0009_gone', now())")
@@ -371,6 +379,7 @@ def test_inconsistent_history_two_leaves_and_unknown_rows(cli: Cli, project: Pat
 
 
 def test_sigterm_in_a_slow_migration_rolls_back_and_frees_the_lock(cli: Cli, project: Path, pg_url: str) -> None:
+    """SIGTERM inside a Django migration: 143, the migration rolled back and unrecorded, the lock freed."""
     add_migration(project, "0004_slow", 'operations = [migrations.RunSQL("SELECT pg_sleep(60)")]')
     started = time.monotonic()
     process = cli.start("upgrade", env=env(pg_url))
@@ -389,6 +398,7 @@ def test_sigterm_in_a_slow_migration_rolls_back_and_frees_the_lock(cli: Cli, pro
 
 
 def test_choosing_the_tool(cli: Cli, project: Path, tmp_path: Path) -> None:
+    """auto with two projects is 78; Django without DJANGO_SETTINGS_MODULE or with an unknown alias is 78."""
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     (project / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
     both = cli("check", env=env(url))
@@ -427,6 +437,7 @@ def test_choosing_the_tool(cli: Cli, project: Path, tmp_path: Path) -> None:
 
 
 def test_a_django_run_imports_no_alembic(cli: Cli, project: Path, tmp_path: Path) -> None:
+    """A Django run never imports Alembic."""
     code = "import sys, runner.cli\ncode = runner.cli.main(['check'])\nprint('RESULT', code, 'alembic' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -441,6 +452,7 @@ def test_a_django_run_imports_no_alembic(cli: Cli, project: Path, tmp_path: Path
 
 
 def test_termination_message_and_metrics_have_the_alembic_shape(cli: Cli, project: Path, pg_url: str) -> None:
+    """A Django run writes the same termination message and metrics as an Alembic run."""
     termination, textfile = cli.cwd / "termination-log", cli.cwd / "metrics.prom"
     termination.touch()
     result = cli(

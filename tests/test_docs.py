@@ -37,3 +37,19 @@ def test_the_driver_guide_names_every_migrate_option() -> None:
     fields = [field.name for field in dataclasses.fields(drivers.MigrateOptions)]
     missing = [name for name in fields if not re.search(rf"`{name}[`(]", GUIDE)]
     assert fields and not missing, f"docs/drivers.md does not name MigrateOptions.{', '.join(missing)}"
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """README's layout tree has one line for each module of runner/, and none for a module that is gone."""
+    readme = (REPO / "README.md").read_text()
+    tree = readme[readme.index("Layout, one line per module") :].split("```")[1]
+    named, parents = set(), []  # paths from the indentation: two spaces per directory
+    for line in tree.strip("\n").splitlines():
+        depth, name = (len(line) - len(line.lstrip())) // 2, line.split()[0]
+        del parents[depth:]
+        if name.endswith("/"):
+            parents.append(name.rstrip("/"))
+        else:
+            named.add("/".join([*parents, name]))
+    modules = {str(path.relative_to(REPO)) for path in (REPO / "runner").rglob("*.py")}
+    assert named == modules, f"README layout: missing {sorted(modules - named)}, gone {sorted(named - modules)}"

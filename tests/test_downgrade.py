@@ -43,6 +43,7 @@ def migrated(cli: Cli, url: str, revisions: int = 5) -> dict[str, str]:
 
 
 def test_downgrade_to_a_revision_then_one_step(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """downgrade to a revision, then -1: each step reverted in order, the document and metrics say so."""
     env = migrated(cli, pg_url)
     textfile = tmp_path / "metrics.prom"
 
@@ -56,7 +57,7 @@ def test_downgrade_to_a_revision_then_one_step(cli: Cli, pg_url: str, tmp_path: 
     document = json.loads(to_three.stdout)
     jsonschema.validate(document, SCHEMA)
     assert document["direction"] == "down"
-    assert [step["id"] for step in document["applied"]] == ["0005", "0004"]
+    assert [step["revision"] for step in document["applied"]] == ["0005", "0004"]
     assert document["from"] == ["0005"]
     assert document["to"] == ["0003"]
     assert document["target"] == ["0003"]
@@ -73,6 +74,7 @@ def test_downgrade_to_a_revision_then_one_step(cli: Cli, pg_url: str, tmp_path: 
 
 
 def test_downgrade_to_base(cli: Cli, pg_url: str) -> None:
+    """downgrade base reverts every revision: no version row and no table left."""
     env = migrated(cli, pg_url, revisions=3)
 
     result = cli("downgrade", "base", env=env)
@@ -83,6 +85,7 @@ def test_downgrade_to_base(cli: Cli, pg_url: str) -> None:
 
 
 def test_a_downgrade_needs_a_target(cli: Cli, pg_url: str) -> None:
+    """downgrade without a target is 78 and reverts nothing."""
     env = migrated(cli, pg_url, revisions=2)
 
     result = cli("downgrade", env=env)
@@ -94,6 +97,7 @@ def test_a_downgrade_needs_a_target(cli: Cli, pg_url: str) -> None:
 
 @pytest.mark.parametrize("target", ["heads", "0004"])
 def test_a_target_that_is_not_below_the_database_is_refused(cli: Cli, pg_url: str, target: str) -> None:
+    """A downgrade target that is not below the database is 78 and changes nothing."""
     env = migrated(cli, pg_url, revisions=5)
     assert cli("downgrade", "0003", env=env).code == 0
 
@@ -104,6 +108,7 @@ def test_a_target_that_is_not_below_the_database_is_refused(cli: Cli, pg_url: st
 
 
 def test_refused_in_production_unless_allowed(cli: Cli, pg_url: str) -> None:
+    """downgrade in production is 78 unless MIGRATION_ALLOW_DOWNGRADE=true."""
     env = migrated(cli, pg_url, revisions=3)
     production = {**env, "MIGRATION_ENVIRONMENT": "production"}
 
@@ -117,6 +122,7 @@ def test_refused_in_production_unless_allowed(cli: Cli, pg_url: str) -> None:
 
 
 def test_an_irreversible_step_stops_it_before_any_change(cli: Cli, pg_url: str) -> None:
+    """A downgrade across steps that cannot be reverted is 78 naming each, before anything is reverted."""
     env = migrated(cli, pg_url, revisions=5)
     four = cli.cwd / "migrations" / "versions" / "0004_r.py"
     four.write_text(four.read_text().replace('    op.drop_table("t_0004")', '    raise NotImplementedError("one way")'))
@@ -159,6 +165,7 @@ def test_a_merge_revision_as_alembic_merge_writes_it_is_reversible(cli: Cli, pg_
 
 
 def test_five_concurrent_downgrades_are_serialized_by_the_lock(cli: Cli, pg_url: str) -> None:
+    """Five downgrades at once: the lock serialises them, and each revision is reverted once."""
     env = migrated(cli, pg_url, revisions=6)
 
     started = time.monotonic()
@@ -172,6 +179,7 @@ def test_five_concurrent_downgrades_are_serialized_by_the_lock(cli: Cli, pg_url:
 
 
 def test_sigterm_mid_way_leaves_the_last_fully_reverted_revision(cli: Cli, pg_url: str) -> None:
+    """SIGTERM inside a revision's downgrade: 143, and the database at the last fully reverted revision."""
     env = migrated(cli, pg_url, revisions=5)
     three = cli.cwd / "migrations" / "versions" / "0003_r.py"
     three.write_text(three.read_text().replace('    op.drop_table("t_0003")', '    op.execute("SELECT pg_sleep(30)")'))
@@ -194,6 +202,7 @@ def test_sigterm_mid_way_leaves_the_last_fully_reverted_revision(cli: Cli, pg_ur
 
 
 def test_django_downgrade_to_a_migration_and_to_zero(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Django downgrades to app:migration and to app:zero, each unapplying in order."""
     project = copy_django_example(tmp_path / "django")
     env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
     assert cli("upgrade", env=env, cwd=project).code == 0

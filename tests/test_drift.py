@@ -56,6 +56,7 @@ def upgrade(cli: Cli, env: dict[str, str], *args: str, cwd: Path | None = None) 
 
 
 def test_reformatting_a_revision_is_not_drift(cli: Cli, pg_url: str) -> None:
+    """A reformatted applied revision is no drift, even under MIGRATION_DRIFT=fail."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli("upgrade", env=env).code == 0
@@ -72,6 +73,7 @@ def test_reformatting_a_revision_is_not_drift(cli: Cli, pg_url: str) -> None:
 
 
 def test_a_changed_operation_is_drift_and_warn_exits_0_naming_it(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A changed applied revision is drift: warn logs revision.drifted with both checksums and exits 0."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli("upgrade", env=env).code == 0
@@ -94,6 +96,7 @@ def test_a_changed_operation_is_drift_and_warn_exits_0_naming_it(cli: Cli, pg_ur
 
 
 def test_fail_exits_65_before_any_change(cli: Cli, pg_url: str) -> None:
+    """MIGRATION_DRIFT=fail with a drifted revision: 65 naming it, before any pending revision is applied."""
     make_project(cli.cwd, revisions=2)
     env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_DRIFT": "fail"}
     assert cli("upgrade", env=env).code == 0
@@ -125,6 +128,7 @@ def make_project_keeping(root: Path, revisions: int) -> None:
 
 
 def test_off_skips_the_comparison(cli: Cli, pg_url: str) -> None:
+    """MIGRATION_DRIFT=off compares nothing and reports no drift."""
     make_project(cli.cwd, revisions=2)
     env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_DRIFT": "off"}
     assert cli("upgrade", env=env).code == 0
@@ -175,6 +179,7 @@ def test_a_database_migrated_before_the_ledger_is_adopted_without_drift(cli: Cli
 
 
 def test_accept_records_the_reviewed_file_and_clears_the_drift(cli: Cli, pg_url: str) -> None:
+    """accept records the edited file's checksum in the ledger: the drift is gone, and the history keeps the change."""
     make_project(cli.cwd, revisions=2)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli("upgrade", env=env).code == 0
@@ -220,6 +225,7 @@ def test_sql_files_a_revision_loads_are_in_its_checksum(cli: Cli, pg_url: str) -
 
 
 def test_on_mariadb(cli: Cli, mysql_url: str) -> None:
+    """Drift on MariaDB: reformatting is none, an edit warns, fail refuses, accept clears it."""
     make_project(cli.cwd, revisions=2)
     env = {"MIGRATION_DATABASE_URL": mysql_url}
     assert cli("upgrade", env=env).code == 0
@@ -285,6 +291,7 @@ def test_django_formatting_drift_adoption_and_accept(cli: Cli, tmp_path: Path) -
 
 
 def test_django_fail_exits_65_before_any_change(cli: Cli, mysql_url: str, tmp_path: Path) -> None:
+    """A drifted Django migration with MIGRATION_DRIFT=fail: 65 naming it, the pending migration not applied."""
     project = copy_django_example(tmp_path / "django")
     env = django_env(mysql_url)
     assert cli("upgrade", "shop:0002", env=env, cwd=project).code == 0

@@ -94,7 +94,7 @@ def test_plan_and_verify_take_the_pytest_alembic_env_py(cli: Cli, pg_databases: 
     verify = cli("verify", "--output", "json", env={"MIGRATION_DATABASE_URL": verified_url})
 
     assert plan.code in (0, 1), plan.stdout + plan.stderr
-    assert [step["id"] for step in json.loads(plan.stdout)["pending"]] == ["0001", "0002"]
+    assert [step["revision"] for step in json.loads(plan.stdout)["pending"]] == ["0001", "0002"]
     assert query(planned_url, "SELECT to_regclass('applied_log')") == [(None,)]
     report = json.loads(verify.stdout)
     statuses = {case["name"]: case["status"] for case in report["cases"]}

@@ -222,7 +222,7 @@ def test_print_in_env_py_and_revisions_never_reaches_the_json_document(cli: Cli,
     current = cli("current", "--json", env=env)
 
     assert upgrade.code == 0, upgrade.stderr
-    assert json.loads(upgrade.stdout)["applied"][1]["id"] == rev_id(2)
+    assert json.loads(upgrade.stdout)["applied"][1]["revision"] == rev_id(2)
     assert "from revision 1" in upgrade.stderr and "from a subprocess" in upgrade.stderr
     assert json.loads(current.stdout)["to"] == [rev_id(2)]
 

@@ -12,7 +12,17 @@ from pathlib import Path
 import psycopg
 import pytest
 from faults import PgBouncer, ResettingProxy, ThrowawayPostgres, free_port
-from support import Cli, advisory_locks_held, applied_counts, make_project, query, rev_id, version, wait_until
+from support import (
+    Cli,
+    Watched,
+    advisory_locks_held,
+    applied_counts,
+    make_project,
+    query,
+    rev_id,
+    version,
+    wait_until,
+)
 
 
 def slow_bodies(revisions: int, seconds: float) -> dict[int, str]:
@@ -31,17 +41,15 @@ def applied_so_far(url: str) -> int:
 
 
 @pytest.mark.timeout(60)
-def test_database_not_up_yet_then_starting_5s_later_exits_0(cli: Cli, tmp_path: Path) -> None:
-    """The runner starts first; a server started 5 s later is found by the retries and migrated."""
+def test_database_not_up_yet_then_starting_while_the_runner_retries_exits_0(cli: Cli, tmp_path: Path) -> None:
+    """The runner starts first; a server started once it is retrying is found by the retries and migrated."""
     server = ThrowawayPostgres()
     make_project(cli.cwd, revisions=3)
     try:
-        started = time.monotonic()
-        runner = cli.start(env={"MIGRATION_DATABASE_URL": server.url, "MIGRATION_CONNECT_TIMEOUT": "30"})
-        time.sleep(5)
-        assert runner.poll() is None, "the runner gave up before the server started"
+        runner = Watched(cli.start(env={"MIGRATION_DATABASE_URL": server.url, "MIGRATION_CONNECT_TIMEOUT": "30"}))
+        runner.wait_for("database.retrying", timeout=30)  # refused, and retrying: now the server comes up
         server.start()
-        result = cli.finish(runner, started, timeout=40)
+        result = runner.finish(timeout=40)
     finally:
         server.stop()
 
@@ -117,7 +125,8 @@ def test_network_reset_mid_revision_is_survived(cli: Cli, pg_url: str) -> None:
         started = time.monotonic()
         runner = cli.start(env={"MIGRATION_DATABASE_URL": through_proxy, "MIGRATION_CONNECT_TIMEOUT": "20"})
         wait_until(lambda: applied_so_far(pg_url) >= 4, 30, "4 revisions applied")
-        time.sleep(0.1)  # inside a revision's pg_sleep
+        sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.2)' AND state = 'active'"
+        wait_until(lambda: query(pg_url, sleeping)[0][0] >= 1, 30, "a revision inside its pg_sleep")
         reset = proxy.reset_all()
         result = cli.finish(runner, started, timeout=60)
     finally:
@@ -212,23 +221,23 @@ def sleeping_query_running(url: str) -> bool:
     return query(url, sql) == [(1,)]
 
 
-def assert_sigterm_rolls_back(process: subprocess.Popen[str], pg_url: str) -> float:
+def assert_sigterm_rolls_back(process: subprocess.Popen[str], pg_url: str) -> None:
+    """SIGTERM inside revision 2's pg_sleep(60): 143, at revision 1, the statement cancelled, the lock freed.
+
+    Ending at all before the statement's 60 s proves the cancel; the wait is generous, never a window.
+    """
     wait_until(lambda: sleeping_query_running(pg_url), 30, "revision 2 to be running")
-    sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=10)
-    elapsed = time.monotonic() - sent
+    code = process.wait(timeout=30)
     assert code == 143
-    assert elapsed < 5, elapsed
     assert version(pg_url) == [rev_id(1)]
     assert applied_counts(pg_url) == {rev_id(1): 1}
-    wait_until(lambda: advisory_locks_held(pg_url) == 0 and not sleeping_query_running(pg_url), 2, "cleanup")
-    return elapsed
+    wait_until(lambda: advisory_locks_held(pg_url) == 0 and not sleeping_query_running(pg_url), 20, "cleanup")
 
 
 @pytest.mark.timeout(60)
 def test_sigterm_during_a_long_revision_cancels_rolls_back_and_exits_143(cli: Cli, pg_url: str) -> None:
-    """SIGTERM while revision 2 runs pg_sleep(60): exit 143 within 5 s, at revision 1, the statement cancelled."""
+    """SIGTERM while revision 2 runs pg_sleep(60): 143 long before that ends, at revision 1, the statement cancelled."""
     make_project(cli.cwd, revisions=3, bodies={2: 'op.execute("SELECT pg_sleep(60)")'})
     started = time.monotonic()
     runner = cli.start(env={"MIGRATION_DATABASE_URL": pg_url})

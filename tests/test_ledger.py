@@ -19,6 +19,7 @@ def file_checksum(project: Path, revision: str) -> str:
 
 
 def test_each_applied_revision_has_its_files_checksum(cli: Cli, pg_url: str) -> None:
+    """Each ledger row of an applied revision holds its file's checksum and the checksum version."""
     make_project(cli.cwd, revisions=3)
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url})
@@ -28,6 +29,7 @@ def test_each_applied_revision_has_its_files_checksum(cli: Cli, pg_url: str) -> 
 
 
 def test_on_mariadb_too(cli: Cli, mysql_url: str) -> None:
+    """On MariaDB, too, each ledger row holds its file's checksum."""
     make_project(cli.cwd, revisions=2)
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": mysql_url})
@@ -62,6 +64,7 @@ def test_an_older_ledger_gains_the_checksum_columns(cli: Cli, pg_url: str) -> No
 
 
 def test_django_migrations_have_their_files_checksum(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Each Django migration's ledger row holds its file's checksum."""
     project = copy_django_example(tmp_path / "django")
     env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
 
@@ -78,6 +81,7 @@ HISTORY_SCHEMA = json.loads((REPO / "docs" / "history.schema.json").read_text())
 
 
 def test_history_lists_the_ledger_newest_first(cli: Cli, pg_url: str) -> None:
+    """history lists the ledger newest first, as JSON valid against its schema and as text, one revision on request."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     upgraded = cli("upgrade", env=env)
@@ -131,6 +135,7 @@ def test_history_never_shows_a_password_an_older_row_recorded(cli: Cli, pg_url: 
 
 
 def test_history_without_a_ledger_is_empty(cli: Cli, pg_url: str) -> None:
+    """history on a database without a ledger is an empty list, exit 0."""
     make_project(cli.cwd, revisions=1)
 
     result = cli("history", "--json", env={"MIGRATION_DATABASE_URL": pg_url})
@@ -140,6 +145,7 @@ def test_history_without_a_ledger_is_empty(cli: Cli, pg_url: str) -> None:
 
 
 def test_ten_runners_at_once_leave_one_row_per_revision(cli: Cli, pg_url: str) -> None:
+    """Ten runners at once on PostgreSQL leave one ledger row per revision."""
     make_project(cli.cwd, revisions=20)
     env = {"MIGRATION_DATABASE_URL": pg_url}
 
@@ -154,6 +160,7 @@ def test_ten_runners_at_once_leave_one_row_per_revision(cli: Cli, pg_url: str) -
 
 
 def test_ten_runners_at_once_on_mariadb_leave_one_row_per_revision(cli: Cli, mysql_url: str) -> None:
+    """Ten runners at once on MariaDB leave one applied ledger row per revision."""
     make_project(cli.cwd, revisions=10)
     env = {"MIGRATION_DATABASE_URL": mysql_url}
 

@@ -35,6 +35,7 @@ def databases_file(directory: Path, urls: list[str]) -> Path:
 def test_the_index_picks_the_line_and_every_event_names_it(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path
 ) -> None:
+    """The index variable or JOB_COMPLETION_INDEX picks the file's line; events and the termination message name it."""
     make_project(cli.cwd, revisions=2)
     urls = [pg_databases() for _ in range(3)]
     env = {"MIGRATION_DATABASES_FILE": str(databases_file(tmp_path, urls))}
@@ -71,6 +72,7 @@ def test_the_index_picks_the_line_and_every_event_names_it(
 def test_a_bad_index_is_78_naming_it(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, extra: dict[str, str], message: str
 ) -> None:
+    """An index past the file, or not a number, is 78 naming it, and no password from the file is printed."""
     make_project(cli.cwd, revisions=1)
     urls = [with_password(pg_databases(), "s3cret-pw") for _ in range(3)]
     env = {"MIGRATION_DATABASES_FILE": str(databases_file(tmp_path, urls)), **extra}
@@ -83,6 +85,7 @@ def test_a_bad_index_is_78_naming_it(
 
 
 def test_an_index_without_a_file_is_78(cli: Cli, pg_url: str) -> None:
+    """MIGRATION_DATABASE_INDEX without MIGRATION_DATABASES_FILE is 78."""
     make_project(cli.cwd, revisions=1)
 
     result = cli("upgrade", env={"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_DATABASE_INDEX": "2"})
@@ -92,6 +95,7 @@ def test_an_index_without_a_file_is_78(cli: Cli, pg_url: str) -> None:
 
 
 def test_a_missing_or_empty_file_is_78(cli: Cli, tmp_path: Path) -> None:
+    """A databases file that cannot be read, or lists no URL, is 78."""
     make_project(cli.cwd, revisions=1)
     empty = tmp_path / "empty"
     empty.write_text("# nothing yet\n\n")
@@ -142,6 +146,7 @@ def test_all_migrates_the_five_reachable_databases_and_exits_with_the_failure(
 
 
 def test_check_and_wait_take_all_too(cli: Cli, pg_databases: Callable[[], str], tmp_path: Path) -> None:
+    """check --all reports each database's code; wait --all returns 0 once every database is at head."""
     make_project(cli.cwd, revisions=2)
     urls = [pg_databases() for _ in range(3)]
     env = {"MIGRATION_DATABASES_FILE": str(databases_file(tmp_path, urls))}
@@ -157,6 +162,7 @@ def test_check_and_wait_take_all_too(cli: Cli, pg_databases: Callable[[], str], 
 
 
 def test_all_refuses_what_one_process_cannot_share(cli: Cli, pg_databases: Callable[[], str], tmp_path: Path) -> None:
+    """--all refuses a metrics textfile (78), needs the databases file (78), and is not a history flag (2)."""
     make_project(cli.cwd, revisions=1)
     env = {"MIGRATION_DATABASES_FILE": str(databases_file(tmp_path, [pg_databases()]))}
 
@@ -173,6 +179,7 @@ def test_all_refuses_what_one_process_cannot_share(cli: Cli, pg_databases: Calla
 def test_two_all_runs_at_once_apply_each_revision_once_per_database(
     cli: Cli, pg_databases: Callable[[], str], tmp_path: Path
 ) -> None:
+    """Two --all runs at once apply each revision once on every database."""
     make_project(cli.cwd, revisions=5)
     urls = [pg_databases() for _ in range(5)]
     env = {"MIGRATION_DATABASES_FILE": str(databases_file(tmp_path, urls)), "MIGRATION_PARALLELISM": "3"}

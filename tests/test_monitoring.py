@@ -42,6 +42,7 @@ def promtool() -> str:
 
 
 def test_promtool_checks_the_rendered_rules(tmp_path: Path) -> None:
+    """promtool accepts the chart's alert rules, and the four alerts are there."""
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule_groups()))
 
@@ -58,6 +59,7 @@ def test_promtool_checks_the_rendered_rules(tmp_path: Path) -> None:
 
 
 def test_promtool_unit_tests_fire_for_the_failed_tenant_only(tmp_path: Path) -> None:
+    """promtool's unit test: MigrationTenantFailed fires for the failed database only."""
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
     tenant = rules()["MigrationTenantFailed"]["annotations"]
     where = 'command="upgrade",environment="production",namespace="shop",job="migration-runner"'
@@ -116,6 +118,7 @@ def test_promtool_unit_tests_fire_for_the_failed_tenant_only(tmp_path: Path) -> 
 
 
 def test_the_dashboard_configmap_is_for_the_grafana_sidecar() -> None:
+    """The dashboard ConfigMap carries the Grafana sidecar label and the documented panels."""
     configmap = only(
         [
             o

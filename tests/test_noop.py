@@ -128,6 +128,7 @@ UNSURE: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("name", list(HISTORIES))
 def test_quick_heads_are_alembics_heads(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path's heads equal Alembic's for each history of the corpus."""
     project = history(tmp_path / "project", HISTORIES[name])
 
     quick, full = both(project, monkeypatch)
@@ -139,6 +140,7 @@ def test_quick_heads_are_alembics_heads(name: str, tmp_path: Path, monkeypatch: 
 def test_what_the_quick_read_cannot_be_sure_of_it_leaves_to_alembic(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A revision file the quick read cannot be sure of gives None, so Alembic decides."""
     project = history(tmp_path / "project", UNSURE[name])
     monkeypatch.chdir(project)
 
@@ -178,6 +180,7 @@ def run_upgrade(cli: Cli, env: dict[str, str], command: str = "upgrade") -> tupl
 
 
 def test_at_head_the_run_imports_neither_sqlalchemy_nor_alembic(cli: Cli, pg_url: str) -> None:
+    """At head, upgrade answers without importing SQLAlchemy or Alembic, with the full path's events."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli(env=env).code == 0
@@ -218,6 +221,7 @@ def test_the_fast_path_reports_what_the_full_path_reports(cli: Cli, pg_url: str,
     [("behind", 0), ("unknown revision", 66), ("no version table", 0), ("pending, then applies", 0)],
 )
 def test_anything_but_at_head_takes_the_full_path(cli: Cli, pg_url: str, case: str, expected: int) -> None:
+    """Behind head, an unknown revision or no version table: the full path decides, with its code."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     if case != "no version table":
@@ -235,6 +239,7 @@ def test_anything_but_at_head_takes_the_full_path(cli: Cli, pg_url: str, case: s
 
 
 def test_sqlite_and_mariadb_take_the_fast_path_too(cli: Cli, mysql_url: str, tmp_path: Path) -> None:
+    """The no-op fast path answers on SQLite and MariaDB too."""
     make_project(cli.cwd, revisions=2)
     for url in (f"sqlite:///{tmp_path / 'db.sqlite3'}", mysql_url):
         env = {"MIGRATION_DATABASE_URL": url}
@@ -246,6 +251,7 @@ def test_sqlite_and_mariadb_take_the_fast_path_too(cli: Cli, mysql_url: str, tmp
 
 
 def test_a_missing_sqlite_file_is_not_created_by_the_fast_path(cli: Cli, tmp_path: Path) -> None:
+    """The fast path never creates a missing SQLite file; the full path creates and migrates it."""
     make_project(cli.cwd, revisions=1)
     database = tmp_path / "new.sqlite3"
 
@@ -322,6 +328,7 @@ def test_check_and_wait_at_head_take_the_fast_path_too(cli: Cli, pg_url: str, co
 
 
 def test_check_behind_head_still_exits_1(cli: Cli, pg_url: str) -> None:
+    """check behind head takes the full path and exits 1 naming what is pending."""
     make_project(cli.cwd, revisions=3)
     env = {"MIGRATION_DATABASE_URL": pg_url}
     assert cli(env={**env, "MIGRATION_TARGET": rev_id(2)}).code == 0

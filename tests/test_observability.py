@@ -225,6 +225,7 @@ def test_termination_message_after_a_failed_revision_is_cut_to_4096_bytes(
 
 
 def test_termination_message_after_a_sql_error_has_the_sqlstate(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """After a failed statement the termination message carries its SQLSTATE."""
     make_project(cli.cwd, revisions=1, bodies={1: 'op.execute("SELECT * FROM nowhere")'})
     path = tmp_path / "termination-log"
 
@@ -287,12 +288,12 @@ def test_result_document_validates_for_success_failure_lock_timeout_and_check(cl
 
     code, check_before = result_document(cli, "check", env=env)
     assert code == 1 and check_before["success"] is False
-    assert [p["id"] for p in check_before["pending"]] == [rev_id(1), rev_id(2), rev_id(3)]
+    assert [p["revision"] for p in check_before["pending"]] == [rev_id(1), rev_id(2), rev_id(3)]
 
     code, failure = result_document(cli, env=env)
     assert code == 65 and failure["outcome"] == "migration_failed"
-    assert [a["id"] for a in failure["applied"]] == [rev_id(1), rev_id(2)]
-    assert failure["pending"] == [{"id": rev_id(3), "message": "revision 3"}]
+    assert [a["revision"] for a in failure["applied"]] == [rev_id(1), rev_id(2)]
+    assert failure["pending"] == [{"revision": rev_id(3), "id": rev_id(3), "message": "revision 3"}]
     assert failure["error"]["sqlstate"] == "42P01" and failure["error"]["revision"] == rev_id(3)
 
     with psycopg.connect(pg_url, autocommit=True) as holder:
@@ -304,7 +305,7 @@ def test_result_document_validates_for_success_failure_lock_timeout_and_check(cl
     code, success = result_document(cli, env=env)
     assert code == 0 and success["success"] is True
     assert success["from"] == [rev_id(2)] and success["to"] == [rev_id(3)]
-    assert success["applied"][0]["id"] == rev_id(3) and success["lock_wait_seconds"] >= 0
+    assert success["applied"][0]["revision"] == rev_id(3) and success["lock_wait_seconds"] >= 0
 
     for command in ("check", "current", "wait"):
         code, document = result_document(cli, command, env=env)

@@ -33,6 +33,7 @@ def unchanged(url: str) -> None:
 
 
 def test_plan_shows_the_sql_and_the_lock_then_exits_1(cli: Cli, pg_url: str) -> None:
+    """plan shows each pending revision's SQL and the lock it takes, as text, JSON and markdown, and exits 1."""
     env = at_three_of_five(cli, pg_url)
 
     text = cli("plan", env=env)
@@ -46,7 +47,7 @@ def test_plan_shows_the_sql_and_the_lock_then_exits_1(cli: Cli, pg_url: str) -> 
     plan = json.loads(document.stdout)
     jsonschema.validate(plan, SCHEMA)
     assert plan["current"] == ["0003"]
-    assert [step["id"] for step in plan["pending"]] == ["0004", "0005"]
+    assert [step["revision"] for step in plan["pending"]] == ["0004", "0005"]
     four, five = plan["pending"]
     assert [(f["kind"], f["table"]) for f in four["flags"]] == [("rewrite", "orders")]
     assert five["flags"] == []  # a table created by the plan itself is not an existing one
@@ -75,6 +76,7 @@ def test_a_password_in_a_revision_error_is_never_in_the_plan(cli: Cli, pg_url: s
 
 
 def test_plan_at_head_exits_0(cli: Cli, pg_url: str) -> None:
+    """plan at head exits 0 with nothing pending."""
     env = at_three_of_five(cli, pg_url)
     assert cli("upgrade", env=env).code == 0
 
@@ -85,6 +87,7 @@ def test_plan_at_head_exits_0(cli: Cli, pg_url: str) -> None:
 
 
 def test_a_revision_that_reads_data_is_shown_as_not_rendered(cli: Cli, pg_url: str) -> None:
+    """A revision that reads data is shown as not rendered, the plan goes on, and nothing is applied."""
     reads = 'count = op.get_bind().execute(sa.text("SELECT count(*) FROM applied_log")).scalar()\nprint(count)'
     make_project(cli.cwd, revisions=4, bodies={3: reads})
     env = {"MIGRATION_DATABASE_URL": pg_url}
@@ -101,6 +104,7 @@ def test_a_revision_that_reads_data_is_shown_as_not_rendered(cli: Cli, pg_url: s
 
 
 def test_an_irreversible_revision_is_flagged(cli: Cli, pg_url: str) -> None:
+    """plan flags a revision whose downgrade does nothing as irreversible."""
     make_project(cli.cwd, revisions=2)
     two = cli.cwd / "migrations" / "versions" / "0002_r.py"
     two.write_text(two.read_text().replace('    op.drop_table("t_0002")', "    pass"))
@@ -108,12 +112,13 @@ def test_an_irreversible_revision_is_flagged(cli: Cli, pg_url: str) -> None:
     result = cli("plan", "--json", env={"MIGRATION_DATABASE_URL": pg_url})
 
     assert result.code == 1, result.stderr
-    steps = {step["id"]: step for step in json.loads(result.stdout)["pending"]}
+    steps = {step["revision"]: step for step in json.loads(result.stdout)["pending"]}
     assert steps["0002"]["irreversible"] == "its downgrade() does nothing"
     assert steps["0001"]["irreversible"] is None
 
 
 def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """plan of a Django project: each pending migration's SQL and flags, valid against the schema."""
     project = copy_django_example(tmp_path / "django")
     env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
     assert cli("upgrade", "shop:0001", env=env, cwd=project).code == 0
@@ -123,7 +128,7 @@ def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     assert result.code == 1, result.stderr
     plan = json.loads(result.stdout)
     jsonschema.validate(plan, SCHEMA)
-    steps = {step["id"]: step for step in plan["pending"]}
+    steps = {step["revision"]: step for step in plan["pending"]}
     assert [step for step in steps if step.startswith("shop.")] == [
         "shop.0002_product_slug",
         "shop.0003_product_name_index",
@@ -139,6 +144,7 @@ def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["upgrade", "check"])
 def test_markdown_is_for_plan_and_verify_only(cli: Cli, pg_url: str, command: str) -> None:
+    """--output markdown for another command is 78, and nothing is applied."""
     make_project(cli.cwd, revisions=1)
 
     result = cli(command, "--output", "markdown", env={"MIGRATION_DATABASE_URL": pg_url})
@@ -149,6 +155,7 @@ def test_markdown_is_for_plan_and_verify_only(cli: Cli, pg_url: str, command: st
 
 
 def test_trace_names_the_lock_and_the_rewrite_and_changes_nothing(cli: Cli, pg_url: str) -> None:
+    """plan --trace names each statement's locks and table rewrites, and leaves the database as it was."""
     env = at_three_of_five(cli, pg_url)
 
     result = cli("plan", "--trace", "--json", env=env)
@@ -170,6 +177,7 @@ def test_trace_names_the_lock_and_the_rewrite_and_changes_nothing(cli: Cli, pg_u
 
 
 def test_trace_is_refused_in_production_unless_allowed(cli: Cli, pg_url: str) -> None:
+    """plan --trace in production is 78 unless MIGRATION_ALLOW_TRACE=true."""
     env = {**at_three_of_five(cli, pg_url), "MIGRATION_ENVIRONMENT": "production"}
 
     refused = cli("plan", "--trace", env=env)
@@ -182,6 +190,7 @@ def test_trace_is_refused_in_production_unless_allowed(cli: Cli, pg_url: str) ->
 
 
 def test_trace_needs_postgresql(cli: Cli, mysql_url: str) -> None:
+    """plan --trace on MariaDB is 78: it reads pg_locks."""
     make_project(cli.cwd, revisions=1)
 
     result = cli("plan", "--trace", env={"MIGRATION_DATABASE_URL": mysql_url})
@@ -191,6 +200,7 @@ def test_trace_needs_postgresql(cli: Cli, mysql_url: str) -> None:
 
 
 def test_trace_does_not_run_a_revision_outside_a_transaction(cli: Cli, pg_url: str) -> None:
+    """plan --trace never runs an autocommit_block, nor any revision after it."""
     concurrently = (
         "with op.get_context().autocommit_block():\n"
         '    op.create_index("ix_total", "orders", ["total"], postgresql_concurrently=True)'
@@ -211,6 +221,7 @@ def test_trace_does_not_run_a_revision_outside_a_transaction(cli: Cli, pg_url: s
 
 
 def test_django_trace(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """plan --trace of a Django migration names the table it blocks, and applies nothing."""
     project = copy_django_example(tmp_path / "django")
     env = {"MIGRATION_DATABASE_URL": pg_url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
     assert cli("upgrade", env=env, cwd=project).code == 0
@@ -219,7 +230,7 @@ def test_django_trace(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     result = cli("plan", "--trace", "--json", env=env, cwd=project)
 
     assert result.code == 1, result.stderr
-    steps = {step["id"]: step for step in json.loads(result.stdout)["pending"]}
+    steps = {step["revision"]: step for step in json.loads(result.stdout)["pending"]}
     slug = steps["shop.0002_product_slug"]
     assert any("public.shop_product" in s["blocks_reads"] for s in slug["trace"])
     assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(1,)]

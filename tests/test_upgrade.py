@@ -96,7 +96,7 @@ def test_current_prints_text_and_json(cli: Cli, pg_url: str) -> None:
     assert document["command"] == "current"
     assert document["from"] == document["to"] == [rev_id(2)]
     assert document["heads"] == [rev_id(3)]
-    assert document["pending"] == [{"id": rev_id(3), "message": "revision 3"}]
+    assert document["pending"] == [{"revision": rev_id(3), "id": rev_id(3), "message": "revision 3"}]
 
     as_text = cli("current", env={"MIGRATION_DATABASE_URL": pg_url})
     assert as_text.code == 0

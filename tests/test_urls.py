@@ -48,6 +48,7 @@ def as_light(url: urls.DatabaseUrl) -> tuple[object, ...]:
 
 @pytest.mark.parametrize("raw", CORPUS)
 def test_split_reads_every_part_as_sqlalchemy_does(raw: str) -> None:
+    """runner.urls reads every part of a URL as SQLAlchemy does, and renders it the same."""
     theirs = sqlalchemy.make_url(raw.strip())
 
     ours = urls.split(raw)
@@ -59,6 +60,7 @@ def test_split_reads_every_part_as_sqlalchemy_does(raw: str) -> None:
 
 @pytest.mark.parametrize("raw", NOT_URLS)
 def test_what_sqlalchemy_cannot_parse_is_refused_without_echoing_it(raw: str) -> None:
+    """A URL SQLAlchemy cannot parse is refused, without the URL in the message."""
     with pytest.raises((sqlalchemy.exc.ArgumentError, ValueError)):
         sqlalchemy.make_url(raw)
     with pytest.raises(ValueError, match="not a valid SQLAlchemy URL") as refused:
@@ -85,6 +87,7 @@ def test_parse_and_the_sqlalchemy_url_agree(raw: str) -> None:
 
 
 def test_redaction_drops_every_secret() -> None:
+    """Redaction drops the password in the userinfo and in the query, in every spelling."""
     url = urls.parse("postgresql://u:pw%2B1@h/app?password=qs&sslmode=require")
 
     assert url.redacted() == "postgresql+psycopg://u:***@h/app?sslmode=require"
@@ -92,6 +95,7 @@ def test_redaction_drops_every_secret() -> None:
 
 
 def test_reading_a_url_imports_no_sqlalchemy() -> None:
+    """Reading a URL imports no SQLAlchemy."""
     code = "import sys, runner.urls as u; u.parse('postgresql://u:p@h/app'); print('sqlalchemy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
 

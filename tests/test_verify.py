@@ -183,6 +183,7 @@ def check_junit(path: Path, report: dict[str, Any]) -> None:
 
 
 def test_a_healthy_project_passes_every_check(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """verify passes every check on a healthy project, writes valid JUnit, and leaves the database at head."""
     root = project(tmp_path / "p")
     junit = tmp_path / "verify.xml"
 
@@ -197,6 +198,7 @@ def test_a_healthy_project_passes_every_check(cli: Cli, pg_url: str, tmp_path: P
 
 @pytest.mark.parametrize("database", ["mariadb", "sqlite"])
 def test_on_mariadb_and_sqlite_too(cli: Cli, mysql_url: str, tmp_path: Path, database: str) -> None:
+    """verify passes the healthy project on MariaDB and SQLite too."""
     root = project(tmp_path / "p")
     url = mysql_url if database == "mariadb" else f"sqlite:///{tmp_path / 'scratch.db'}"
 
@@ -209,6 +211,7 @@ def test_on_mariadb_and_sqlite_too(cli: Cli, mysql_url: str, tmp_path: Path, dat
 
 
 def test_a_model_column_no_revision_creates_fails_models_match(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A model column that no revision creates fails models_match, naming it."""
     root = project(tmp_path / "p", extra_column='\n    sa.Column("price", sa.Numeric(10, 2)),')
 
     result, report = verify(cli, pg_url, cwd=root)
@@ -221,6 +224,7 @@ def test_a_model_column_no_revision_creates_fails_models_match(cli: Cli, pg_url:
 
 
 def test_two_heads_fail_single_head_naming_both(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Two heads fail single_head naming both and the merge command; the other checks are skipped."""
     root = project(tmp_path / "p", second_head=True)
 
     result, report = verify(cli, pg_url, cwd=root)
@@ -270,6 +274,7 @@ def test_expected_heads_can_be_listed_and_the_stairway_reverts_each_branch_alone
 def test_a_downgrade_that_raises_by_design_fails_unless_listed_as_irreversible(
     cli: Cli, pg_url: str, tmp_path: Path
 ) -> None:
+    """A downgrade that raises fails the stairway unless MIGRATION_VERIFY_IRREVERSIBLE lists it."""
     root = project(tmp_path / "p", orders_down='    raise NotImplementedError("orders are kept")')
 
     result, report = verify(cli, pg_url, cwd=root)
@@ -310,6 +315,7 @@ def test_a_revision_the_verify_settings_name_must_exist(
 def test_a_downgrade_that_drops_the_wrong_table_fails_the_stairway_naming_it(
     cli: Cli, pg_url: str, tmp_path: Path
 ) -> None:
+    """A downgrade that drops the wrong table fails up_down_consistency, naming the table."""
     root = project(tmp_path / "p", orders_down='    op.drop_table("items")')
     junit = tmp_path / "verify.xml"
 
@@ -324,6 +330,7 @@ def test_a_downgrade_that_drops_the_wrong_table_fails_the_stairway_naming_it(
 
 
 def test_a_downgrade_that_forgets_an_index_is_named(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A downgrade that leaves an index behind fails downgrade_leaves_no_trace, naming it."""
     root = project(tmp_path / "p", orders_down='    op.drop_table("orders")')
 
     result, report = verify(cli, pg_url, cwd=root)
@@ -336,6 +343,7 @@ def test_a_downgrade_that_forgets_an_index_is_named(cli: Cli, pg_url: str, tmp_p
 
 
 def test_env_py_without_target_metadata_skips_models_match_and_passes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Without target_metadata, models_match is skipped and verify passes."""
     root = project(tmp_path / "p", models=False)
 
     result, report = verify(cli, pg_url, cwd=root)
@@ -347,6 +355,7 @@ def test_env_py_without_target_metadata_skips_models_match_and_passes(cli: Cli, 
 
 
 def test_a_nonempty_database_is_78_and_nothing_changes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """verify on a database with tables is 78 naming them; --allow-nonempty runs it; production refuses."""
     root = project(tmp_path / "p")
     query(pg_url, "CREATE TABLE customers (id integer)")
 
@@ -426,6 +435,7 @@ def test_a_password_in_a_revision_error_is_never_in_the_report(
 
 
 def test_markdown_for_a_pull_request(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """verify --output markdown is a pull-request comment naming the failed check."""
     root = project(tmp_path / "p", orders_down='    op.drop_table("orders")')
 
     result = cli("verify", "--output", "markdown", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
@@ -489,6 +499,7 @@ class Migration(migrations.Migration):
 def test_a_django_runpython_without_reverse_fails_unless_listed_in_its_id_form(
     cli: Cli, pg_url: str, tmp_path: Path
 ) -> None:
+    """A RunPython without reverse_code fails the stairway unless listed as app.migration."""
     project = copy_django_example(tmp_path / "django")
     (project / "shop" / "migrations" / "0004_fill.py").write_text(ONE_WAY)
     env = {"DJANGO_SETTINGS_MODULE": "mysite.settings"}
@@ -559,6 +570,7 @@ def test_a_django_merge_migration_is_reverted_and_the_stairway_stops_at_the_bran
 def test_a_django_model_field_without_a_migration_fails_models_match(
     cli: Cli, pg_url: str, mysql_url: str, tmp_path: Path, database: str
 ) -> None:
+    """A Django model field without a migration fails models_match on PostgreSQL and MariaDB."""
     project = copy_django_example(tmp_path / "django")
     models = project / "shop" / "models.py"
     models.write_text(
