@@ -104,6 +104,16 @@ def mysql_url(mysql_databases: Callable[[], str]) -> str:
     return mysql_databases()
 
 
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database on each of the three servers: PostgreSQL, MariaDB, and a SQLite file."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mysql_url"))
+    return f"sqlite:///{tmp_path / 'app.sqlite3'}"
+
+
 @pytest.fixture
 def pushgateway() -> Iterator[str]:
     """A real Pushgateway (Debian's prometheus-pushgateway) on a loopback port: its base URL."""

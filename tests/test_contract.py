@@ -121,16 +121,6 @@ def tool(request: pytest.FixtureRequest) -> Tool:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database on each of the three servers: its URL."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    if request.param == "mariadb":
-        return str(request.getfixturevalue("mysql_url"))
-    return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
-
-
 def project(cli: Cli, tool: Tool, url: str, failing: int | None = None) -> dict[str, str]:
     """Write the tool's history into the CLI's directory: the environment that runs it on ``url``."""
     return {**tool.write(cli.cwd, failing), "MIGRATION_TOOL": tool.name, "MIGRATION_DATABASE_URL": url}
@@ -162,13 +152,13 @@ def test_every_driver_is_held_to_the_contract() -> None:
     assert sorted(tool.name for tool in TOOLS) == drivers.tools()
 
 
-def test_upgrade_in_steps_then_a_no_op(cli: Cli, tool: Tool, database: str) -> None:
+def test_upgrade_in_steps_then_a_no_op(cli: Cli, tool: Tool, any_url: str) -> None:
     """check 1 lists every step; upgrade to step 2, then to the heads, applies each step once; then a no-op, check 0."""
-    env = project(cli, tool, database)
+    env = project(cli, tool, any_url)
 
     before = cli("check", env=env)
     partial = cli("upgrade", tool.target(2), "--json", env=env)
-    tables_at_two = step_tables(database)
+    tables_at_two = step_tables(any_url)
     rest = cli("upgrade", "--json", env=env)
     again = cli("upgrade", env=env)
     after = cli("check", env=env)
@@ -181,20 +171,20 @@ def test_upgrade_in_steps_then_a_no_op(cli: Cli, tool: Tool, database: str) -> N
     assert rest.code == 0, rest.stderr
     assert applied_ids(rest) == [tool.ids[2]]
     assert json.loads(rest.stdout)["to"] == [tool.ids[2]]
-    assert step_tables(database) == tables_of(STEPS)
+    assert step_tables(any_url) == tables_of(STEPS)
     assert again.code == 0, again.stderr
     assert again.one("upgrade.noop") and applied_ids(again) == []
     assert after.code == 0, after.stderr
     assert after.one("check.ok")["current"] == [tool.ids[2]]
 
 
-def test_downgrade_in_steps_to_nothing(cli: Cli, tool: Tool, database: str) -> None:
+def test_downgrade_in_steps_to_nothing(cli: Cli, tool: Tool, any_url: str) -> None:
     """downgrade to step 1 reverts steps 3 and 2 in that order; to nothing reverts step 1; the tables follow."""
-    env = project(cli, tool, database)
+    env = project(cli, tool, any_url)
     assert cli("upgrade", env=env).code == 0
 
     to_one = cli("downgrade", tool.target(1), env=env)
-    tables_at_one = step_tables(database)
+    tables_at_one = step_tables(any_url)
     to_none = cli("downgrade", tool.target(0), env=env)
 
     assert to_one.code == 0, to_one.stderr
@@ -202,12 +192,12 @@ def test_downgrade_in_steps_to_nothing(cli: Cli, tool: Tool, database: str) -> N
     assert tables_at_one == tables_of(1)
     assert to_none.code == 0, to_none.stderr
     assert [e["revision"] for e in to_none.named("revision.reverted")] == [tool.ids[0]]
-    assert step_tables(database) == []
+    assert step_tables(any_url) == []
 
 
-def test_the_ledger_records_each_step_and_each_revert(cli: Cli, tool: Tool, database: str) -> None:
+def test_the_ledger_records_each_step_and_each_revert(cli: Cli, tool: Tool, any_url: str) -> None:
     """history lists one applied row per step, then the revert of the last, newest first, under the tool's name."""
-    env = project(cli, tool, database)
+    env = project(cli, tool, any_url)
     assert cli("upgrade", env=env).code == 0
     assert cli("downgrade", tool.target(2), env=env).code == 0
 
@@ -221,9 +211,9 @@ def test_the_ledger_records_each_step_and_each_revert(cli: Cli, tool: Tool, data
     assert ours == [(tool.ids[2], "down", "reverted")] + [(i, "up", "applied") for i in reversed(tool.ids)]
 
 
-def test_three_runners_at_once_apply_each_step_once(cli: Cli, tool: Tool, database: str) -> None:
+def test_three_runners_at_once_apply_each_step_once(cli: Cli, tool: Tool, any_url: str) -> None:
     """Three runners started together all exit 0, and the steps are applied once in all, under the lock."""
-    env = {**project(cli, tool, database), "MIGRATION_LOCK_TIMEOUT": "120"}
+    env = {**project(cli, tool, any_url), "MIGRATION_LOCK_TIMEOUT": "120"}
 
     started = time.monotonic()
     runners = [cli.start("upgrade", env=env) for _ in range(3)]
@@ -231,17 +221,17 @@ def test_three_runners_at_once_apply_each_step_once(cli: Cli, tool: Tool, databa
 
     assert [r.code for r in results] == [0, 0, 0], [r.stderr[-2000:] for r in results]
     assert sorted(i for r in results for i in applied_ids(r) if i in tool.ids) == sorted(tool.ids)
-    assert step_tables(database) == tables_of(STEPS)
+    assert step_tables(any_url) == tables_of(STEPS)
 
 
-def test_a_failing_step_exits_65_naming_it_and_keeps_the_earlier_ones(cli: Cli, tool: Tool, database: str) -> None:
+def test_a_failing_step_exits_65_naming_it_and_keeps_the_earlier_ones(cli: Cli, tool: Tool, any_url: str) -> None:
     """Step 3 fails: 65 naming it, steps 1 and 2 kept; check lists step 3 (on MariaDB once resolve says what happened).
 
     MariaDB's DDL commits as it goes, so a failed step may be partly applied there: the runner
     says so, and check refuses (65) until ``resolve --mark`` records what the user found.
     """
-    env = project(cli, tool, database, failing=3)
-    commits_as_it_goes = database.startswith("mysql")
+    env = project(cli, tool, any_url, failing=3)
+    commits_as_it_goes = any_url.startswith("mysql")
 
     result = cli("upgrade", env=env)
     check = cli("check", env=env)
@@ -253,6 +243,6 @@ def test_a_failing_step_exits_65_naming_it_and_keeps_the_earlier_ones(cli: Cli, 
     assert result.code == 65, result.stderr
     failed = result.one("revision.failed")
     assert (failed["revision"], failed["partially_applied"]) == (tool.ids[2], commits_as_it_goes)
-    assert step_tables(database) == tables_of(2)
+    assert step_tables(any_url) == tables_of(2)
     assert check.code == 1, check.stderr
     assert [step["revision"] for step in check.one("check.pending")["pending"]] == [tool.ids[2]]

@@ -53,16 +53,6 @@ def project(cli: Cli) -> Path:
     return copy_django_example(cli.cwd)
 
 
-@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
-def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database on each of the three servers."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    if request.param == "mariadb":
-        return str(request.getfixturevalue("mysql_url"))
-    return f"sqlite:///{tmp_path / 'app.sqlite3'}"
-
-
 def env(url: str, **more: str) -> dict[str, str]:
     return {**DJANGO, "MIGRATION_DATABASE_URL": url, **more}
 

@@ -12,17 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from faults import PgBouncer, ResettingProxy, ThrowawayPostgres, free_port
-from support import (
-    Cli,
-    Watched,
-    advisory_locks_held,
-    applied_counts,
-    make_project,
-    query,
-    rev_id,
-    version,
-    wait_until,
-)
+from support import Cli, Watched, advisory_locks_held, applied_counts, make_project, query, rev_id, version, wait_until
 
 
 def slow_bodies(revisions: int, seconds: float) -> dict[int, str]:
