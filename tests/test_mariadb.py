@@ -64,7 +64,7 @@ def test_held_get_lock_makes_the_runner_name_the_holder_and_exit_75(cli: Cli, my
         result = cli(env={"MIGRATION_DATABASE_URL": mysql_url, "MIGRATION_LOCK_TIMEOUT": "2"})
 
     assert result.code == 75
-    assert 2 <= result.one("run.finished")["duration_seconds"] < 2 + 10  # the whole wait; generous above (busy hosts)
+    assert 2 <= result.one("run.finished")["duration_seconds"] < 30  # the whole wait; generous above (busy hosts)
     assert result.named("lock.waiting")[0]["holder"]["pid"] == holder_id
     assert not mysql_query(mysql_url, "SHOW TABLES LIKE 'alembic_version'")
     after = cli(env={"MIGRATION_DATABASE_URL": mysql_url, "MIGRATION_LOCK_TIMEOUT": "5"})

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
-from support import Cli, make_project, rev_id
+from support import Cli, Watched, make_project, rev_id
 
 # Nothing listens on port 9: broken files must be found before any connection.
 UNREACHABLE = "postgresql://postgres@127.0.0.1:9/nowhere"
@@ -88,19 +87,16 @@ def test_sqlite_file_lock_of_a_killed_runner_does_not_block_the_next(cli: Cli, t
     db = tmp_path / "app.db"
     env = {"MIGRATION_DATABASE_URL": f"sqlite:///{db}"}
     make_project(cli.cwd, revisions=3, bodies={2: "import time\ntime.sleep(60)"})
-    runner = cli.start(env=env)
-    deadline = time.monotonic() + 20
-    while not Path(f"{db}.lock").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1)
-    runner.send_signal(signal.SIGKILL)
-    runner.wait(10)
+    runner = Watched(cli.start(env=env))
+    runner.wait_for("revision.applied", timeout=60)  # revision 1 is in; revision 2 sleeps, holding the lock
+    runner.process.send_signal(signal.SIGKILL)
+    runner.process.wait(10)
 
     make_project(cli.cwd, revisions=3)
     result = cli(env=env)
 
     assert result.code == 0, result.stdout
-    assert result.one("lock.acquired")["wait_seconds"] < 1
+    assert result.named("lock.waiting") == []  # the killed runner's file lock is no lock: taken at the first try
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(rev_id(3),)]
         counts = dict(connection.execute("SELECT revision, count(*) FROM applied_log GROUP BY revision"))

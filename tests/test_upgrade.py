@@ -141,7 +141,7 @@ def test_wait_exits_75_when_nobody_migrates(cli: Cli, pg_url: str) -> None:
 
     assert result.code == 75
     assert "wait.timeout" in {e["event"] for e in result.events}
-    assert 2 <= result.seconds < 8
+    assert result.one("run.finished")["duration_seconds"] >= 2  # the whole timeout; the test's own bounds the rest
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
 
 
@@ -188,7 +188,7 @@ def test_failing_revision_exits_65_keeps_earlier_revisions_and_frees_the_lock(cl
     make_project(cli.cwd, revisions=4)  # the fix ships
     fixed = cli(env=env)
     assert fixed.code == 0
-    assert fixed.one("lock.acquired")["wait_seconds"] < 0.5
+    assert fixed.named("lock.waiting") == []  # the failed run released its lock: taken at the first try
     assert version(pg_url) == [rev_id(4)]
     assert applied_counts(pg_url) == {rev_id(n): 1 for n in range(1, 5)}
 
