@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     )
     verify_allow_nonempty: bool = Field(
         False,
-        description="verify: run on a database that already holds tables (--allow-nonempty); refused in production.",
+        description="verify: run on a database that already holds objects, in any schema (--allow-nonempty); "
+        "refused in production.",
     )
     junit_xml: Path | None = Field(None, description="verify: also write the report as JUnit XML here (--junit-xml).")
     allow_trace: bool = Field(

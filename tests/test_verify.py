@@ -376,6 +376,80 @@ def test_a_nonempty_database_is_78_and_nothing_changes(cli: Cli, pg_url: str, tm
     assert "refused in the production environment" in production.one("config.invalid")["error"]
 
 
+def test_the_guard_sees_every_schema_and_every_kind_of_object(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Tables with data in schema app, and a type, a function, a view and a sequence in public: 78 naming them.
+
+    The guard once read the version table's schema only, so an application kept elsewhere passed it.
+    """
+    root = project(tmp_path / "p")
+    query(pg_url, "CREATE SCHEMA app; CREATE TABLE app.orders (id int); INSERT INTO app.orders VALUES (1)")
+
+    in_app = cli("verify", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
+    query(pg_url, "DROP SCHEMA app CASCADE")
+    kinds = {}
+    for kind, sql in (
+        ("enum type", "CREATE TYPE mood AS ENUM ('ok')"),
+        ("function", "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'"),
+        ("view", "CREATE VIEW v AS SELECT 1 AS one"),
+        ("sequence", "CREATE SEQUENCE counter"),
+    ):
+        query(pg_url, sql)
+        kinds[kind] = cli("verify", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
+        query(
+            pg_url,
+            "DROP TYPE IF EXISTS mood; DROP FUNCTION IF EXISTS answer(); DROP VIEW IF EXISTS v; "
+            "DROP SEQUENCE IF EXISTS counter",
+        )
+    query(pg_url, "; ".join(f"CREATE TABLE t{n} (id int)" for n in range(12)))
+    many = cli("verify", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
+
+    assert in_app.code == 78, in_app.stdout
+    assert "app.orders (table)" in in_app.one("config.invalid")["error"]
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]  # nothing ran
+    named = {"enum type": "public.mood", "function": "public.answer", "view": "public.v", "sequence": "public.counter"}
+    for kind, result in kinds.items():
+        assert result.code == 78, (kind, result.stdout)
+        assert f"{named[kind]} ({kind})" in result.one("config.invalid")["error"]
+    error = many.one("config.invalid")["error"]
+    assert many.code == 78 and error.count("(table)") == 10 and ", and more" in error
+
+
+@pytest.mark.parametrize("database", ["mariadb", "sqlite"])
+def test_the_guard_sees_views_and_routines_on_mariadb_and_sqlite(
+    cli: Cli, database: str, mysql_url: str, tmp_path: Path
+) -> None:
+    """A view (and on MariaDB a procedure) makes a database no scratch database there too: 78 naming it."""
+    root = project(tmp_path / "p")
+    url = mysql_url if database == "mariadb" else f"sqlite:///{tmp_path / 'scratch.db'}"
+    if database == "mariadb":
+        mysql_query(mysql_url, "CREATE VIEW v AS SELECT 1 AS one")
+        mysql_query(mysql_url, "CREATE PROCEDURE p() SELECT 1")
+    else:
+        with sqlite3.connect(tmp_path / "scratch.db") as connection:
+            connection.execute("CREATE VIEW v AS SELECT 1 AS one")
+
+    result = cli("verify", env={"MIGRATION_DATABASE_URL": url}, cwd=root)
+
+    assert result.code == 78, result.stdout
+    error = result.one("config.invalid")["error"]
+    assert "v (view)" in error
+    if database == "mariadb":
+        assert "p (procedure)" in error
+
+
+def test_the_tools_own_tables_are_no_objection(cli: Cli, any_url: str, tmp_path: Path) -> None:
+    """After an upgrade and a downgrade to base only the version table and the ledger remain: verify runs."""
+    root = project(tmp_path / "p")
+    env = {"MIGRATION_DATABASE_URL": any_url}
+    assert cli("upgrade", env=env, cwd=root).code == 0
+    assert cli("downgrade", "base", env=env, cwd=root).code == 0
+
+    result, report = verify(cli, any_url, cwd=root)
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert statuses(report) == HEALTHY
+
+
 @pytest.mark.timeout(60)
 def test_an_unreachable_database_is_69_and_a_held_lock_75(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     """The usual codes: no report is printed, nothing ran, and no JUnit file claims a result."""

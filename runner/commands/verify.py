@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, Connection
 
-from runner import database, locks, logs
+from runner import catalog, database, locks, logs
 from runner.commands.migrate import _apply, _migration_lock
 from runner.commands.run import Run
 from runner.drivers import Driver, Step
@@ -18,6 +18,9 @@ from runner.errors import (
     MigrationFailed,
 )
 from runner.logs import get_logger
+
+# How many of the objects that make a database no scratch database the refusal names.
+GUARD_SHOWS = 10
 
 
 def verify(run: Run) -> ExitCode:
@@ -30,8 +33,9 @@ def verify(run: Run) -> ExitCode:
         ``ExitCode.OK`` when no case failed (skipped ones do not fail), ``ExitCode.NOT_AT_TARGET`` (1) otherwise.
 
     Raises:
-        ConfigError: the database holds tables already (unless ``--allow-nonempty``, which the
-            ``production`` environment refuses).
+        ConfigError: the database holds anything already, in any schema the connection sees
+            (:func:`runner.catalog.application_objects`), unless ``--allow-nonempty``, which the
+            ``production`` environment refuses.
         DatabaseUnavailable, LockTimeout.
     """
     from runner import verify as checks  # noqa: PLC0415
@@ -47,16 +51,15 @@ def verify(run: Run) -> ExitCode:
     _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible)
     url = run.migration_url()
     engine = run.engine(url)
-    schema = run.version_table.schema
     ignored = (run.version_table.name, settings.history_table)
     cases: list[checks.Case] = []
     with run.connect(engine) as connection, database.losing_connection_raises():
-        found = sorted(database.table_names(connection, schema) - set(ignored))
+        found = catalog.application_objects(connection, ignored, limit=GUARD_SHOWS + 1)
         if found and not settings.verify_allow_nonempty:
+            shown = ", ".join(found[:GUARD_SHOWS]) + (", and more" if len(found) > GUARD_SHOWS else "")
             raise ConfigError(
-                f"verify needs a scratch database, and this one holds tables: {', '.join(found[:20])}; point "
-                "MIGRATION_DATABASE_URL at an empty database (a CI service container), or pass --allow-nonempty; "
-                "nothing was changed"
+                f"verify needs a scratch database, and this one holds {shown}; point MIGRATION_DATABASE_URL at "
+                "an empty database (a CI service container), or pass --allow-nonempty; nothing was changed"
             )
         cases.append(_single_head(project, settings.verify_heads))
         with _migration_lock(run, connection) as held:
