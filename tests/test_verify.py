@@ -271,15 +271,32 @@ def test_expected_heads_can_be_listed_and_the_stairway_reverts_each_branch_alone
     assert sorted(r[0] for r in query(pg_url, "SELECT version_num FROM alembic_version")) == ["0002", "0002b"]
 
 
+@pytest.mark.parametrize(
+    "raising",
+    [
+        '    raise NotImplementedError("orders are kept")',
+        # The form ruff's EM rules enforce: the message in a variable first.
+        '    msg = "orders are kept"\n    raise NotImplementedError(msg)',
+        '    msg = f"orders are kept in {__name__}"\n    raise ValueError(msg)',
+    ],
+    ids=["one-statement", "message-first", "f-string-first"],
+)
 def test_a_downgrade_that_raises_by_design_fails_unless_listed_as_irreversible(
-    cli: Cli, pg_url: str, tmp_path: Path
+    cli: Cli, pg_url: str, tmp_path: Path, raising: str
 ) -> None:
-    """A downgrade that raises fails the stairway unless MIGRATION_VERIFY_IRREVERSIBLE lists it."""
-    root = project(tmp_path / "p", orders_down='    raise NotImplementedError("orders are kept")')
+    """A downgrade that raises, in any of its usual spellings, fails the stairway unless listed as irreversible.
+
+    downgrade itself reads it the same way: 78 before anything is reverted, naming the revision.
+    """
+    root = project(tmp_path / "p", orders_down=raising)
 
     result, report = verify(cli, pg_url, cwd=root)
+    refused = cli("downgrade", "base", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
     query(pg_url, "DROP TABLE orders, items, alembic_version, migration_runner_history")
     listed, listed_report = verify(cli, pg_url, cwd=root, env={"MIGRATION_VERIFY_IRREVERSIBLE": "0002"})
+
+    assert refused.code == 78, refused.stdout
+    assert "0002 (its downgrade() only raises)" in refused.one("config.invalid")["error"]
 
     assert result.code == 1
     down = statuses(report)["up_down_consistency[0002 down]"]
@@ -288,6 +305,20 @@ def test_a_downgrade_that_raises_by_design_fails_unless_listed_as_irreversible(
     assert listed.code == 0, listed.stdout + listed.stderr
     assert statuses(listed_report)["up_down_consistency[0002 down]"] == "skipped"
     assert "only raises" in listed_report["cases"][3]["message"]
+
+
+def test_a_listed_downgrade_that_raises_in_any_shape_is_skipped(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A raise the source reading does not see (inside an if) still counts as by design when it is listed."""
+    root = project(tmp_path / "p", orders_down='    if __name__:\n        raise ValueError("orders are kept")')
+
+    unlisted, _ = verify(cli, pg_url, cwd=root)
+    query(pg_url, "DROP TABLE orders, items, alembic_version, migration_runner_history")
+    listed, report = verify(cli, pg_url, cwd=root, env={"MIGRATION_VERIFY_IRREVERSIBLE": "0002"})
+
+    assert unlisted.code == 1, unlisted.stdout
+    assert listed.code == 0, listed.stdout + listed.stderr
+    case = next(c for c in report["cases"] if c["name"] == "up_down_consistency[0002 down]")
+    assert case["status"] == "skipped" and "orders are kept" in case["message"]
 
 
 @pytest.mark.parametrize(

@@ -222,7 +222,10 @@ class _Verifier:
         try:
             self._step(target, "down")
         except MigrationFailed as error:
-            case.fail(f"the downgrade of {step.revision} failed: {error.message}")
+            if step.revision in excepted:  # a shape of raising that reading the source did not see
+                case.skip(f"its downgrade raised, as MIGRATION_VERIFY_IRREVERSIBLE says it must: {error.message}")
+            else:
+                case.fail(f"the downgrade of {step.revision} failed: {error.message}")
             return False
         self.reverted.append(step)
         left = self.checks.differences(self.before[step.revision], self._snapshot())

@@ -340,6 +340,8 @@ def _down_revisions(script: Script) -> tuple[str, ...]:
 def _why_irreversible(downgrade: Any, upgrade: Any) -> str | None:
     """Why a revision's ``downgrade`` cannot revert it: missing, empty (pass, ``...``, a docstring), or only raising.
 
+    "Only raising": a ``raise`` after nothing but assignments of plain values (a message first).
+
     An empty ``downgrade()`` reverts an empty ``upgrade()`` exactly: a merge
     revision as ``alembic merge`` writes it, or a placeholder.
     """
@@ -350,9 +352,17 @@ def _why_irreversible(downgrade: Any, upgrade: Any) -> str | None:
         return None  # no source to read: Alembic finds out when it runs
     if not body:
         return None if _statements(upgrade) == [] else "its downgrade() does nothing"
-    if len(body) == 1 and isinstance(body[0], ast.Raise):
-        return "its downgrade() only raises"
+    if isinstance(body[-1], ast.Raise) and all(_only_names_a_value(statement) for statement in body[:-1]):
+        return "its downgrade() only raises"  # also `msg = "..."; raise ValueError(msg)`, as ruff's EM rules want
     return None
+
+
+def _only_names_a_value(statement: ast.stmt) -> bool:
+    """An assignment that changes nothing outside the function: its value calls nothing but a string's own methods."""
+    if not isinstance(statement, ast.Assign | ast.AnnAssign) or statement.value is None:
+        return False
+    calls = [node for node in ast.walk(statement.value) if isinstance(node, ast.Call)]
+    return all(isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Constant) for call in calls)
 
 
 def _statements(function: Any) -> list[ast.stmt] | None:
