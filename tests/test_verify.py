@@ -321,6 +321,41 @@ def test_a_listed_downgrade_that_raises_in_any_shape_is_skipped(cli: Cli, pg_url
     assert case["status"] == "skipped" and "orders are kept" in case["message"]
 
 
+def test_an_empty_downgrade_under_a_data_only_upgrade_passes(cli: Cli, any_url: str, tmp_path: Path) -> None:
+    """A revision that only reads and checks rows changes no schema: its empty downgrade is right, and passes.
+
+    It was failed from its text alone ("its downgrade() does nothing"), the false alarm most common over
+    pytest-alembic's example projects.
+    """
+    root = project(tmp_path / "p")
+    checks_rows = (
+        '    rows = op.get_bind().execute(sa.text("SELECT count(*) FROM orders")).scalar()\n    assert rows == 0'
+    )
+    (root / "migrations" / "versions" / "0003_r.py").write_text(
+        REVISION.format(message="check", revision="0003", down="0002", up=checks_rows, down_body="    pass")
+    )
+
+    result, report = verify(cli, any_url, cwd=root)
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert statuses(report)["up_down_consistency[0003 down]"] == "passed"
+    assert statuses(report)["downgrade_leaves_no_trace"] == "passed"
+
+
+def test_an_empty_downgrade_under_a_schema_change_fails_as_a_trace(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """An empty downgrade whose upgrade created a table: judged by the schema it leaves, named as a leftover."""
+    root = project(tmp_path / "p", orders_down="    pass")
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    down = next(c for c in report["cases"] if c["name"] == "up_down_consistency[0002 down]")
+    assert down["status"] == "failed"
+    assert "does nothing, and its upgrade changed the schema" in down["message"] and "orders" in down["message"]
+    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    assert trace["status"] == "failed" and all(line.startswith("0002: ") for line in trace["details"])
+
+
 @pytest.mark.parametrize(
     "setting",
     [

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, Connection
 
-from runner import catalog, database, locks, logs
+from runner import catalog, database, drivers, locks, logs
 from runner.commands.migrate import _apply, _migration_lock
 from runner.commands.run import Run
 from runner.drivers import Driver, Step
@@ -202,7 +202,9 @@ class _Verifier:
 
     def _down_one(self, step: Step, case: Any, excepted: set[str]) -> bool:
         why = dict(self.project.irreversible([step])).get(step.revision)
-        if why is not None:
+        # A revert that does nothing is judged by its effect (below) unless listed: right under a data-only upgrade.
+        judged_by_effect = why == drivers.DOES_NOTHING and step.revision not in excepted
+        if why is not None and not judged_by_effect:
             if step.revision in excepted:
                 case.skip(f"cannot be reverted ({why}), as MIGRATION_VERIFY_IRREVERSIBLE says")
             else:
@@ -227,8 +229,14 @@ class _Verifier:
             else:
                 case.fail(f"the downgrade of {step.revision} failed: {error.message}")
             return False
-        self.reverted.append(step)
         left = self.checks.differences(self.before[step.revision], self._snapshot())
+        if judged_by_effect and left:
+            # Its upgrade changed the schema and its downgrade did not undo it: the no-trace failure, named as such
+            # here, where the stairway stops (applying it again would fail on what it left, under the wrong case).
+            case.fail(f"the downgrade of {step.revision} does nothing, and its upgrade changed the schema: {left[0]}")
+            self.left_behind += [f"{step.revision}: {line} (its downgrade does nothing)" for line in left]
+            return False
+        self.reverted.append(step)
         self.left_behind += [f"{step.revision}: {line}" for line in left]
         return True
 

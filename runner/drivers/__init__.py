@@ -48,6 +48,12 @@ def tools() -> list[str]:
     return sorted(module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_"))
 
 
+# The reason Driver.irreversible gives for a step whose revert does nothing. Right for a step that changed
+# no schema (a data-only upgrade that checks or fixes rows), wrong for one that did: downgrade refuses it
+# up front, and verify runs it and judges it by the schema it leaves.
+DOES_NOTHING = "its downgrade() does nothing"
+
+
 @dataclass(frozen=True)
 class Step:
     """One pending migration step.

@@ -15,10 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from runner.drivers import (
-    Step,
-    VersionTable,
-)
+from runner.drivers import DOES_NOTHING, Step, VersionTable
 from runner.errors import (
     BrokenRevisionFiles,
     ConfigError,
@@ -351,7 +348,7 @@ def _why_irreversible(downgrade: Any, upgrade: Any) -> str | None:
     if body is None:
         return None  # no source to read: Alembic finds out when it runs
     if not body:
-        return None if _statements(upgrade) == [] else "its downgrade() does nothing"
+        return None if _statements(upgrade) == [] else DOES_NOTHING
     if isinstance(body[-1], ast.Raise) and all(_only_names_a_value(statement) for statement in body[:-1]):
         return "its downgrade() only raises"  # also `msg = "..."; raise ValueError(msg)`, as ruff's EM rules want
     return None
