@@ -118,3 +118,87 @@ def application_objects(connection: Connection, ignored: Sequence[str], *, limit
     finally:
         if connection.in_transaction():
             connection.rollback()
+
+
+# The objects beside the tables that a downgrade must take away too, each with its definition, in every schema
+# but the server's own, as PostgreSQL's own functions print them (pg_get_viewdef, pg_get_triggerdef, ...).
+_POSTGRES_DEFINITIONS = {
+    # A sequence a column owns (serial, identity) goes with its table, whose column shows it: left out here,
+    # so that the tools' own tables' sequences never count.
+    "sequence": """
+        SELECT n.nspname || '.' || c.relname, format_type(q.seqtypid, NULL) || ' by ' || q.seqincrement
+               || (CASE WHEN q.seqcycle THEN ' cycle' ELSE '' END)
+        FROM pg_sequence q JOIN pg_class c ON c.oid = q.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname <> ALL (:system)
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i', 'e'))""",
+    "enum type": """
+        SELECT n.nspname || '.' || t.typname, string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder)
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace JOIN pg_enum e ON e.enumtypid = t.oid
+        WHERE n.nspname <> ALL (:system) GROUP BY 1""",
+    "domain": """
+        SELECT n.nspname || '.' || t.typname, format_type(t.typbasetype, t.typtypmod)
+               || (CASE WHEN t.typnotnull THEN ' not null' ELSE '' END)
+               || coalesce(' ' || (SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname)
+                                   FROM pg_constraint c WHERE c.contypid = t.oid), '')
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE t.typtype = 'd' AND n.nspname <> ALL (:system)""",
+    "view": """
+        SELECT n.nspname || '.' || c.relname, pg_get_viewdef(c.oid)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'v' AND n.nspname <> ALL (:system)""",
+    "materialized view": """
+        SELECT n.nspname || '.' || c.relname, pg_get_viewdef(c.oid)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'm' AND n.nspname <> ALL (:system)""",
+    "function": """
+        SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               md5(p.prosrc)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname <> ALL (:system)
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')""",
+    "trigger": """
+        SELECT t.tgname || ' on ' || n.nspname || '.' || c.relname, pg_get_triggerdef(t.oid)
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT t.tgisinternal AND n.nspname <> ALL (:system)""",
+    "extension": "SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql'",
+}
+_MYSQL_DEFINITIONS = {
+    "view": "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE()",
+    "routine": """
+        SELECT CONCAT(ROUTINE_TYPE, ' ', ROUTINE_NAME), MD5(ROUTINE_DEFINITION)
+        FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()""",
+    "trigger": """
+        SELECT CONCAT(TRIGGER_NAME, ' on ', EVENT_OBJECT_TABLE), ACTION_STATEMENT
+        FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()""",
+    "event": "SELECT EVENT_NAME, EVENT_DEFINITION FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE()",
+    "sequence": """
+        SELECT TABLE_NAME, '' FROM information_schema.TABLES
+        WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'SEQUENCE'""",
+}
+_SQLITE_DEFINITIONS = {
+    "view": "SELECT name, sql FROM sqlite_master WHERE type = 'view'",
+    "trigger": "SELECT name || ' on ' || tbl_name, sql FROM sqlite_master WHERE type = 'trigger'",
+}
+
+
+def definitions(connection: Connection) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The database's objects beside its tables, by kind: ``{"enum type": (("public.mood", "ok, sad"), ...)}``.
+
+    PostgreSQL: sequences, enum types and their labels, domains, views, materialized views, functions
+    and procedures (by signature, their body's MD5), triggers and extensions, in every schema but the
+    server's own. MySQL: the run's database's views, routines, triggers, events and sequences.
+    SQLite: views and triggers. Ends the transaction its queries opened.
+    """
+    family = database.family(connection.engine.url)
+    queries = {"postgresql": _POSTGRES_DEFINITIONS, "mysql": _MYSQL_DEFINITIONS}.get(family, _SQLITE_DEFINITIONS)
+    found: dict[str, tuple[tuple[str, str], ...]] = {}
+    try:
+        for kind, sql in queries.items():
+            query = sa.text(sql)
+            if ":system" in sql:
+                query = query.bindparams(system=list(POSTGRES_SYSTEM_SCHEMAS))
+            found[kind] = tuple(sorted((str(name), str(value or "")) for name, value in connection.execute(query)))
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+    return found

@@ -8,8 +8,9 @@ Each check is a named test case with a status (``passed``, ``failed``, ``skipped
 - ``up_down_consistency``: the stairway, from head down to base one revision at a time and up
   again; one case per revision and direction;
 - ``downgrade_leaves_no_trace``: after a revision is downgraded, the schema (tables, columns,
-  indexes, constraints, as SQLAlchemy's inspector reports them) is what it was before the revision
-  was applied.
+  indexes, constraints, as SQLAlchemy's inspector reports them; sequences, types, views, functions,
+  triggers and extensions, as :func:`runner.catalog.definitions` reads them) is what it was before the
+  revision was applied. Each difference is reported once, at the revision whose downgrade left it.
 
 The report is text, JSON (``docs/verify.schema.json``), Markdown (a pull-request comment) and,
 with ``--junit-xml``, JUnit XML as GitHub and GitLab read it.
@@ -93,23 +94,30 @@ class Timer:
 
 
 # What a schema is, as compared: per table, its columns, indexes, unique constraints, foreign keys,
-# primary key and check constraints, each as a sorted tuple of plain values.
+# primary key and check constraints; under DATABASE_OBJECTS, the objects beside the tables by kind
+# (runner.catalog.definitions). Each is a sorted tuple of plain values, its name first.
 Schema = dict[str, dict[str, tuple[Any, ...]]]
+# The key of the objects beside the tables: no table is named so.
+DATABASE_OBJECTS = ""
 
 
 def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str]) -> Schema:
-    """The schema as SQLAlchemy's inspector reports it (``ignored``: the tools' own tables).
+    """The schema as SQLAlchemy's inspector reports it (``ignored``: the tools' own tables), and what is beside it.
 
     One call per kind of object for all tables (``Inspector.get_multi_columns`` and
     its kin, SQLAlchemy 2.0): PostgreSQL answers each with one query, where a call
     per table made ``verify`` quadratic in the history's length (57 s for 100
-    revisions). Ends the transaction the inspector opened.
+    revisions). Sequences, types, views, functions, triggers and extensions come from
+    :func:`runner.catalog.definitions`. Ends the transaction the inspector opened.
     """
+    from runner import catalog  # noqa: PLC0415  (verify only)
+
+    found: Schema = {DATABASE_OBJECTS: catalog.definitions(connection)}
     inspector = sa.inspect(connection)
     try:
         names = sorted(set(inspector.get_table_names(schema=schema)) - set(ignored))
         if not names:
-            return {}
+            return found
         columns = inspector.get_multi_columns(schema, filter_names=names)
         primary = inspector.get_multi_pk_constraint(schema, filter_names=names)
         indexes = inspector.get_multi_indexes(schema, filter_names=names)
@@ -119,11 +127,15 @@ def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str])
     finally:
         if connection.in_transaction():
             connection.rollback()
-    found: Schema = {}
     for table in names:
         key = (schema, table)
         found[table] = {
-            "columns": tuple(sorted((c["name"], str(c["type"]), bool(c["nullable"])) for c in columns.get(key, ()))),
+            "columns": tuple(
+                sorted(
+                    (c["name"], str(c["type"]), bool(c["nullable"]), str(c.get("default")), bool(c.get("identity")))
+                    for c in columns.get(key, ())
+                )
+            ),
             "indexes": tuple(
                 sorted(
                     (i["name"] or "", tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
@@ -135,7 +147,13 @@ def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str])
             ),
             "foreign_keys": tuple(
                 sorted(
-                    (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"])
+                    (
+                        f["name"] or "",
+                        tuple(f["constrained_columns"]),
+                        f["referred_table"],
+                        tuple(f["referred_columns"]),
+                        tuple(sorted((f.get("options") or {}).items())),
+                    )
                     for f in foreign.get(key, ())
                 )
             ),
@@ -153,16 +171,46 @@ def _checks(inspector: Any, schema: str | None, names: list[str]) -> dict[tuple[
 
 
 def differences(before: Schema, after: Schema) -> list[str]:
-    """What ``after`` has that ``before`` had not, and the reverse, one line each, e.g. ``index ix_a on t``."""
-    lines = [f"table {t} is left behind" for t in sorted(set(after) - set(before))]
-    lines += [f"table {t} is missing" for t in sorted(set(before) - set(after))]
-    for table in sorted(set(before) & set(after)):
+    """What ``after`` has that ``before`` had not, and the reverse, one line each, e.g. ``index ix_a on t``.
+
+    An object whose definition is unchanged but whose name is not is one line, ``... is now named ...``,
+    so that a reader can tell a renamed constraint from a real leftover; an object beside the tables
+    whose name stayed and whose definition changed is one line too, ``... differs``.
+    """
+    tables = set(before) - {DATABASE_OBJECTS}, set(after) - {DATABASE_OBJECTS}
+    lines = [f"table {t} is left behind" for t in sorted(tables[1] - tables[0])]
+    lines += [f"table {t} is missing" for t in sorted(tables[0] - tables[1])]
+    for table in sorted(tables[0] & tables[1]):
         for kind in before[table]:
-            was, now = set(before[table][kind]), set(after[table][kind])
-            label = _LABELS[kind]
-            lines += [f"{label} {_shown(item)} on {table} is left behind" for item in sorted(now - was, key=str)]
-            lines += [f"{label} {_shown(item)} on {table} is missing" for item in sorted(was - now, key=str)]
+            lines += _changes(_LABELS[kind], set(before[table][kind]), set(after[table][kind]), f" on {table}")
+    objects_before, objects_after = before.get(DATABASE_OBJECTS, {}), after.get(DATABASE_OBJECTS, {})
+    for kind in sorted(set(objects_before) | set(objects_after)):
+        lines += _changes(kind, set(objects_before.get(kind, ())), set(objects_after.get(kind, ())), "")
     return lines
+
+
+def _changes(label: str, was: set[tuple[Any, ...]], now: set[tuple[Any, ...]], where: str) -> list[str]:
+    """The lines for one kind of object: renamed, changed, left behind, missing."""
+    left, gone = sorted(now - was, key=str), sorted(was - now, key=str)
+    lines = []
+    for item in list(left):
+        same = next((old for old in gone if len(old) > 1 and old[1:] == item[1:] and old[0] != item[0]), None)
+        if same is None and not where:  # beside the tables a name is the identity: same name, other definition
+            same = next((old for old in gone if old[0] == item[0]), None)
+            if same is not None:
+                lines.append(f"{label} {_shown(item)} differs: {_shown_definition(same)} -> {_shown_definition(item)}")
+        elif same is not None:
+            lines.append(f"{label} {_shown(same)}{where} is now named {_shown(item)} (the same definition)")
+        if same is not None:
+            left.remove(item)
+            gone.remove(same)
+    lines += [f"{label} {_shown(item)}{where} is left behind" for item in left]
+    lines += [f"{label} {_shown(item)}{where} is missing" for item in gone]
+    return lines
+
+
+def _shown_definition(item: tuple[Any, ...]) -> str:
+    return " ".join(map(str, item[1:])) or "(none)"
 
 
 _LABELS = {

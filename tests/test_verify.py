@@ -356,6 +356,84 @@ def test_an_empty_downgrade_under_a_schema_change_fails_as_a_trace(cli: Cli, pg_
     assert trace["status"] == "failed" and all(line.startswith("0002: ") for line in trace["details"])
 
 
+def add_revision(root: Path, revision: str, down: str, up: str, down_body: str) -> None:
+    """Add revision ``revision`` after ``down`` to a project() project; bodies are indented statements."""
+    (root / "migrations" / "versions" / f"{revision}_r.py").write_text(
+        REVISION.format(message=revision, revision=revision, down=down, up=up, down_body=down_body)
+    )
+
+
+def test_no_trace_sees_types_sequences_views_and_functions_once(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A downgrade that leaves an enum type, a sequence, a view and a function: each named once, at its revision.
+
+    Only tables were compared before: these passed, and the re-upgrade then failed on "already exists"
+    under the wrong case. Now the re-upgrade of that revision is skipped, saying why.
+    """
+    root = project(tmp_path / "p")
+    up = "\n".join(
+        f'    op.execute("{sql}")'
+        for sql in (
+            "CREATE TYPE mood AS ENUM ('ok', 'sad')",
+            "CREATE SEQUENCE counter",
+            "CREATE VIEW busy AS SELECT count(*) AS n FROM orders",
+            "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'",
+        )
+    )
+    add_revision(root, "0003", "0002", up, '    op.execute("DROP VIEW busy")\n    op.execute("DROP SEQUENCE counter")')
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    assert trace["status"] == "failed"
+    assert sorted(trace["details"]) == [
+        "0003: enum type public.mood is left behind",
+        "0003: function public.answer() is left behind",
+    ]
+    up_again = next(c for c in report["cases"] if c["name"] == "up_down_consistency[0003 up]")
+    assert up_again["status"] == "skipped" and "downgrade_leaves_no_trace" in up_again["message"]
+
+
+def test_a_renamed_constraint_is_named_as_a_rename_once(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A downgrade that restores a unique constraint under another name: one 'is now named' line, not two."""
+    root = project(tmp_path / "p")
+    add_revision(
+        root,
+        "0003",
+        "0002",
+        '    op.execute("ALTER TABLE items ADD CONSTRAINT uq_a UNIQUE (name)")',
+        '    op.execute("ALTER TABLE items DROP CONSTRAINT IF EXISTS uq_a")\n'
+        '    op.execute("ALTER TABLE items DROP CONSTRAINT IF EXISTS uq_c")',
+    )
+    add_revision(
+        root,
+        "0004",
+        "0003",
+        '    op.execute("ALTER TABLE items RENAME CONSTRAINT uq_a TO uq_b")',
+        '    op.execute("ALTER TABLE items RENAME CONSTRAINT uq_b TO uq_c")',
+    )
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    assert result.code == 1 and trace["status"] == "failed"
+    assert "0004: unique constraint uq_a on items is now named uq_c (the same definition)" in trace["details"]
+    assert all(line.startswith("0004: ") and "is now named" in line for line in trace["details"]), trace["details"]
+
+
+def test_no_trace_sees_a_view_left_behind_on_each_database(cli: Cli, any_url: str, tmp_path: Path) -> None:
+    """A view the downgrade forgets is named on PostgreSQL, MariaDB and SQLite alike."""
+    root = project(tmp_path / "p")
+    add_revision(root, "0003", "0002", '    op.execute("CREATE VIEW busy AS SELECT id FROM orders")', "    pass")
+
+    result, report = verify(cli, any_url, cwd=root)
+
+    assert result.code == 1
+    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    assert len(trace["details"]) == 1 and trace["details"][0].startswith("0003: view ")
+    assert trace["details"][0].endswith("busy is left behind (its downgrade does nothing)")
+
+
 @pytest.mark.parametrize(
     "setting",
     [
@@ -801,7 +879,9 @@ def test_a_snapshot_sees_each_kind_of_object_on_each_database(
     finally:
         engine.dispose()
 
-    assert empty == {} and set(found) == {"child"}
+    objects = checks.DATABASE_OBJECTS
+    assert set(empty) == {objects} and not any(empty[objects].values())  # the objects beside tables: none
+    assert set(found) == {"child", objects}
     child = both["child"]
     assert [c[0] for c in child["columns"]] == ["id", "parent_id", "qty"]
     assert child["primary_key"] == (("id",),)
