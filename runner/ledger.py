@@ -40,7 +40,8 @@ from runner.errors import ConfigError
 
 DEFAULT_TABLE = "migration_runner_history"
 OUTCOMES = ("started", "applied", "reverted", "failed", "interrupted", "adopted", "accepted")
-RESOLUTIONS = ("applied", "not-applied")
+# "noop": a declared no-op revert (MIGRATION_NOOP_DOWNGRADES), set on its reverted row.
+RESOLUTIONS = ("applied", "not-applied", "noop")
 _ERROR_MAX_CHARS = 2000
 
 
@@ -151,6 +152,7 @@ class Ledger:
     version: str
     scope: str
     direction: str = "up"
+    noop_reverts: frozenset[str] = frozenset()  # MIGRATION_NOOP_DOWNGRADES: their reverted rows say "noop"
     connection: Connection | None = None
     _clock_offset: dt.timedelta = dt.timedelta(0)  # the server's clock minus ours
     checksums: dict[str, tuple[str, str]] = field(default_factory=dict)  # revision -> checksum.fingerprint()
@@ -451,6 +453,8 @@ class Ledger:
         duration = (finished - self._started.get(revision, finished)).total_seconds()
         outcome = "applied" if self.direction == "up" else "reverted"
         done = {"outcome": outcome, "finished_at": self._stored(finished), "duration_seconds": duration}
+        if self.direction == "down" and revision in self.noop_reverts:
+            done["resolution"] = "noop"
         if revision in self._open_rows:
             row_id = self._open_rows.pop(revision)
             execute(self.table.update().where(self.table.c.id == row_id).values(done), {})

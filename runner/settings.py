@@ -190,6 +190,12 @@ class Settings(BaseSettings):
         description="verify: revisions whose downgrade cannot work by design (it raises NotImplementedError), "
         "comma-separated; the stairway stops there without failing.",
     )
+    noop_downgrades: RevisionList = Field(
+        default_factory=list,
+        description="Revisions whose downgrade() is empty on purpose (a repair, a data check), comma-separated, "
+        "as the reports name them: downgrade runs through them, recorded as reverted and marked noop, instead of "
+        "refusing them; verify expects what their upgrade made to remain, and applies them again.",
+    )
     verify_allow_nonempty: bool = Field(
         False,
         description="verify: run on a database that already holds objects, in any schema (--allow-nonempty); "
@@ -284,7 +290,7 @@ class Settings(BaseSettings):
             raise ValueError("pg_ and sqlite_ names belong to the database's own catalog; choose another name")
         return value
 
-    @field_validator("verify_heads", "verify_irreversible", mode="before")
+    @field_validator("verify_heads", "verify_irreversible", "noop_downgrades", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # a JSON array is taken as it is; otherwise comma-separated ids

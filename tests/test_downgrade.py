@@ -28,6 +28,7 @@ from support import (
 )
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
+HISTORY_SCHEMA = json.loads((REPO / "docs" / "history.schema.json").read_text())
 
 
 def tables(url: str) -> list[str]:
@@ -305,3 +306,29 @@ def test_wait_and_check_hold_back_while_a_runner_is_inside_an_unfinished_step(cl
     assert checking.one("check.pending")["in_progress"] == "0002"
     # The holder is gone: nobody is at work on it, so it was interrupted.
     assert cli("wait", env=env).code == 65
+
+
+def test_a_declared_noop_downgrade_runs_through_and_is_recorded_as_noop(cli: Cli, any_url: str) -> None:
+    """An empty downgrade() is refused (78) unless MIGRATION_NOOP_DOWNGRADES lists it; then it is reverted, noop.
+
+    A typo in the list is 78 too, naming it: a silently ignored entry would refuse again, or worse.
+    """
+    make_project(cli.cwd, revisions=3, bodies={3: 'op.execute("UPDATE applied_log SET pid = pid")'})
+    three = cli.cwd / "migrations" / "versions" / "0003_r.py"
+    three.write_text(three.read_text().replace('    op.drop_table("t_0003")', "    pass"))
+    env = {"MIGRATION_DATABASE_URL": any_url}
+    assert cli("upgrade", env=env).code == 0
+
+    refused = cli("downgrade", "0001", env=env)
+    typo = cli("downgrade", "0001", env={**env, "MIGRATION_NOOP_DOWNGRADES": "0009"})
+    declared = cli("downgrade", "0001", env={**env, "MIGRATION_NOOP_DOWNGRADES": "0003"})
+    history = json.loads(cli("history", "--json", env=env).stdout)
+
+    assert refused.code == 78, refused.stdout
+    assert "MIGRATION_NOOP_DOWNGRADES" in refused.one("config.invalid")["error"]
+    assert typo.code == 78 and "0009" in typo.one("config.invalid")["error"]
+    assert declared.code == 0, declared.stdout + declared.stderr
+    assert [e["revision"] for e in declared.named("revision.reverted")] == ["0003", "0002"]
+    reverts = {row["revision"]: row["resolution"] for row in history["rows"] if row["direction"] == "down"}
+    assert reverts == {"0003": "noop", "0002": None}
+    jsonschema.validate(history, HISTORY_SCHEMA)

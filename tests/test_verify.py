@@ -434,6 +434,24 @@ def test_no_trace_sees_a_view_left_behind_on_each_database(cli: Cli, any_url: st
     assert trace["details"][0].endswith("busy is left behind (its downgrade does nothing)")
 
 
+def test_a_declared_noop_downgrade_keeps_what_its_upgrade_made(cli: Cli, any_url: str, tmp_path: Path) -> None:
+    """A downgrade empty on purpose (an idempotent view nothing depends on): listed, the view stays and it passes."""
+    root = project(tmp_path / "p")
+    view = (
+        '    create = "CREATE VIEW IF NOT EXISTS" if op.get_bind().dialect.name == "sqlite" '
+        'else "CREATE OR REPLACE VIEW"\n'
+        '    op.execute(create + " busy AS SELECT 1 AS one")'
+    )
+    add_revision(root, "0003", "0002", view, "    pass")
+
+    declared, report = verify(cli, any_url, cwd=root, env={"MIGRATION_NOOP_DOWNGRADES": "0003"})
+
+    assert declared.code == 0, declared.stdout + declared.stderr
+    assert statuses(report)["up_down_consistency[0003 down]"] == "passed"
+    assert statuses(report)["up_down_consistency[0003 up]"] == "passed"
+    assert statuses(report)["downgrade_leaves_no_trace"] == "passed"
+
+
 @pytest.mark.parametrize(
     "setting",
     [

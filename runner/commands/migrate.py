@@ -23,7 +23,7 @@ from runner.commands.ledger_checks import (
     _rewound,
 )
 from runner.commands.run import Run
-from runner.drivers import Applied, Driver, Step
+from runner.drivers import DOES_NOTHING, Applied, Driver, Step
 from runner.errors import (
     BrokenProject,
     ConfigError,
@@ -335,6 +335,13 @@ def downgrade(run: Run) -> ExitCode:
         refusal="downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really "
         "needed, run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted",
     )
+    known = {step.revision for step in run.project().pending((), "heads")}
+    unknown = [revision for revision in settings.noop_downgrades if revision not in known]
+    if unknown:
+        raise ConfigError(
+            f"MIGRATION_NOOP_DOWNGRADES names {', '.join(unknown)}, which this project has no revision of "
+            f"(they are written like {min(known, default='none')}); nothing was reverted"
+        )
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
     only_unfinished = lambda _, project, book, __, current: _refuse_unfinished(project, book, current)  # noqa: E731
     steps = lambda project, current: _reverting(run, project, current, target)  # noqa: E731
@@ -356,12 +363,14 @@ def _reverting(run: Run, project: Driver, current: Sequence[str], target: list[s
             missing,
         )
     steps = project.reverting(current, target[0])
-    blocked = project.irreversible(steps)
+    declared = set(run.settings.noop_downgrades)  # empty on purpose: run through, recorded as noop
+    blocked = [(r, why) for r, why in project.irreversible(steps) if not (why == DOES_NOTHING and r in declared)]
     if blocked:
         named = "; ".join(f"{revision} ({why})" for revision, why in blocked)
         raise ConfigError(
             f"downgrade to {target[0]!r} would revert {named}, which cannot be reverted; "
-            "nothing was reverted: choose a target above it"
+            "nothing was reverted: choose a target above it (or, for a downgrade() empty on purpose, "
+            "list it in MIGRATION_NOOP_DOWNGRADES)"
         )
     reverted = {s.revision for s in steps}
     ending = (set(current) - reverted) | {r for s in steps for r in s.parents if r not in reverted}

@@ -157,4 +157,5 @@ class Run(Start):
             node=settings.node_name,
             version=__version__,
             direction=self.report.direction,
+            noop_reverts=frozenset(settings.noop_downgrades),
         )

@@ -48,7 +48,7 @@ def verify(run: Run) -> ExitCode:
             "MIGRATION_ENVIRONMENT=test; nothing was changed"
         )
     project = run.project()
-    _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible)
+    _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible, settings.noop_downgrades)
     url = run.migration_url()
     engine = run.engine(url)
     ignored = (run.version_table.name, settings.history_table)
@@ -85,8 +85,12 @@ def verify(run: Run) -> ExitCode:
     return code
 
 
-def _check_verify_settings(project: Driver, heads: Sequence[str] | None, irreversible: Sequence[str]) -> None:
-    """The revisions ``MIGRATION_VERIFY_HEADS`` and ``MIGRATION_VERIFY_IRREVERSIBLE`` name exist (a typo is 78).
+def _check_verify_settings(
+    project: Driver, heads: Sequence[str] | None, irreversible: Sequence[str], noop: Sequence[str] = ()
+) -> None:
+    """The revisions these settings name exist (a typo is 78).
+
+    ``MIGRATION_VERIFY_HEADS``, ``MIGRATION_VERIFY_IRREVERSIBLE`` and ``MIGRATION_NOOP_DOWNGRADES``.
 
     Raises:
         ConfigError: an empty heads list, or a name that is no revision of the project.
@@ -94,7 +98,12 @@ def _check_verify_settings(project: Driver, heads: Sequence[str] | None, irrever
     if heads is not None and not heads:
         raise ConfigError("MIGRATION_VERIFY_HEADS is empty: list the heads you mean to have, or unset it")
     known = {step.revision for step in project.pending((), "heads")}
-    for name, values in (("MIGRATION_VERIFY_HEADS", heads or ()), ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible)):
+    named = (
+        ("MIGRATION_VERIFY_HEADS", heads or ()),
+        ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible),
+        ("MIGRATION_NOOP_DOWNGRADES", noop),
+    )
+    for name, values in named:
         unknown = [value for value in values if value not in known]
         if unknown:
             example = min(known, default="none")
@@ -204,9 +213,11 @@ class _Verifier:
 
     def _down_one(self, step: Step, case: Any, excepted: set[str]) -> bool:
         why = dict(self.project.irreversible([step])).get(step.revision)
+        # Declared empty on purpose: reverted as downgrade would, what its upgrade made stays, and it is applied again.
+        declared = why == drivers.DOES_NOTHING and step.revision in self.run.settings.noop_downgrades
         # A revert that does nothing is judged by its effect (below) unless listed: right under a data-only upgrade.
-        judged_by_effect = why == drivers.DOES_NOTHING and step.revision not in excepted
-        if why is not None and not judged_by_effect:
+        judged_by_effect = why == drivers.DOES_NOTHING and step.revision not in excepted and not declared
+        if why is not None and not judged_by_effect and not declared:
             if step.revision in excepted:
                 case.skip(f"cannot be reverted ({why}), as MIGRATION_VERIFY_IRREVERSIBLE says")
             else:
@@ -234,6 +245,9 @@ class _Verifier:
         left = self.checks.differences(self.before[step.revision], self._snapshot())
         left = [line for line in left if line not in self.reported]  # left by a revision above: reported there
         self.reported.update(left)
+        if declared:  # what its upgrade made is meant to stay: no trace to report, here or below
+            self.reverted.append(step)
+            return True
         behind = [line for line in left if line.endswith("is left behind") or " differs: " in line]
         if behind:
             self.leaky[step.revision] = behind[0]
