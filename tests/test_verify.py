@@ -146,6 +146,11 @@ def verify(
     return result, report
 
 
+def case_named(report: dict[str, Any], name: str) -> dict[str, Any]:
+    """The report's case called ``name``."""
+    return next(case for case in report["cases"] if case["name"] == name)
+
+
 def statuses(report: dict[str, Any]) -> dict[str, str]:
     return {case["name"]: case["status"] for case in report["cases"]}
 
@@ -217,7 +222,7 @@ def test_a_model_column_no_revision_creates_fails_models_match(cli: Cli, pg_url:
     result, report = verify(cli, pg_url, cwd=root)
 
     assert result.code == 1
-    models = next(c for c in report["cases"] if c["name"] == "models_match")
+    models = case_named(report, "models_match")
     assert models["status"] == "failed"
     assert "add_column items.price" in models["details"]
     assert "items.price" in models["message"]
@@ -317,7 +322,7 @@ def test_a_listed_downgrade_that_raises_in_any_shape_is_skipped(cli: Cli, pg_url
 
     assert unlisted.code == 1, unlisted.stdout
     assert listed.code == 0, listed.stdout + listed.stderr
-    case = next(c for c in report["cases"] if c["name"] == "up_down_consistency[0002 down]")
+    case = case_named(report, "up_down_consistency[0002 down]")
     assert case["status"] == "skipped" and "orders are kept" in case["message"]
 
 
@@ -347,13 +352,11 @@ def test_an_empty_downgrade_under_a_schema_change_fails_as_a_trace(cli: Cli, pg_
     root = project(tmp_path / "p", orders_down="    pass")
 
     result, report = verify(cli, pg_url, cwd=root)
+    down, trace = case_named(report, "up_down_consistency[0002 down]"), case_named(report, "downgrade_leaves_no_trace")
 
-    assert result.code == 1
-    down = next(c for c in report["cases"] if c["name"] == "up_down_consistency[0002 down]")
-    assert down["status"] == "failed"
+    assert (result.code, down["status"], trace["status"]) == (1, "failed", "failed")
     assert "does nothing, and its upgrade changed the schema" in down["message"] and "orders" in down["message"]
-    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
-    assert trace["status"] == "failed" and all(line.startswith("0002: ") for line in trace["details"])
+    assert all(line.startswith("0002: ") for line in trace["details"])
 
 
 def add_revision(root: Path, revision: str, down: str, up: str, down_body: str) -> None:
@@ -384,13 +387,13 @@ def test_no_trace_sees_types_sequences_views_and_functions_once(cli: Cli, pg_url
     result, report = verify(cli, pg_url, cwd=root)
 
     assert result.code == 1
-    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    trace = case_named(report, "downgrade_leaves_no_trace")
     assert trace["status"] == "failed"
     assert sorted(trace["details"]) == [
         "0003: enum type public.mood is left behind",
         "0003: function public.answer() is left behind",
     ]
-    up_again = next(c for c in report["cases"] if c["name"] == "up_down_consistency[0003 up]")
+    up_again = case_named(report, "up_down_consistency[0003 up]")
     assert up_again["status"] == "skipped" and "downgrade_leaves_no_trace" in up_again["message"]
 
 
@@ -415,7 +418,7 @@ def test_a_renamed_constraint_is_named_as_a_rename_once(cli: Cli, pg_url: str, t
 
     result, report = verify(cli, pg_url, cwd=root)
 
-    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    trace = case_named(report, "downgrade_leaves_no_trace")
     assert result.code == 1 and trace["status"] == "failed"
     assert "0004: unique constraint uq_a on items is now named uq_c (the same definition)" in trace["details"]
     assert all(line.startswith("0004: ") and "is now named" in line for line in trace["details"]), trace["details"]
@@ -429,7 +432,7 @@ def test_no_trace_sees_a_view_left_behind_on_each_database(cli: Cli, any_url: st
     result, report = verify(cli, any_url, cwd=root)
 
     assert result.code == 1
-    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    trace = case_named(report, "downgrade_leaves_no_trace")
     assert len(trace["details"]) == 1 and trace["details"][0].startswith("0003: view ")
     assert trace["details"][0].endswith("busy is left behind (its downgrade does nothing)")
 
@@ -498,7 +501,7 @@ def test_a_downgrade_that_forgets_an_index_is_named(cli: Cli, pg_url: str, tmp_p
     result, report = verify(cli, pg_url, cwd=root)
 
     assert result.code == 1
-    trace = next(c for c in report["cases"] if c["name"] == "downgrade_leaves_no_trace")
+    trace = case_named(report, "downgrade_leaves_no_trace")
     assert trace["status"] == "failed"
     assert trace["details"] == ["0002: index ix_items_name on items is left behind"]
     assert "ix_items_name" in trace["message"] and "0002" in trace["message"]
@@ -511,7 +514,7 @@ def test_env_py_without_target_metadata_skips_models_match_and_passes(cli: Cli, 
     result, report = verify(cli, pg_url, cwd=root)
 
     assert result.code == 0, result.stdout
-    models = next(c for c in report["cases"] if c["name"] == "models_match")
+    models = case_named(report, "models_match")
     assert models["status"] == "skipped" and "target_metadata" in models["message"]
     assert {c["status"] for c in report["cases"] if c["name"] != "models_match"} == {"passed"}
 
@@ -747,7 +750,7 @@ def test_a_django_runpython_without_reverse_fails_unless_listed_in_its_id_form(
     )
 
     assert failed.code == 1, failed.stdout + failed.stderr
-    case = next(c for c in report["cases"] if c["name"] == "up_down_consistency[shop.0004_fill down]")
+    case = case_named(report, "up_down_consistency[shop.0004_fill down]")
     assert case["status"] == "failed" and "no reverse" in case["message"]
     assert listed.code == 0, listed.stdout + listed.stderr
     assert statuses(listed_report)["up_down_consistency[shop.0004_fill down]"] == "skipped"
@@ -816,7 +819,7 @@ def test_a_django_model_field_without_a_migration_fails_models_match(
     result, report = django_verify(cli, pg_url if database == "postgresql" else mysql_url, project)
 
     assert result.code == 1
-    case = next(c for c in report["cases"] if c["name"] == "models_match")
+    case = case_named(report, "models_match")
     assert case["status"] == "failed"
     assert case["details"] == ["shop: Add field price to product"]
 
