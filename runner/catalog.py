@@ -9,6 +9,7 @@ not only the one the version table lives in: an application's tables in schema
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -202,3 +203,149 @@ def definitions(connection: Connection) -> dict[str, tuple[tuple[str, str], ...]
         if connection.in_transaction():
             connection.rollback()
     return found
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a scratch database held before ``verify`` began, which a rebuild keeps: its schemas and extensions.
+
+    Attributes:
+        schemas: PostgreSQL's schemas beside the server's own (``public``, and any the CI made, such
+            as the version table's); empty on MySQL and SQLite.
+        extensions: PostgreSQL's installed extensions (the template's, or the CI's).
+    """
+
+    schemas: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+
+
+def baseline(connection: Connection) -> Baseline:
+    """The schemas and extensions the database has now (:class:`Baseline`). Ends its transaction."""
+    if database.family(connection.engine.url) != "postgresql":
+        return Baseline()
+    try:
+        schemas = connection.execute(_POSTGRES_SPACES.bindparams(system=list(POSTGRES_SYSTEM_SCHEMAS))).scalars()
+        kept_schemas = tuple(sorted(schemas))
+        extensions = tuple(sorted(connection.execute(sa.text("SELECT extname FROM pg_extension")).scalars()))
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+    return Baseline(kept_schemas, extensions)
+
+
+_POSTGRES_SPACES = sa.text(
+    """
+    SELECT nspname FROM pg_namespace
+    WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
+    """
+)
+
+# The statements that empty a PostgreSQL database down to its baseline, each object quoted by the server
+# (format's %I): the schemas made since, then the extensions, then in the kept schemas every relation, type
+# and routine that no extension owns. CASCADE, and IF EXISTS because one drop may take others with it.
+_POSTGRES_DROPS = sa.text(
+    """
+    WITH spaces AS (
+        SELECT oid, nspname FROM pg_namespace
+        WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
+    ), kept AS (
+        SELECT oid, nspname FROM spaces WHERE nspname = ANY (:schemas)
+    ), of_extensions AS (
+        SELECT objid FROM pg_depend WHERE deptype = 'e'
+    )
+    SELECT 1 AS rank, format('DROP SCHEMA IF EXISTS %I CASCADE', nspname) FROM spaces WHERE nspname <> ALL (:schemas)
+    UNION ALL
+    SELECT 2, format('DROP EXTENSION IF EXISTS %I CASCADE', extname) FROM pg_extension
+    WHERE extname <> ALL (:extensions)
+    UNION ALL
+    SELECT 3, format('DROP %s IF EXISTS %I.%I CASCADE',
+                     CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                                    WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, k.nspname, c.relname)
+    FROM pg_class c JOIN kept k ON k.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.oid NOT IN (SELECT objid FROM of_extensions)
+      -- a serial's or identity's sequence goes with its table, and cannot be dropped before it
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                      AND d.deptype IN ('a', 'i') AND c.relkind = 'S')
+    UNION ALL
+    SELECT 4, format('DROP %s IF EXISTS %I.%I CASCADE', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                     k.nspname, t.typname)
+    FROM pg_type t JOIN kept k ON k.oid = t.typnamespace
+    WHERE t.oid NOT IN (SELECT objid FROM of_extensions)
+      AND (t.typtype IN ('e', 'd', 'r')
+           OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = t.typrelid AND r.relkind = 'c')))
+    UNION ALL
+    SELECT 5, format('DROP ROUTINE IF EXISTS %I.%I(%s) CASCADE', k.nspname, p.proname,
+                     pg_get_function_identity_arguments(p.oid))
+    FROM pg_proc p JOIN kept k ON k.oid = p.pronamespace
+    WHERE p.oid NOT IN (SELECT objid FROM of_extensions)
+    ORDER BY 1
+    """
+)
+
+# MySQL: the run's database's views first, then its tables and sequences, routines and events; a name is
+# quoted with backticks, a backtick in it doubled. Foreign keys are not checked while they go.
+_MYSQL_DROPS = sa.text(
+    """
+    SELECT CONCAT('DROP ', CASE TABLE_TYPE WHEN 'VIEW' THEN 'VIEW' WHEN 'SEQUENCE' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                  ' IF EXISTS `', REPLACE(TABLE_NAME, '`', '``'), '`'), TABLE_TYPE <> 'VIEW' AS rank
+    FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()
+    UNION ALL
+    SELECT CONCAT('DROP ', ROUTINE_TYPE, ' IF EXISTS `', REPLACE(ROUTINE_NAME, '`', '``'), '`'), 2
+    FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()
+    UNION ALL
+    SELECT CONCAT('DROP EVENT IF EXISTS `', REPLACE(EVENT_NAME, '`', '``'), '`'), 2
+    FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE()
+    ORDER BY 2
+    """
+)
+
+# SQLite: views, then tables, the newest first (what refers to a table is usually made after it).
+_SQLITE_DROPS = sa.text(
+    """
+    SELECT 'DROP ' || upper(type) || ' IF EXISTS "' || replace(name, '"', '""') || '"'
+    FROM sqlite_master WHERE type IN ('view', 'table') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+    ORDER BY type = 'table', rowid DESC
+    """
+)
+
+
+def drop_everything(connection: Connection, kept: Baseline) -> int:
+    """Empty a scratch database down to what it held before ``verify`` began: ``verify``'s rebuild.
+
+    Every table, view, sequence, type, routine, trigger and event goes, the tools' own
+    tables with them; on PostgreSQL the schemas and extensions made since go too, while
+    those in ``kept`` stay (emptied). Call it only on a database :func:`application_objects`
+    found empty at the start.
+
+    Args:
+        connection: a session on the database, outside any transaction of the caller's.
+        kept: what it held at the start (:func:`baseline`).
+
+    Returns:
+        How many drop statements ran.
+
+    Raises:
+        sqlalchemy.exc.DBAPIError: the server refused a drop (a lock it waited on, a privilege).
+    """
+    family = database.family(connection.engine.url)
+    if connection.in_transaction():
+        connection.rollback()
+    if family == "postgresql":
+        query = _POSTGRES_DROPS.bindparams(
+            system=list(POSTGRES_SYSTEM_SCHEMAS), schemas=list(kept.schemas), extensions=list(kept.extensions)
+        )
+        statements = [row[1] for row in connection.execute(query)]
+    elif family == "mysql":
+        statements = [row[0] for row in connection.execute(_MYSQL_DROPS)]
+        statements = ["SET FOREIGN_KEY_CHECKS = 0", *statements, "SET FOREIGN_KEY_CHECKS = 1"]
+    else:
+        # Deferred: a table's rows may refer to another's, and all of them go before the commit checks.
+        statements = ["PRAGMA defer_foreign_keys = ON", *connection.execute(_SQLITE_DROPS).scalars()]
+    try:
+        for statement in statements:
+            database.execute_statement(connection, statement)
+        connection.commit()
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+    return len(statements)

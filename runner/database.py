@@ -486,6 +486,17 @@ def _end_read(connection: Connection) -> None:
         connection.rollback()
 
 
+def execute_statement(connection: Connection, statement: str) -> None:
+    """Run one statement without parameters whose text may hold ``%`` (a quoted name: ``"per%cent"``).
+
+    The pyformat drivers (psycopg, PyMySQL, mysqlclient) read ``%`` as a placeholder even when no
+    parameters are given (SQLAlchemy passes an empty sequence), so it is doubled for them.
+    """
+    if connection.dialect.paramstyle in {"format", "pyformat"}:
+        statement = statement.replace("%", "%%")
+    connection.exec_driver_sql(statement)
+
+
 def server_database_name(connection: Connection) -> str:
     """The database as the server names it, for the lock key.
 

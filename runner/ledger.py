@@ -194,7 +194,7 @@ class Ledger:
         for column in self.table.columns:
             if column.name not in present:
                 definition = sa.schema.CreateColumn(column).compile(dialect=connection.dialect)
-                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {definition}")
+                database.execute_statement(connection, f"ALTER TABLE {table} ADD COLUMN {definition}")
 
     def _present_columns(self, connection: Connection) -> set[str] | None:
         """The names of the ledger table's columns in the database; None when it has no ledger yet.

@@ -79,6 +79,32 @@ class Case:
         }
 
 
+@dataclass
+class Rebuild:
+    """One rebuild of the scratch database by the stairway: everything dropped, then upgraded to ``at`` again.
+
+    Attributes:
+        at: the revision it was rebuilt at (the one below the step that left it elsewhere), or ``base``.
+        after: the step that left it elsewhere, e.g. ``the downgrade of 0002``.
+        seconds: how long the drop and the upgrade took.
+        failed: the error when it could not be rebuilt (the stairway stops there); empty otherwise.
+    """
+
+    at: str
+    after: str
+    seconds: float = 0.0
+    failed: str = ""
+
+    def document(self) -> dict[str, Any]:
+        """Its entry in the JSON report's ``rebuilds``."""
+        return {"at": self.at, "after": self.after, "seconds": round(self.seconds, 6), "failed": self.failed}
+
+    def line(self) -> str:
+        """As the summary says it."""
+        said = f"rebuilt at {self.at} after {self.after}"
+        return said + (f", and that failed: {self.failed}" if self.failed else f" ({self.seconds:.1f} s)")
+
+
 class Timer:
     """Times a case: ``with Timer(case): ...`` sets ``case.seconds``."""
 
@@ -230,8 +256,10 @@ def _shown(item: tuple[Any, ...]) -> str:
     return str(name) or "(unnamed) " + " ".join(map(str, item[1:]))
 
 
-def document(*, tool: str, database: str | None, cases: Sequence[Case], exit_code: int) -> dict[str, Any]:
-    """The JSON report (``docs/verify.schema.json``)."""
+def document(
+    *, tool: str, database: str | None, cases: Sequence[Case], exit_code: int, rebuilds: Sequence[Rebuild] = ()
+) -> dict[str, Any]:
+    """The JSON report (``docs/verify.schema.json``); ``rebuilds``: the stairway's rebuilds of the database."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": tool,
@@ -241,6 +269,7 @@ def document(*, tool: str, database: str | None, cases: Sequence[Case], exit_cod
         "failed": sum(1 for c in cases if c.status == "failed"),
         "skipped": sum(1 for c in cases if c.status == "skipped"),
         "cases": [c.document() for c in cases],
+        "rebuilds": [r.document() for r in rebuilds],
     }
 
 
@@ -256,7 +285,18 @@ def text(report: dict[str, Any]) -> str:
         )
         lines += [f"           {detail}" for detail in case["details"]]
     lines.append(f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped")
+    lines += _rebuild_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _rebuild_lines(report: dict[str, Any]) -> list[str]:
+    rebuilds = report.get("rebuilds", [])
+    if not rebuilds:
+        return []
+    lines = [f"The scratch database was rebuilt {len(rebuilds)} time{'s' if len(rebuilds) > 1 else ''}:"]
+    for entry in rebuilds:
+        lines.append(f"  - {Rebuild(entry['at'], entry['after'], entry['seconds'], entry['failed']).line()}")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -266,6 +306,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"### migration-runner verify: {verdict}",
         "",
         f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped ({report['tool']}).",
+        *_rebuild_lines(report),
         "",
         "| | check | result |",
         "|---|---|---|",

@@ -31,6 +31,7 @@ from support import (
     query,
 )
 
+from runner import catalog, database
 from runner import verify as checks
 
 REPORT_SCHEMA = json.loads((REPO / "docs" / "verify.schema.json").read_text())
@@ -455,6 +456,227 @@ def test_a_declared_noop_downgrade_keeps_what_its_upgrade_made(cli: Cli, any_url
     assert statuses(report)["downgrade_leaves_no_trace"] == "passed"
 
 
+def chain(root: Path, count: int, downs: dict[str, str] | None = None, ups: dict[str, str] | None = None) -> Path:
+    """An Alembic project of ``count`` revisions 0001, 0002, ...; revision 000K creates table tK and drops it.
+
+    ``downs`` and ``ups`` replace a revision's bodies (indented statements), by its id.
+    """
+    project(root, models=False)
+    for path in (root / "migrations" / "versions").glob("*.py"):
+        path.unlink()
+    for number in range(1, count + 1):
+        revision = f"{number:04}"
+        up = f'    op.create_table("t{number}", sa.Column("id", sa.Integer, primary_key=True))'
+        down_body = f'    op.drop_table("t{number}")'
+        add_revision(
+            root,
+            revision,
+            f"{number - 1:04}" if number > 1 else None,  # type: ignore[arg-type]
+            (ups or {}).get(revision, up),
+            (downs or {}).get(revision, down_body),
+        )
+    return root
+
+
+def stairway(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stairway's cases by (revision, direction)."""
+    return {(c["revision"], c["direction"]): c for c in report["cases"] if c["check"] == "up_down_consistency"}
+
+
+def test_the_stairway_goes_on_past_an_irreversible_step_on_each_database(
+    cli: Cli, any_url: str, tmp_path: Path
+) -> None:
+    """A listed irreversible downgrade near the head no longer ends the stairway: each revision below has its cases.
+
+    Before, 0003, 0002 and 0001 got no down or up case at all. Now the database is rebuilt at 0003 (everything
+    dropped, 0001-0003 applied again), the rebuild is in the summary, and verify ends at the head.
+    """
+    root = chain(tmp_path / "p", 5, downs={"0004": '    raise RuntimeError("t4 keeps the audit trail")'})
+
+    result, report = verify(cli, any_url, cwd=root, env={"MIGRATION_VERIFY_IRREVERSIBLE": "0004"})
+
+    assert result.code == 0, result.stdout + result.stderr
+    cases = stairway(report)
+    assert len(cases) == 10  # every revision, both ways
+    assert (
+        cases[("0004", "down")]["status"] == "skipped"
+        and "MIGRATION_VERIFY_IRREVERSIBLE" in (cases[("0004", "down")]["message"])
+    )
+    assert cases[("0004", "up")]["status"] == "skipped"
+    assert "not applied again after its downgrade: its downgrade cannot run" in cases[("0004", "up")]["message"]
+    assert {key: c["status"] for key, c in cases.items() if key[0] != "0004"} == dict.fromkeys(
+        [(f"{n:04}", way) for n in (1, 2, 3, 5) for way in ("down", "up")], "passed"
+    )
+    (rebuild,) = report["rebuilds"]
+    assert (rebuild["at"], rebuild["after"], rebuild["failed"]) == ("0003", "the downgrade of 0004", "")
+    for shown in (checks.text(report), checks.markdown(report)):  # what the terminal and the pull request show
+        assert "The scratch database was rebuilt 1 time:" in shown
+        assert "rebuilt at 0003 after the downgrade of 0004" in shown
+    assert statuses(report)["downgrade_leaves_no_trace"] == "passed"
+    assert cli("check", env={"MIGRATION_DATABASE_URL": any_url}, cwd=root).code == 0  # at the head again
+
+
+def test_a_downgrade_that_fails_fails_its_own_case_only(cli: Cli, pg_url: str, mysql_url: str, tmp_path: Path) -> None:
+    """A real downgrade bug fails its down case; its up case is skipped saying why; every other revision passes."""
+    root = chain(tmp_path / "p", 4, downs={"0002": '    op.drop_table("no_such_table")'})
+
+    for url in (pg_url, mysql_url):
+        result, report = verify(cli, url, cwd=root)
+
+        assert result.code == 1, result.stdout + result.stderr
+        cases = stairway(report)
+        assert cases[("0002", "down")]["status"] == "failed"
+        assert "the downgrade of 0002 failed" in cases[("0002", "down")]["message"]
+        assert cases[("0002", "up")]["status"] == "skipped"
+        assert "its downgrade failed" in cases[("0002", "up")]["message"]
+        assert "above" not in cases[("0002", "up")]["message"]
+        assert [key for key, c in cases.items() if c["status"] == "passed"] == [
+            ("0004", "down"),
+            ("0003", "down"),
+            ("0001", "down"),
+            ("0001", "up"),
+            ("0003", "up"),
+            ("0004", "up"),
+        ]
+        assert [(r["at"], r["after"]) for r in report["rebuilds"]] == [("0001", "the downgrade of 0002")]
+
+
+def test_a_trace_is_reported_once_and_the_revisions_below_are_still_tested(
+    cli: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    """A downgrade that forgets its table fails no_trace once; the database is rebuilt and the rest pass."""
+    root = chain(tmp_path / "p", 4, downs={"0003": "    pass"}, ups={"0003": '    op.create_table("t3")'})
+    (root / "migrations" / "versions" / "0003_r.py").write_text(
+        (root / "migrations" / "versions" / "0003_r.py")
+        .read_text()
+        .replace('op.create_table("t3")', 'op.create_table("t3", sa.Column("id", sa.Integer))')
+    )
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1
+    cases = stairway(report)
+    assert cases[("0003", "down")]["status"] == "failed"
+    assert cases[("0003", "up")]["status"] == "skipped"
+    assert "downgrade_leaves_no_trace" in cases[("0003", "up")]["message"]
+    assert all(c["status"] == "passed" for key, c in cases.items() if key[0] != "0003")
+    trace = case_named(report, "downgrade_leaves_no_trace")
+    assert trace["details"] == ["0003: table t3 is left behind (its downgrade does nothing)"]
+    assert [r["at"] for r in report["rebuilds"]] == ["0002"]
+
+
+def test_a_rebuild_drops_every_kind_of_object_a_revision_made(cli: Cli, any_url: str, tmp_path: Path) -> None:
+    """0001 makes a schema, types, a sequence, a view, a routine, a trigger (each database's own): a rebuild
+    below 0002 drops them all, so 0001's down and up still pass after it, and the version schema stays."""
+    objects = {
+        "postgresql": [
+            "CREATE SCHEMA app",
+            "CREATE TABLE app.accounts (id serial PRIMARY KEY, mood text)",
+            "CREATE TYPE mood AS ENUM ('ok', 'sad')",
+            "CREATE DOMAIN positive AS integer CHECK (VALUE > 0)",
+            "CREATE SEQUENCE invoice_numbers",
+            "CREATE VIEW app.busy AS SELECT id FROM app.accounts",
+            "CREATE MATERIALIZED VIEW counted AS SELECT count(*) AS n FROM app.accounts",
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+            "CREATE TRIGGER touched BEFORE UPDATE ON app.accounts FOR EACH ROW EXECUTE FUNCTION touch()",
+            "CREATE EXTENSION IF NOT EXISTS citext",
+            "INSERT INTO app.accounts (mood) VALUES ('ok')",
+        ],
+        "mysql": [
+            "CREATE TABLE accounts (id integer PRIMARY KEY AUTO_INCREMENT, parent integer,"
+            " FOREIGN KEY (parent) REFERENCES accounts (id))",
+            "CREATE SEQUENCE invoice_numbers",
+            "CREATE VIEW busy AS SELECT id FROM accounts",
+            "CREATE PROCEDURE touch() SELECT 1",
+            "CREATE TRIGGER touched BEFORE UPDATE ON accounts FOR EACH ROW SET NEW.parent = NEW.parent",
+            "CREATE EVENT tidy ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1",
+            "INSERT INTO accounts (id, parent) VALUES (1, NULL), (2, 1)",
+        ],
+        "sqlite": [
+            "CREATE TABLE accounts (id integer PRIMARY KEY AUTOINCREMENT, parent integer REFERENCES accounts (id))",
+            "CREATE VIEW busy AS SELECT id FROM accounts",
+            "CREATE TRIGGER touched AFTER UPDATE ON accounts BEGIN SELECT 1; END",
+            "INSERT INTO accounts (id, parent) VALUES (1, NULL), (2, 1)",
+        ],
+    }
+    undo = {
+        "postgresql": [
+            "DROP EXTENSION citext",
+            "DROP MATERIALIZED VIEW counted",
+            "DROP SCHEMA app CASCADE",
+            "DROP FUNCTION touch()",
+            "DROP SEQUENCE invoice_numbers",
+            "DROP DOMAIN positive",
+            "DROP TYPE mood",
+        ],
+        "mysql": [
+            "DROP EVENT tidy",
+            "DROP PROCEDURE touch",
+            "DROP VIEW busy",
+            "DROP SEQUENCE invoice_numbers",
+            "DROP TABLE accounts",
+        ],
+        "sqlite": ["DROP VIEW busy", "DROP TABLE accounts"],
+    }
+    up = (
+        f"    statements = {objects!r}\n"
+        '    for statement in statements["sqlite" if op.get_bind().dialect.name == "sqlite" else '
+        'op.get_bind().dialect.name.replace("mariadb", "mysql")]:\n'
+        "        op.execute(statement)"
+    )
+    down = up.replace(repr(objects), repr(undo))
+    root = chain(tmp_path / "p", 2, ups={"0001": up}, downs={"0001": down, "0002": "    raise NotImplementedError"})
+
+    result, report = verify(cli, any_url, cwd=root, env={"MIGRATION_VERIFY_IRREVERSIBLE": "0002"})
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert [r["at"] for r in report["rebuilds"]] == ["0001"]
+    assert {key: c["status"] for key, c in stairway(report).items() if key[0] == "0001"} == {
+        ("0001", "down"): "passed",
+        ("0001", "up"): "passed",
+    }
+
+
+@pytest.mark.parametrize("name", ['odd"name', "per%cent", "back`tick", "sp ace", "ünï", "colon:name"])
+def test_drop_everything_takes_any_name_and_leaves_nothing(any_url: str, name: str) -> None:
+    """The rebuild's drop quotes every name the server holds: nothing is left, and the kept schema stays."""
+    engine = sqlalchemy.create_engine(any_url.replace("mysql://", "mysql+pymysql://"))
+    quote = engine.dialect.identifier_preparer.quote_identifier
+    try:
+        with engine.connect() as connection:
+            kept = catalog.baseline(connection)
+            for statement in (
+                f"CREATE TABLE {quote(name)} (id integer PRIMARY KEY)",
+                f"CREATE TABLE {quote(name + '2')} (id integer REFERENCES {quote(name)} (id))",
+                f"CREATE VIEW {quote(name + 'v')} AS SELECT id FROM {quote(name)}",
+            ):
+                database.execute_statement(connection, statement)
+            connection.commit()
+
+            dropped = catalog.drop_everything(connection, kept)
+
+            assert dropped >= 3
+            assert catalog.application_objects(connection, ()) == []
+            assert catalog.baseline(connection) == kept
+    finally:
+        engine.dispose()
+
+
+def test_no_rebuild_on_a_database_that_held_something_and_its_data_stays(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """--allow-nonempty: verify never drops everything; the cases below a failed step say why they were not run."""
+    query(pg_url, "CREATE TABLE customer_notes (body text); INSERT INTO customer_notes VALUES ('keep me')")
+    root = chain(tmp_path / "p", 3, downs={"0002": '    op.drop_table("no_such_table")'})
+
+    result, report = verify(cli, pg_url, "--allow-nonempty", cwd=root)
+
+    assert result.code == 1
+    cases = stairway(report)
+    assert cases[("0001", "down")]["status"] == "skipped"
+    assert "--allow-nonempty" in cases[("0001", "down")]["message"]
+    assert report["rebuilds"] == []
+    assert query(pg_url, "SELECT body FROM customer_notes") == [("keep me",)]
+
+
 @pytest.mark.parametrize(
     "setting",
     [
@@ -754,6 +976,10 @@ def test_a_django_runpython_without_reverse_fails_unless_listed_in_its_id_form(
     assert case["status"] == "failed" and "no reverse" in case["message"]
     assert listed.code == 0, listed.stdout + listed.stderr
     assert statuses(listed_report)["up_down_consistency[shop.0004_fill down]"] == "skipped"
+    # The stairway went on below it (before, it stopped there): the app's earlier migrations have their cases.
+    assert statuses(listed_report)["up_down_consistency[shop.0003_product_name_index down]"] == "passed"
+    assert statuses(listed_report)["up_down_consistency[shop.0001_initial up]"] == "passed"
+    assert [r["at"] for r in listed_report["rebuilds"]] == ["shop.0003_product_name_index"]
 
 
 BRANCH = """from django.db import migrations
@@ -766,13 +992,14 @@ class Migration(migrations.Migration):
 
 
 @pytest.mark.timeout(180)
-def test_a_django_merge_migration_is_reverted_and_the_stairway_stops_at_the_branch(
+def test_a_django_merge_migration_is_reverted_and_the_stairway_goes_on_past_the_branch(
     cli: Cli, pg_url: str, tmp_path: Path
 ) -> None:
     """Two branches joined by `makemigrations --merge`: the merge reverts alone; one side of the branch cannot.
 
-    Migrating shop back to 0003 would unapply both sides (Django reverts a target's children), so that case is
-    skipped with the reason, not failed, and not passed.
+    Migrating shop back to 0003 would unapply both sides (Django reverts a target's children), so that side's
+    down and up cases are skipped with the reason, not failed, and not passed. The scratch database is rebuilt
+    below it, and every other migration, below the branch too, gets its own down and up cases.
     """
     project = copy_django_example(tmp_path / "django")
     migrations = project / "shop" / "migrations"
@@ -797,11 +1024,19 @@ def test_a_django_merge_migration_is_reverted_and_the_stairway_stops_at_the_bran
     cases = {c["name"]: c for c in report["cases"]}
     assert cases[f"up_down_consistency[shop.{merged} down]"]["status"] == "passed"
     assert cases[f"up_down_consistency[shop.{merged} up]"]["status"] == "passed"
-    stopped = [c for c in report["cases"] if c["status"] == "skipped"]
-    assert [c["revision"] for c in stopped] in (["shop.0004_audit_a"], ["shop.0004_audit_b"])
-    assert "reverts shop.0004_audit_a, shop.0004_audit_b" in stopped[0]["message"] or (
-        "reverts shop.0004_audit_b, shop.0004_audit_a" in stopped[0]["message"]
+    skipped = [c for c in report["cases"] if c["status"] == "skipped"]
+    assert [(c["revision"], c["direction"]) for c in skipped] in (
+        [("shop.0004_audit_a", "down"), ("shop.0004_audit_a", "up")],
+        [("shop.0004_audit_b", "down"), ("shop.0004_audit_b", "up")],
     )
+    assert "reverts shop.0004_audit_a, shop.0004_audit_b" in skipped[0]["message"] or (
+        "reverts shop.0004_audit_b, shop.0004_audit_a" in skipped[0]["message"]
+    )
+    assert "no downgrade reverts it alone" in skipped[1]["message"]
+    stairway = [c for c in report["cases"] if c["check"] == "up_down_consistency"]
+    assert len(stairway) == 2 * 20 and {c["status"] for c in stairway if c not in skipped} == {"passed"}
+    (rebuild,) = report["rebuilds"]
+    assert rebuild["after"] == f"the downgrade of {skipped[0]['revision']}" and not rebuild["failed"]
     assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(6,)]  # at head again
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
 from runner import catalog, database, drivers, locks, logs
@@ -53,6 +55,7 @@ def verify(run: Run) -> ExitCode:
     engine = run.engine(url)
     ignored = (run.version_table.name, settings.history_table)
     cases: list[checks.Case] = []
+    rebuilds: list[checks.Rebuild] = []
     with run.connect(engine) as connection, database.losing_connection_raises():
         found = catalog.application_objects(connection, ignored, limit=GUARD_SHOWS + 1)
         if found and not settings.verify_allow_nonempty:
@@ -64,7 +67,7 @@ def verify(run: Run) -> ExitCode:
         cases.append(_single_head(project, settings.verify_heads))
         with _migration_lock(run, connection) as held:
             if cases[0].status == "passed" or settings.verify_heads is not None:
-                cases += _verify_steps(run, project, connection, held, url)
+                cases += _verify_steps(run, project, connection, held, url, rebuilds=rebuilds)
             else:
                 for check in CHECKS_AFTER_HEADS:
                     cases.append(checks.Case(check, check))
@@ -72,7 +75,13 @@ def verify(run: Run) -> ExitCode:
     code = ExitCode.NOT_AT_TARGET if any(case.status == "failed" for case in cases) else ExitCode.OK
     # Redacted like the logs: a revision's own error, in a case's message, may carry the URL.
     report = logs.redact_value(
-        checks.document(tool=project.tool, database=run.target.light_url.database_name, cases=cases, exit_code=code)
+        checks.document(
+            tool=project.tool,
+            database=run.target.light_url.database_name,
+            cases=cases,
+            exit_code=code,
+            rebuilds=rebuilds,
+        )
     )
     if settings.junit_xml is not None:
         settings.junit_xml.write_bytes(checks.junit(report))
@@ -139,7 +148,12 @@ class _Verifier:
 
     The upgrade goes one revision at a time and keeps the schema as it was before
     each; the stairway then reverts them from the head down, comparing each
-    revert with that schema, and applies them again.
+    revert with that schema, and applies them again from the base up. A step that
+    leaves the database anywhere but where the stairway expects it (a downgrade that
+    fails, raises by design, cannot revert its revision alone or leaves a trace; an
+    upgrade that fails when applied again) is followed by a rebuild: everything is
+    dropped and the revisions below it applied again, so every revision still gets
+    its own down and up cases.
     """
 
     def __init__(self, run: Run, project: Driver, connection: Connection, held: locks.HeldLock, url: URL) -> None:
@@ -149,17 +163,23 @@ class _Verifier:
         self.run, self.project, self.connection, self.held, self.url = run, project, connection, held, url
         self.schema = run.version_table.schema
         self.ignored = (run.version_table.name, run.settings.history_table)
+        self.kept = catalog.baseline(connection)  # what a rebuild keeps: the schemas and extensions there now
         self.up_book = run.ledger()
-        self.up_book.prepare(held.connection or connection)
         self.down_book = run.ledger()
         self.down_book.direction = "down"
-        self.down_book.prepare(held.connection or connection)
+        self._prepare_ledgers()
         self.before: dict[str, Any] = {}  # revision -> the schema before it was applied
         self.order: list[Step] = []
-        self.reverted: list[Step] = []
+        self.at_start: tuple[str, ...] = ()  # the database's revisions before the upgrade case
+        self.not_again: dict[str, str] = {}  # revision -> why its up case does not follow its down case
         self.left_behind: list[str] = []
         self.reported: set[str] = set()  # each difference once, at the revision whose downgrade left it
-        self.leaky: dict[str, str] = {}  # revision -> what its downgrade left behind
+        self.rebuilds: list[checks.Rebuild] = []
+        self.stopped = ""  # why the stairway cannot go on: a rebuild that failed, or one refused
+
+    def _prepare_ledgers(self) -> None:
+        self.up_book.prepare(self.held.connection or self.connection)
+        self.down_book.prepare(self.held.connection or self.connection)
 
     def _step(self, target: str, direction: str) -> None:
         book = self.up_book if direction == "up" else self.down_book
@@ -180,7 +200,8 @@ class _Verifier:
         case = self.checks.Case("upgrade", "upgrade")
         with self.checks.Timer(case):
             try:
-                for step in self.project.pending(self.run.read_current(self.connection), "heads"):
+                self.at_start = self.run.read_current(self.connection)
+                for step in self.project.pending(self.at_start, "heads"):
                     self.before[step.revision] = self._snapshot()
                     self._up(step.revision)
                     self.order.append(step)
@@ -200,18 +221,29 @@ class _Verifier:
         return case
 
     def down(self) -> list[Any]:
-        """The stairway down: each revision from the head, compared afterwards with the schema before it."""
-        excepted = set(self.run.settings.verify_irreversible)
+        """The stairway down: each revision from the head, compared afterwards with the schema before it.
+
+        The last applied goes first, so what depends on a revision is reverted before it.
+        After a step that leaves the database elsewhere than just below it, the database
+        is rebuilt there (:meth:`_rebuild`) and the stairway goes on.
+        """
         cases = []
-        for step in reversed(self.order):  # the last applied first: what depends on a step is reverted before it
+        for index in reversed(range(len(self.order))):
+            step = self.order[index]
             case = self._stairway_case(step, "down")
             cases.append(case)
+            if self.stopped:
+                case.skip(self.stopped)
+                continue
             with self.checks.Timer(case):
-                if not self._down_one(step, case, excepted):
-                    break
+                where_expected = self._down_one(step, case)
+            if not where_expected:
+                self._rebuild(index, after=f"the downgrade of {step.revision}")
         return cases
 
-    def _down_one(self, step: Step, case: Any, excepted: set[str]) -> bool:
+    def _down_one(self, step: Step, case: Any) -> bool:
+        """Revert ``step`` alone and judge it; ``False`` when the database is not now just below it."""
+        excepted = set(self.run.settings.verify_irreversible)
         why = dict(self.project.irreversible([step])).get(step.revision)
         # Declared empty on purpose: reverted as downgrade would, what its upgrade made stays, and it is applied again.
         declared = why == drivers.DOES_NOTHING and step.revision in self.run.settings.noop_downgrades
@@ -225,14 +257,13 @@ class _Verifier:
                     f"revision {step.revision} cannot be reverted ({why}); "
                     "list it in MIGRATION_VERIFY_IRREVERSIBLE if that is by design"
                 )
+            self.not_again[step.revision] = f"its downgrade cannot run ({why})"
             return False
         target = self.project.step_target(step.revision, "down")
         reverts = [s.revision for s in self.project.reverting(self.run.read_current(self.connection), target)]
         if reverts != [step.revision]:  # e.g. one side of a Django branch
-            case.skip(
-                f"no downgrade reverts {step.revision} alone (its target {target} reverts {', '.join(reverts)}); "
-                "the stairway stops here"
-            )
+            case.skip(f"no downgrade reverts {step.revision} alone (its target {target} reverts {', '.join(reverts)})")
+            self.not_again[step.revision] = "no downgrade reverts it alone"
             return False
         try:
             self._step(target, "down")
@@ -241,45 +272,84 @@ class _Verifier:
                 case.skip(f"its downgrade raised, as MIGRATION_VERIFY_IRREVERSIBLE says it must: {error.message}")
             else:
                 case.fail(f"the downgrade of {step.revision} failed: {error.message}")
+            self.not_again[step.revision] = "its downgrade failed"
             return False
         left = self.checks.differences(self.before[step.revision], self._snapshot())
         left = [line for line in left if line not in self.reported]  # left by a revision above: reported there
         self.reported.update(left)
-        if declared:  # what its upgrade made is meant to stay: no trace to report, here or below
-            self.reverted.append(step)
+        if declared or not left:  # a declared no-op's upgrade is meant to stay: no trace to report, here or below
             return True
-        behind = [line for line in left if line.endswith("is left behind") or " differs: " in line]
-        if behind:
-            self.leaky[step.revision] = behind[0]
-        if judged_by_effect and left:
-            # Its upgrade changed the schema and its downgrade did not undo it: the no-trace failure, named as such
-            # here, where the stairway stops (applying it again would fail on what it left, under the wrong case).
+        if judged_by_effect:
+            # Its upgrade changed the schema and its downgrade did not undo it: the no-trace failure, named as such.
             case.fail(f"the downgrade of {step.revision} does nothing, and its upgrade changed the schema: {left[0]}")
             self.left_behind += [f"{step.revision}: {line} (its downgrade does nothing)" for line in left]
-            return False
-        self.reverted.append(step)
-        self.left_behind += [f"{step.revision}: {line}" for line in left]
-        return True
+        else:
+            self.left_behind += [f"{step.revision}: {line}" for line in left]
+        # Applying it again would fail on what it left, under the wrong check; below it, the trace would mislead.
+        self.not_again[step.revision] = f"its downgrade left the schema changed: {left[0]} (downgrade_leaves_no_trace)"
+        return False
 
     def up_again(self) -> list[Any]:
-        """The stairway up: each reverted revision applied again, base first."""
+        """The stairway up: each revision applied again, base first, on what its own downgrade left.
+
+        A revision whose down case did not end just below it is applied without a case
+        of its own (its up case is skipped, saying why), so the ones above it still get theirs.
+        """
         cases = []
-        for step in reversed(self.reverted):
+        for index, step in enumerate(self.order):
             case = self._stairway_case(step, "up")
             cases.append(case)
-            if step.revision in self.leaky:  # applying it again would fail on that, under the wrong check
-                case.skip(
-                    f"its downgrade left {self.leaky[step.revision]} (downgrade_leaves_no_trace), "
-                    "so it cannot be applied again on this database"
-                )
-                break
+            if self.stopped:
+                case.skip(self.stopped)
+                continue
+            why_not = self.not_again.get(step.revision)
+            if why_not is not None:
+                case.skip(f"not applied again after its downgrade: {why_not}")
             with self.checks.Timer(case):
                 try:
                     self._up(step.revision)
                 except MigrationFailed as error:
-                    case.fail(f"the upgrade of {step.revision} after its downgrade failed: {error.message}")
-                    break
+                    if why_not is None:
+                        case.fail(f"the upgrade of {step.revision} after its downgrade failed: {error.message}")
+                    self._rebuild(index + 1, after=f"the upgrade of {step.revision} applied again")
         return cases
+
+    def _rebuild(self, count: int, *, after: str) -> None:
+        """Drop everything, then apply again the first ``count`` revisions of the upgrade (and what preceded it).
+
+        Sets :attr:`stopped`, with the reason, when the database cannot be rebuilt: it held
+        something before ``verify`` (``--allow-nonempty``), or the upgrade failed this time.
+        """
+        at = self.order[count - 1].revision if count else "base"
+        if self.run.settings.verify_allow_nonempty:
+            self.stopped = (
+                f"the stairway cannot go on below {after}: the database held something before verify "
+                "(--allow-nonempty), so verify does not drop everything to rebuild it"
+            )
+            return
+        rebuild = self.checks.Rebuild(at=at, after=after)
+        started = time.monotonic()
+        wanted = {step.revision for step in self.order[:count]} | set(self.project.applied_revisions(self.at_start))
+        try:
+            with database.losing_connection_raises():
+                catalog.drop_everything(self.connection, self.kept)
+                self._prepare_ledgers()
+                # The newest first: applying a revision applies what it depends on, so most need no call of their own.
+                for revision in [*(step.revision for step in reversed(self.order[:count])), *self.at_start]:
+                    if revision not in self.project.applied_revisions(self.run.read_current(self.connection)):
+                        self._up(revision)
+            applied = set(self.project.applied_revisions(self.run.read_current(self.connection)))
+            if applied != wanted:
+                extra, missing = sorted(applied - wanted), sorted(wanted - applied)
+                reached = f"{', '.join(extra)} too" if extra else f"not {', '.join(missing)}"
+                raise MigrationFailed(f"the upgrade reached {reached}", revision=at, sqlstate=None)
+        except (MigrationFailed, sa.exc.DBAPIError) as error:
+            message = error.message if isinstance(error, MigrationFailed) else database.error_message(error)
+            self.stopped = f"the scratch database could not be rebuilt at {at} after {after}: {message}"
+            rebuild.failed = message
+        rebuild.seconds = time.monotonic() - started
+        self.rebuilds.append(rebuild)
+        get_logger().info("verify.rebuilt", at=at, after=after, seconds=round(rebuild.seconds, 3))
 
     def no_trace(self) -> Any:
         """``downgrade_leaves_no_trace``: what the stairway down found left behind (or missing)."""
@@ -287,13 +357,18 @@ class _Verifier:
         if self.left_behind:
             revision, what = self.left_behind[0].split(": ", 1)
             case.fail(f"after the downgrade of {revision}, {what}", self.left_behind)
-        elif not self.reverted:
+        elif not self.order:
             case.skip("no revision was downgraded")
         return case
 
 
-def _verify_steps(run: Run, project: Driver, connection: Connection, held: locks.HeldLock, url: URL) -> list[Any]:
-    """``upgrade``, ``models_match``, the stairway and ``downgrade_leaves_no_trace``, in that order."""
+def _verify_steps(
+    run: Run, project: Driver, connection: Connection, held: locks.HeldLock, url: URL, *, rebuilds: list[Any]
+) -> list[Any]:
+    """``upgrade``, ``models_match``, the stairway and ``downgrade_leaves_no_trace``, in that order.
+
+    Appends to ``rebuilds`` each rebuild of the scratch database the stairway made.
+    """
     verifier = _Verifier(run, project, connection, held, url)
     upgraded = verifier.upgrade()
     if upgraded.status == "failed":
@@ -302,5 +377,6 @@ def _verify_steps(run: Run, project: Driver, connection: Connection, held: locks
             case.skip("the upgrade failed")
         return [upgraded, *skipped]
     cases = [upgraded, verifier.models_match(), *verifier.down(), *verifier.up_again(), verifier.no_trace()]
+    rebuilds += verifier.rebuilds
     run.read_current(connection)
     return cases
