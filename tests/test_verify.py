@@ -729,6 +729,88 @@ def test_a_downgrade_that_forgets_an_index_is_named(cli: Cli, pg_url: str, tmp_p
     assert "ix_items_name" in trace["message"] and "0002" in trace["message"]
 
 
+def packaged_models(root: Path, *, env_imports: str) -> Path:
+    """A project whose models live in package `shop`: `shop.models` holds the declarative base, `items` and
+    `audit` one model each; env.py imports `env_imports` after the base. The revisions create `items` only."""
+    project(root, models=False)
+    (root / "migrations" / "versions" / "0002_r.py").unlink()
+    models = root / "shop" / "models"
+    models.mkdir(parents=True)
+    (root / "shop" / "__init__.py").write_text("")
+    (root / "shop" / "__main__.py").write_text("open('main-ran', 'w').close()\n")
+    (root / "shop" / "broken.py").write_text("raise RuntimeError('needs a running server')\n")
+    (models / "__init__.py").write_text(
+        "from sqlalchemy.orm import DeclarativeBase\n\n\nclass Base(DeclarativeBase):\n    pass\n"
+    )
+    (models / "items.py").write_text(
+        "import sqlalchemy as sa\nfrom sqlalchemy.orm import Mapped, mapped_column\n\n"
+        "from shop.models import Base\n\n\n"
+        "class Item(Base):\n    __tablename__ = 'items'\n    id: Mapped[int] = mapped_column(primary_key=True)\n"
+        "    name: Mapped[str] = mapped_column(sa.String(100))\n"
+    )
+    (models / "audit.py").write_text(
+        "from sqlalchemy.orm import Mapped, mapped_column\n\nfrom shop.models import Base\n\n\n"
+        "class AuditLog(Base):\n    __tablename__ = 'audit_log'\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n"
+    )
+    env_py = root / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "target_metadata = None",
+            "import os, sys\nsys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n"
+            f"from shop.models import Base\n{env_imports}\ntarget_metadata = Base.metadata",
+        )
+    )
+    return root
+
+
+def test_a_model_env_py_never_imports_fails_models_match_naming_its_module(
+    cli: Cli, any_url: str, tmp_path: Path
+) -> None:
+    """pytest-alembic's test_all_models_register_on_metadata: `audit` defines a table env.py never loads.
+
+    Autogenerate cannot see it, so `alembic check` passes and models_match passed before. Now every module of
+    the package is imported: the table that appears only then fails models_match, naming its module. A module
+    that fails to import is passed over; `__main__` is never run.
+    """
+    root = packaged_models(tmp_path / "p", env_imports="import shop.models.items")
+
+    result, report = verify(cli, any_url, cwd=root)
+
+    assert result.code == 1, result.stdout + result.stderr
+    models = case_named(report, "models_match")
+    assert models["status"] == "failed"
+    assert models["details"] == ["not on target_metadata when env.py runs: table audit_log (shop.models.audit)"]
+    assert models["message"].startswith("a model is not on target_metadata when env.py runs: table audit_log")
+    assert not (root / "main-ran").exists()
+
+
+def test_models_env_py_imports_all_pass_and_a_single_file_says_why_it_was_not_walked(
+    cli: Cli, pg_url: str, mysql_url: str, tmp_path: Path
+) -> None:
+    """Every model module imported by env.py: models_match passes. Models in one file beside alembic.ini: there
+    is no package to walk, and the passed case says so in its details."""
+    root = packaged_models(tmp_path / "p", env_imports="import shop.models.items, shop.models.audit")
+    add_revision(
+        root, "0002", "0001", '    op.create_table("audit_log", sa.Column("id", sa.Integer, primary_key=True))', ""
+    )
+    (root / "migrations" / "versions" / "0002_r.py").write_text(
+        (root / "migrations" / "versions" / "0002_r.py")
+        .read_text()
+        .replace("def downgrade():\n", 'def downgrade():\n    op.drop_table("audit_log")\n')
+    )
+    single = project(tmp_path / "single")
+
+    packaged, packaged_report = verify(cli, pg_url, cwd=root)
+    alone, alone_report = verify(cli, mysql_url, cwd=single)
+
+    assert packaged.code == 0, packaged.stdout + packaged.stderr
+    assert case_named(packaged_report, "models_match")["details"] == []
+    assert alone.code == 0, alone.stdout + alone.stderr
+    (said,) = case_named(alone_report, "models_match")["details"]
+    assert said.startswith("model registration not checked: target_metadata comes from no package")
+
+
 def test_env_py_without_target_metadata_skips_models_match_and_passes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     """Without target_metadata, models_match is skipped and verify passes."""
     root = project(tmp_path / "p", models=False)

@@ -214,10 +214,14 @@ class _Verifier:
         case = self.checks.Case("models_match", "models_match")
         with self.checks.Timer(case):
             status, lines = self.project.models_match(self.connection, self.url, self.ignored)
-            if status == "failed":
+            if status == "failed" and lines[0].startswith(drivers.NOT_REGISTERED):
+                case.fail(f"a model is {lines[0]}; import its module in env.py (or in its package)", lines)
+            elif status == "failed":
                 case.fail(f"the models differ from the migrated schema; a new revision would {lines[0]}", lines)
             elif status == "skipped":
                 case.skip(lines[0])
+            else:  # passed; a part of the check that could not run says why
+                case.details = lines
         return case
 
     def down(self) -> list[Any]:

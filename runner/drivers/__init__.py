@@ -52,6 +52,11 @@ def tools() -> list[str]:
 # no schema (a data-only upgrade that checks or fixes rows), wrong for one that did: downgrade refuses it
 # up front, and verify runs it and judges it by the schema it leaves.
 DOES_NOTHING = "its downgrade() does nothing"
+# The first words of a models_match line that is no operation a new revision would hold: a model table
+# autogenerate cannot see, because env.py never imports its module (pytest-alembic's
+# test_all_models_register_on_metadata), or a column the database holds otherwise than the model says.
+NOT_REGISTERED = "not on target_metadata when env.py runs:"
+SCHEMA_DIFFERS = "the database differs from the models:"
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,12 @@ class Executor(Protocol):
         ...
 
     def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
-        """Compare the project's models with the migrated database: ``(passed|failed|skipped, lines)``."""
+        """Compare the project's models with the migrated database: ``(passed|failed|skipped, lines)``.
+
+        A line is an operation a new revision would hold (``add_column items.price``), or begins
+        with :data:`NOT_REGISTERED` or :data:`SCHEMA_DIFFERS`. ``passed`` may carry lines that say
+        which part of the check could not run, and why.
+        """
         ...
 
     def unstamp(self, connection: Connection, revision: str, version_table: VersionTable) -> None:

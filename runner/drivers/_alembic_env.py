@@ -75,23 +75,28 @@ def unwrap(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def unwrapping_configure() -> Iterator[None]:
+def unwrapping_configure() -> Iterator[dict[str, Any]]:
     """While an Alembic command runs ``env.py`` (``alembic check``), ``configure()`` gets the shared connection itself.
 
     The command builds its own ``EnvironmentContext``, whose ``configure`` ``alembic.context``
     binds when it is entered; patching the class for the call's duration reaches it.
+
+    Yields:
+        The keyword arguments env.py passed to ``configure()`` (e.g. ``target_metadata``), once it has.
     """
     from alembic.runtime.environment import EnvironmentContext  # noqa: PLC0415
 
     original = EnvironmentContext.configure
+    configured: dict[str, Any] = {}
 
     def configure(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["connection"] = unwrap(kwargs.get("connection"))
+        configured.update(kwargs)
         original(self, *args, **kwargs)
 
     EnvironmentContext.configure = configure  # type: ignore[method-assign]
     try:
-        yield
+        yield configured
     finally:
         EnvironmentContext.configure = original  # type: ignore[method-assign]
 
