@@ -112,7 +112,16 @@ COMMANDS: dict[str, Command] = {
         "CI checks on a scratch database: one head, upgrade one revision at a time, models match the schema, "
         "the stairway down and up, no trace after a downgrade; exit 1 if a check failed "
         "(--output text | json | markdown, --junit-xml PATH)",
-        ("verify_heads", "verify_irreversible", "verify_allow_nonempty", "junit_xml", "lock_timeout", "history_table"),
+        (
+            "verify_heads",
+            "verify_irreversible",
+            "noop_downgrades",
+            "verify_allow_nonempty",
+            "junit_xml",
+            "verify_data_dir",
+            "lock_timeout",
+            "history_table",
+        ),
         (0, 1, 65, 69, 75, 78, *_STOPPED),
     ),
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
@@ -130,7 +139,7 @@ _FLAGS = (
     "script_location",
 )
 # verify's own options, settings too (MIGRATION_VERIFY_ALLOW_NONEMPTY, MIGRATION_JUNIT_XML).
-_VERIFY_FLAGS = ("verify_allow_nonempty", "junit_xml")
+_VERIFY_FLAGS = ("verify_allow_nonempty", "junit_xml", "verify_data_dir")
 
 
 def _settings_help(names: Sequence[str] | None = None) -> str:
@@ -233,6 +242,12 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 help="run on a database that already holds tables (never point verify at production)",
             )
             sub.add_argument("--junit-xml", dest="junit_xml", metavar="PATH", help="also write the report as JUnit XML")
+            sub.add_argument(
+                "--data-dir",
+                dest="verify_data_dir",
+                metavar="DIR",
+                help="rows to put in place before each revision: DIR/REV.sql or DIR/REV.py (seed(connection))",
+            )
         if name == "resolve":
             sub.add_argument(
                 "--mark", required=True, choices=["applied", "not-applied"], help="what the revision's changes are"

@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     verify_irreversible: RevisionList = Field(
         default_factory=list,
         description="verify: revisions whose downgrade cannot work by design (it raises NotImplementedError), "
-        "comma-separated; the stairway stops there without failing.",
+        "comma-separated; their stairway cases are skipped, not failed, and the stairway goes on below them.",
     )
     noop_downgrades: RevisionList = Field(
         default_factory=list,
@@ -202,6 +202,11 @@ class Settings(BaseSettings):
         "refused in production.",
     )
     junit_xml: Path | None = Field(None, description="verify: also write the report as JUnit XML here (--junit-xml).")
+    verify_data_dir: Path | None = Field(
+        None,
+        description="verify: a directory of rows keyed by revision id (REV.sql, or REV.py defining seed(connection)); "
+        "each runs just before its revision in the upgrade, so the stairway meets real data (--data-dir).",
+    )
     allow_trace: bool = Field(
         False, description="Let 'plan --trace' run in production: it holds the locks it measures while it runs."
     )

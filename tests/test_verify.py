@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -19,6 +21,8 @@ import pytest
 import sqlalchemy
 import xmlschema
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import (
     QUICKSTART,
     REPO,
@@ -31,8 +35,9 @@ from support import (
     query,
 )
 
-from runner import catalog, database
+from runner import catalog, database, seed_data
 from runner import verify as checks
+from runner.errors import ConfigError
 
 REPORT_SCHEMA = json.loads((REPO / "docs" / "verify.schema.json").read_text())
 JUNIT_SCHEMA = xmlschema.XMLSchema(REPO / "docs" / "junit.xsd")
@@ -811,6 +816,113 @@ def test_models_env_py_imports_all_pass_and_a_single_file_says_why_it_was_not_wa
     assert said.startswith("model registration not checked: target_metadata comes from no package")
 
 
+UNIQUE_NAMES = '    op.create_index("ux_items_name", "items", ["name"], unique=True)'
+UNIQUE_NAMES_DOWN = '    op.drop_index("ux_items_name", table_name="items")'
+
+
+def test_revision_data_meets_a_unique_revision_with_real_rows(cli: Cli, any_url: str, tmp_path: Path) -> None:
+    """pytest-alembic's revision data: rows put in place just before 0003 make its unique index fail, as production
+    would; on the empty scratch database it passed. A .py file's seed(connection) does the same."""
+    root = project(tmp_path / "p", models=False)
+    add_revision(root, "0003", "0002", UNIQUE_NAMES, UNIQUE_NAMES_DOWN)
+    sql_dir, py_dir = tmp_path / "sql-data", tmp_path / "py-data"
+    sql_dir.mkdir()
+    py_dir.mkdir()
+    (sql_dir / "0003.sql").write_text(
+        "-- two products of one name, as production has them\n"
+        "INSERT INTO items (id, name) VALUES (1, 'shirt; blue');\n"
+        "INSERT INTO items (id, name) VALUES (2, 'shirt; blue');\n"
+    )
+    (sql_dir / "README.md").write_text("not data\n")
+    (py_dir / "0003.py").write_text(
+        "import sqlalchemy as sa\n\n\ndef seed(connection):\n"
+        "    connection.execute(sa.text(\"INSERT INTO items (id, name) VALUES (1, '50%'), (2, '50%')\"))\n"
+    )
+
+    empty, _ = verify(cli, any_url, cwd=root)
+    reset(any_url)
+    seeded_sql, sql_report = verify(cli, any_url, "--data-dir", str(sql_dir), cwd=root)
+    reset(any_url)
+    seeded_py, py_report = verify(cli, any_url, cwd=root, env={"MIGRATION_VERIFY_DATA_DIR": str(py_dir)})
+
+    assert empty.code == 0, empty.stdout + empty.stderr
+    for result, report in ((seeded_sql, sql_report), (seeded_py, py_report)):
+        assert result.code == 1, result.stdout + result.stderr
+        upgrade = case_named(report, "upgrade")
+        assert upgrade["status"] == "failed" and upgrade["message"].startswith("revision 0003 failed on the way up")
+        assert [e["revision"] for e in result.named("verify.data_put_in_place")] == ["0003"]
+
+
+def reset(url: str) -> None:
+    """Empty the test's database again (PostgreSQL, MariaDB or the SQLite file) for a second verify."""
+    engine = sqlalchemy.create_engine(url.replace("mysql://", "mysql+pymysql://"))
+    try:
+        with engine.connect() as connection:
+            catalog.drop_everything(connection, catalog.baseline(connection))
+    finally:
+        engine.dispose()
+
+
+def test_revision_data_goes_into_the_stairway_and_a_rebuild(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """Rows put in place before 0002 stay through the upgrade; a rebuild puts them in place again before 0002."""
+    root = chain(tmp_path / "p", 3, downs={"0003": '    raise NotImplementedError("kept")'})
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "0002.sql").write_text("INSERT INTO t1 (id) VALUES (1), (2), (3);")
+
+    result, report = verify(
+        cli, pg_url, "--data-dir", str(data), cwd=root, env={"MIGRATION_VERIFY_IRREVERSIBLE": "0003"}
+    )
+
+    assert result.code == 0, result.stdout + result.stderr
+    assert [r["at"] for r in report["rebuilds"]] == ["0002"]
+    assert [e["revision"] for e in result.named("verify.data_put_in_place")] == ["0002", "0002"]
+
+
+@pytest.mark.parametrize(
+    ("files", "said"),
+    [
+        ({"0009.sql": "SELECT 1"}, "holds 0009.sql, and this project has no revision 0009"),
+        ({"0002.sql": "SELECT 1", "0002.py": "def seed(connection): pass"}, "both 0002.py and 0002.sql"),
+        ({"0002.py": "ROWS = []"}, "0002.py defines no seed(connection) function"),
+        (None, "cannot be read"),
+    ],
+    ids=["unknown-revision", "two-files", "no-seed", "missing-directory"],
+)
+def test_a_bad_data_directory_is_78_before_anything_runs(
+    cli: Cli, pg_url: str, tmp_path: Path, files: dict[str, str] | None, said: str
+) -> None:
+    """A typo in the data directory would seed nothing in silence: 78, naming the file, and nothing changed."""
+    root = project(tmp_path / "p")
+    data = tmp_path / "data"
+    if files is not None:
+        data.mkdir()
+        for name, body in files.items():
+            (data / name).write_text(body)
+
+    result, _ = verify(cli, pg_url, "--data-dir", str(data), cwd=root)
+
+    assert result.code == 78, result.stdout + result.stderr
+    assert said in result.one("config.invalid")["error"]
+    assert query(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(st.text(min_size=1, max_size=12), max_size=4))
+def test_any_file_name_in_a_data_directory_is_read_or_refused_in_one_line(names: list[str]) -> None:
+    """Whatever a data directory holds, reading it gives a mapping or one ConfigError line, never another error."""
+    with tempfile.TemporaryDirectory() as directory:
+        for name in names:
+            with contextlib.suppress(OSError, ValueError):  # a name the file system refuses is no input
+                (Path(directory) / f"{name}.sql").write_text("SELECT 1")
+        try:
+            found = seed_data.read_directory(Path(directory), {"0001", "0002", "shop.0001_initial"})
+        except ConfigError as error:
+            assert "\n" not in str(error)
+        else:
+            assert set(found) <= {"0001", "0002", "shop.0001_initial"}
+
+
 def test_env_py_without_target_metadata_skips_models_match_and_passes(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     """Without target_metadata, models_match is skipped and verify passes."""
     root = project(tmp_path / "p", models=False)
@@ -1062,6 +1174,41 @@ def test_a_django_runpython_without_reverse_fails_unless_listed_in_its_id_form(
     assert statuses(listed_report)["up_down_consistency[shop.0003_product_name_index down]"] == "passed"
     assert statuses(listed_report)["up_down_consistency[shop.0001_initial up]"] == "passed"
     assert [r["at"] for r in listed_report["rebuilds"]] == ["shop.0003_product_name_index"]
+
+
+UNIQUE_NAME = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_product_name_index")]
+    operations = [
+        migrations.RunSQL(
+            "CREATE UNIQUE INDEX shop_product_name_once ON shop_product (name)",
+            "DROP INDEX shop_product_name_once",
+        )
+    ]
+"""
+
+
+@pytest.mark.timeout(180)
+def test_django_revision_data_is_keyed_by_the_migration_id(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """shop.0004's unique index meets the duplicate rows shop.0004_name_once.sql puts in place just before it."""
+    project = copy_django_example(tmp_path / "django")
+    (project / "shop" / "migrations" / "0004_name_once.py").write_text(UNIQUE_NAME)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "shop.0004_name_once.sql").write_text(
+        "INSERT INTO shop_product (name, slug, created) VALUES ('shirt', 'shirt', now()), ('shirt', 'shirt-2', now())"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "mysite.settings", "MIGRATION_VERIFY_DATA_DIR": str(data)}
+
+    result, report = verify(cli, pg_url, cwd=project, env=env, timeout=170)
+
+    assert result.code == 1, result.stdout + result.stderr
+    upgrade = case_named(report, "upgrade")
+    assert upgrade["status"] == "failed"
+    assert upgrade["message"].startswith("revision shop.0004_name_once failed on the way up")
+    assert [e["revision"] for e in result.named("verify.data_put_in_place")] == ["shop.0004_name_once"]
 
 
 BRANCH = """from django.db import migrations

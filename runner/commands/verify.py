@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,6 +52,7 @@ def verify(run: Run) -> ExitCode:
         )
     project = run.project()
     _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible, settings.noop_downgrades)
+    data = _read_data_dir(project, settings.verify_data_dir)
     url = run.migration_url()
     engine = run.engine(url)
     ignored = (run.version_table.name, settings.history_table)
@@ -67,7 +69,7 @@ def verify(run: Run) -> ExitCode:
         cases.append(_single_head(project, settings.verify_heads))
         with _migration_lock(run, connection) as held:
             if cases[0].status == "passed" or settings.verify_heads is not None:
-                cases += _verify_steps(run, project, connection, held, url, rebuilds=rebuilds)
+                cases += _verify_steps(run, project, connection, held, url, rebuilds=rebuilds, data=data)
             else:
                 for check in CHECKS_AFTER_HEADS:
                     cases.append(checks.Case(check, check))
@@ -120,6 +122,15 @@ def _check_verify_settings(
                 f"{name} names {', '.join(unknown)}, which this project has no revision of "
                 f"(they are written like {example}); nothing was changed"
             )
+
+
+def _read_data_dir(project: Driver, directory: Path | None) -> dict[str, Path]:
+    """``MIGRATION_VERIFY_DATA_DIR``'s files by revision id (:func:`runner.seed_data.read_directory`); 78 if bad."""
+    if directory is None:
+        return {}
+    from runner import seed_data  # noqa: PLC0415  (only with the setting)
+
+    return seed_data.read_directory(directory, {step.revision for step in project.pending((), "heads")})
 
 
 CHECKS_AFTER_HEADS = ("upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")
@@ -176,6 +187,7 @@ class _Verifier:
         self.reported: set[str] = set()  # each difference once, at the revision whose downgrade left it
         self.rebuilds: list[checks.Rebuild] = []
         self.stopped = ""  # why the stairway cannot go on: a rebuild that failed, or one refused
+        self.data: dict[str, Path] = {}  # revision -> its data file, put in place just before it on the way up
 
     def _prepare_ledgers(self) -> None:
         self.up_book.prepare(self.held.connection or self.connection)
@@ -203,11 +215,21 @@ class _Verifier:
                 self.at_start = self.run.read_current(self.connection)
                 for step in self.project.pending(self.at_start, "heads"):
                     self.before[step.revision] = self._snapshot()
+                    self._put_data_in_place(step.revision)
                     self._up(step.revision)
                     self.order.append(step)
             except MigrationFailed as error:
                 case.fail(f"revision {error.revision} failed on the way up: {error.message}")
         return case
+
+    def _put_data_in_place(self, revision: str) -> None:
+        """The revision data for ``revision``, if any (``MIGRATION_VERIFY_DATA_DIR``); raises MigrationFailed."""
+        if revision in self.data:
+            from runner import seed_data  # noqa: PLC0415  (only with the setting)
+
+            with database.losing_connection_raises():
+                seed_data.put_in_place(self.connection, revision, self.data[revision])
+            get_logger().info("verify.data_put_in_place", revision=revision, file=self.data[revision].name)
 
     def models_match(self) -> Any:
         """``models_match``: the models against the migrated schema (the driver's check)."""
@@ -338,10 +360,16 @@ class _Verifier:
             with database.losing_connection_raises():
                 catalog.drop_everything(self.connection, self.kept)
                 self._prepare_ledgers()
+                for revision in self.at_start:
+                    self._up(revision)
+                if self.data:  # as the upgrade case ran: each revision's data just before it
+                    for step in self.order[:count]:
+                        self._put_data_in_place(step.revision)
+                        self._up(step.revision)
                 # The newest first: applying a revision applies what it depends on, so most need no call of their own.
-                for revision in [*(step.revision for step in reversed(self.order[:count])), *self.at_start]:
-                    if revision not in self.project.applied_revisions(self.run.read_current(self.connection)):
-                        self._up(revision)
+                for step in reversed(self.order[:count]):
+                    if step.revision not in self.project.applied_revisions(self.run.read_current(self.connection)):
+                        self._up(step.revision)
             applied = set(self.project.applied_revisions(self.run.read_current(self.connection)))
             if applied != wanted:
                 extra, missing = sorted(applied - wanted), sorted(wanted - applied)
@@ -367,13 +395,22 @@ class _Verifier:
 
 
 def _verify_steps(
-    run: Run, project: Driver, connection: Connection, held: locks.HeldLock, url: URL, *, rebuilds: list[Any]
+    run: Run,
+    project: Driver,
+    connection: Connection,
+    held: locks.HeldLock,
+    url: URL,
+    *,
+    rebuilds: list[Any],
+    data: dict[str, Path],
 ) -> list[Any]:
     """``upgrade``, ``models_match``, the stairway and ``downgrade_leaves_no_trace``, in that order.
 
-    Appends to ``rebuilds`` each rebuild of the scratch database the stairway made.
+    ``data``: the revision data, put in place just before its revision on the way up. Appends
+    to ``rebuilds`` each rebuild of the scratch database the stairway made.
     """
     verifier = _Verifier(run, project, connection, held, url)
+    verifier.data = data
     upgraded = verifier.upgrade()
     if upgraded.status == "failed":
         skipped = [verifier.checks.Case(check, check) for check in ("models_match", "downgrade_leaves_no_trace")]
