@@ -166,6 +166,8 @@ def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str])
                 sorted(
                     (i["name"] or "", tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
                     for i in indexes.get(key, ())
+                    # The index behind a unique constraint is that constraint, compared below: said once.
+                    if not i.get("duplicates_constraint")
                 )
             ),
             "unique_constraints": tuple(

@@ -238,6 +238,8 @@ class _Verifier:
             status, lines = self.project.models_match(self.connection, self.url, self.ignored)
             if status == "failed" and lines[0].startswith(drivers.NOT_REGISTERED):
                 case.fail(f"a model is {lines[0]}; import its module in env.py (or in its package)", lines)
+            elif status == "failed" and lines[0].startswith(drivers.SCHEMA_DIFFERS):
+                case.fail(f"{lines[0]}: the migrations' SQL did otherwise than their state says (a RunSQL?)", lines)
             elif status == "failed":
                 case.fail(f"the models differ from the migrated schema; a new revision would {lines[0]}", lines)
             elif status == "skipped":

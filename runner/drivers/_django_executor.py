@@ -114,12 +114,28 @@ class DjangoExecutor(DjangoHistory):
             MigrationRecorder(connections[self.alias]).record_unapplied(app, name)
 
     def models_match(self, connection: Connection, url: URL, ignored: Sequence[str] = ()) -> tuple[str, list[str]]:
-        """Whether the models need a migration no file has: ``makemigrations --check --dry-run`` (Django's API).
+        """Whether the models need a migration no file has, and whether the database is what the models say.
+
+        First ``makemigrations --check --dry-run`` (Django's API): the models against the
+        migration state. Then the models against the database's own introspection
+        (:func:`runner.drivers._django_models.differences`): a ``RunSQL`` whose SQL and
+        ``state_operations`` disagree passes the first and fails the second.
 
         Returns:
-            ``("passed", [])``, or ``("failed", operations)`` as ``makemigrations`` lists them,
-            each prefixed with its app, e.g. ``shop: Add field price to product``.
+            ``("passed", [])``, or ``("failed", lines)``: the operations as ``makemigrations``
+            lists them, each prefixed with its app (``shop: Add field price to product``), then
+            the differences from introspection.
         """
+        from runner.drivers import _django_models  # noqa: PLC0415  (verify only)
+
+        operations = self._operations_missing()
+        with self._database_errors():
+            state = self._loader.project_state()  # at the leaf nodes: what the migrations say the schema is
+            found = _django_models.differences(self.alias, state.apps)
+        return ("failed", operations + found) if operations or found else ("passed", [])
+
+    def _operations_missing(self) -> list[str]:
+        """What ``makemigrations --check --dry-run`` would write, one line per operation; empty when nothing."""
         from django.core.management import call_command  # noqa: PLC0415
 
         out = io.StringIO()
@@ -128,7 +144,7 @@ class DjangoExecutor(DjangoHistory):
                 call_command("makemigrations", check=True, dry_run=True, interactive=False, stdout=out, stderr=out)
         except SystemExit as exit_:
             if not exit_.code:
-                return "passed", []
+                return []
             operations, app = [], ""
             for line in out.getvalue().splitlines():
                 stripped = line.strip()
@@ -136,8 +152,8 @@ class DjangoExecutor(DjangoHistory):
                     app = stripped.split("'")[1] if "'" in stripped else stripped
                 elif stripped.startswith(("-", "+", "~")):
                     operations.append(f"{app}: {stripped.lstrip('-+~ ')}")
-            return "failed", operations or [line for line in out.getvalue().splitlines() if line.strip()]
-        return "passed", []
+            return operations or [line for line in out.getvalue().splitlines() if line.strip()]
+        return []
 
     def upgrade(self, options: MigrateOptions) -> None:
         """Run Django's ``migrate`` to ``target`` on the alias.
