@@ -1,7 +1,8 @@
 """The performance suite: every row of README "Performance", timed as whole processes.
 
-Each row runs the runner (A) against its anchor (B: ``alembic upgrade head`` or
-``manage.py migrate``) and, where there is one, the stack floor (F: the least any
+Each row runs the runner (A) against its anchor (B: ``alembic upgrade head``,
+``manage.py migrate``, or for ``verify`` pytest-alembic's four built-in tests,
+``bench/pytest_alembic_four.py``) and, where there is one, the stack floor (F: the least any
 runner on this stack can do, ``bench/floor_*.py``), in alternation (A B F A B F ...),
 so a machine that drifts moves all of them alike. Wall time is measured around
 the child; peak RSS is GNU time's ``%M`` for it. Medians are printed and ratios
@@ -9,7 +10,7 @@ are taken pair by pair. The runner's own modules are byte-compiled first, as an
 installed wheel is (the machines and the image set ``PYTHONDONTWRITEBYTECODE=1``).
 Usage::
 
-    uv run python bench/suite.py [--runs 11] [--rows noop,apply,followers,django] [--json bench/results.json]
+    uv run python bench/suite.py [--runs 11] [--rows noop,apply,followers,django,verify] [--json bench/results.json]
 
 Needs the PostgreSQL server of the tests (``TEST_POSTGRES_URL``, default the local
 one); it creates its databases and drops them. It asserts nothing: the figures
@@ -253,6 +254,79 @@ def django_row(runs: int, tmp: Path) -> dict[str, Any]:
         }
 
 
+VERIFY_REVISION = '''"""table t{number}"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "{revision}"
+down_revision = {down!r}
+
+
+def upgrade():
+    op.create_table(
+        "t{number}",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False),
+    )
+    op.create_index("ix_t{number}_name", "t{number}", ["name"])
+
+
+def downgrade():
+    op.drop_index("ix_t{number}_name", table_name="t{number}")
+    op.drop_table("t{number}")
+'''
+
+
+def verify_project(root: Path, revisions: int, url: str) -> Path:
+    """An Alembic history of ``revisions`` revisions (a table and an index each) with models that match it.
+
+    Written for both: ``env.py`` is ``alembic init``'s, with ``target_metadata`` from ``models.py``, and a
+    ``tests/conftest.py`` gives pytest-alembic the database.
+    """
+    project = alembic_project(root, 0, url)
+    versions = project / "migrations" / "versions"
+    for number in range(1, revisions + 1):
+        down = f"{number - 1:04}" if number > 1 else None
+        text = VERIFY_REVISION.format(number=number, revision=f"{number:04}", down=down)
+        (versions / f"{number:04}_t{number}.py").write_text(text)
+    tables = "".join(
+        f'sa.Index("ix_t{n}_name", sa.Table("t{n}", metadata, sa.Column("id", sa.Integer, primary_key=True), '
+        f'sa.Column("name", sa.String(100), nullable=False)).c.name)\n'
+        for n in range(1, revisions + 1)
+    )
+    (project / "models.py").write_text(f"import sqlalchemy as sa\n\nmetadata = sa.MetaData()\n{tables}")
+    env_py = project / "migrations" / "env.py"
+    text = env_py.read_text()
+    assert "target_metadata = None" in text, "the quickstart's env.py no longer sets target_metadata = None"  # noqa: S101
+    env_py.write_text(
+        text.replace(
+            "target_metadata = None",
+            "import os, sys\nsys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n"
+            "from models import metadata as target_metadata",
+        )
+    )
+    return project
+
+
+def verify_rows(runs: int, tmp: Path) -> dict[str, Any]:
+    """verify against pytest-alembic's four built-in tests, on one 100-revision history and one database."""
+    with database() as url:
+        project = verify_project(tmp / "verify100", 100, url)
+        env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json", MIGRATION_ENVIRONMENT="test")
+        return {
+            "verify, 100 revisions": alternate(
+                {
+                    "runner": [str(BIN / "migration-runner"), "verify"],
+                    "pytest-alembic": [PYTHON, str(REPO / "bench" / "pytest_alembic_four.py")],
+                },
+                project,
+                env,
+                max(3, runs // 3),
+                before=lambda: recreate(url),
+            )
+        }
+
+
 def environment() -> dict[str, Any]:
     with psycopg.connect(ADMIN) as connection:
         server = connection.execute("SHOW server_version").fetchone()
@@ -269,10 +343,16 @@ def environment() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=11, help="timed runs of each command per row (default 11)")
-    parser.add_argument("--rows", default="noop,apply,followers,django", help="which rows, comma-separated")
+    parser.add_argument("--rows", default="noop,apply,followers,django,verify", help="which rows, comma-separated")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    builders = {"noop": noop_rows, "apply": apply_rows, "followers": followers_row, "django": django_row}
+    builders = {
+        "noop": noop_rows,
+        "apply": apply_rows,
+        "followers": followers_row,
+        "django": django_row,
+        "verify": verify_rows,
+    }
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / "runner")], check=True)
     results: dict[str, Any] = {"environment": environment(), "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:

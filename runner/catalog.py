@@ -349,3 +349,67 @@ def drop_everything(connection: Connection, kept: Baseline) -> int:
         if connection.in_transaction():
             connection.rollback()
     return len(statements)
+
+
+# What verify compares a PostgreSQL database by between two steps, in one round trip: a line per table, column
+# (type, nullability, default, identity, generated), constraint, index and trigger (as the server prints their
+# definitions) and per object beside the tables (_POSTGRES_DEFINITIONS), sorted by their text and hashed. No OID
+# and no column position is in it, so a database rebuilt from the same revisions hashes the same.
+_POSTGRES_TABLE_LINES = """
+    SELECT 'table ' || s.nspname || '.' || c.relname || ' ' || c.relkind::text
+    FROM pg_class c JOIN spaces s ON s.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f') AND c.oid NOT IN (SELECT oid FROM ours)
+    UNION ALL
+    SELECT 'column ' || s.nspname || '.' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+           || (CASE WHEN a.attnotnull THEN ' not null' ELSE '' END)
+           || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '') || ' ' || a.attidentity::text
+           || a.attgenerated::text
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN spaces s ON s.oid = c.relnamespace
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relkind IN ('r', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped AND c.oid NOT IN (SELECT oid FROM ours)
+    UNION ALL
+    SELECT 'constraint ' || s.nspname || '.' || c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
+    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN spaces s ON s.oid = c.relnamespace
+    WHERE c.oid NOT IN (SELECT oid FROM ours)
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(x.indexrelid)
+    FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid JOIN spaces s ON s.oid = c.relnamespace
+    WHERE c.oid NOT IN (SELECT oid FROM ours)
+"""
+
+
+def fingerprint(connection: Connection, ignored: Sequence[str]) -> str:
+    """A hash of everything :func:`definitions` and the tables' definitions hold, on PostgreSQL; one query.
+
+    ``verify`` takes one before each revision is applied and one after it is reverted: equal
+    hashes mean the downgrade left no trace, and only a difference costs the full comparison.
+
+    Args:
+        connection: a session on a PostgreSQL database.
+        ignored: the tools' own tables (the version table, the ledger), left out with what they own.
+
+    Returns:
+        An MD5 hex digest. Ends the transaction its query opened.
+    """
+    beside = " UNION ALL ".join(  # only the module's own constant SQL is formatted in
+        f"SELECT '{kind} ' || q.name || ' ' || coalesce(q.value, '') FROM ({sql}) AS q(name, value)"  # noqa: S608
+        for kind, sql in _POSTGRES_DEFINITIONS.items()
+    )
+    query = sa.text(
+        f"""
+        WITH spaces AS (
+            SELECT oid, nspname FROM pg_namespace
+            WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%'
+              AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
+        ), ours AS (
+            SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (:ignored)
+        )
+        SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), ''))
+        FROM ({_POSTGRES_TABLE_LINES} UNION ALL {beside}) AS lines(line)
+        """  # noqa: S608  (only the module's own constant SQL is formatted in)
+    ).bindparams(system=list(POSTGRES_SYSTEM_SCHEMAS), ignored=list(ignored) or [""])
+    try:
+        return str(connection.execute(query).scalar_one())
+    finally:
+        if connection.in_transaction():
+            connection.rollback()

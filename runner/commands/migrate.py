@@ -390,8 +390,14 @@ def _apply(
     *,
     target: str,
     direction: str | None = None,
+    before: Callable[[str], None] | None = None,
+    after: Callable[[Applied], None] | None = None,
 ) -> None:
-    """Run the upgrade (or downgrade: ``direction``, default the run's) to ``target``; retry retryable SQLSTATEs."""
+    """Run the upgrade (or downgrade: ``direction``, default the run's) to ``target``; retry retryable SQLSTATEs.
+
+    ``before`` and ``after`` (``verify``'s) are called with each step, before it starts and once it has
+    committed, on the thread that runs the steps; what they raise ends the run and reaches the caller.
+    """
     log = get_logger()
     upgrading = (direction or run.report.direction) == "up"
     migrate = project.upgrade if upgrading else project.downgrade
@@ -404,10 +410,14 @@ def _apply(
             message=revision.message,
             duration_seconds=round(revision.duration_seconds, 6),
         )
+        if after is not None:
+            after(revision)
 
     verified = [-LOCK_CHECK_INTERVAL_SECONDS]  # the first revision always asks (behind a pooler, this fails)
 
     def before_each(revision: str) -> None:
+        if before is not None:
+            before(revision)
         # A lost lock session is noticed by its keepalives only after tens of seconds anyway, so
         # asking the server once a second, not before every revision, loses no protection.
         if time.monotonic() - verified[0] >= LOCK_CHECK_INTERVAL_SECONDS:

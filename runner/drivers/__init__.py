@@ -219,7 +219,9 @@ class History(Protocol):
         """The target that applies (``up``) or reverts (``down``) this step, as upgrade and downgrade take it.
 
         A down target may revert more than the step (one side of a Django branch):
-        the caller checks :meth:`reverting`.
+        the caller checks :meth:`reverting`. ``below``: a target that names the
+        state just below the step whatever the database is at (no relative form), so
+        that one downgrade from further up can end there.
         """
         ...
 

@@ -299,6 +299,8 @@ class AlembicHistory:
     def step_target(self, revision: str, direction: str) -> str:
         """Up: the revision itself. Down: ``revision@-1``, or for a merge point its first ``down_revision``.
 
+        Below: its (first) ``down_revision``, or ``base``.
+
         ``revision@-1`` reverts the revision alone also while other heads are
         applied (a plain ``down_revision`` target would revert their branches
         too); ``@-1`` from a merge point is an ambiguous walk to Alembic, and
@@ -308,6 +310,8 @@ class AlembicHistory:
             return revision
         script = self.script.get_revision(revision)
         downs = _down_revisions(script) if script is not None else ()
+        if direction == "below":
+            return downs[0] if downs else "base"
         return downs[0] if len(downs) > 1 else f"{revision}@-1"
 
     def commits_as_it_goes(self, revision: str) -> bool:

@@ -181,7 +181,7 @@ class DjangoHistory:
         return sorted(_id(key) for key in leaves if apps.count(key[0]) > 1)
 
     def step_target(self, revision: str, direction: str) -> str:
-        """Up: ``app:name``. Down: ``app:parent`` (its first parent in its app) or ``app:zero``.
+        """Up: ``app:name``. Down and below: ``app:parent`` (its first parent in its app) or ``app:zero``.
 
         Migrating an app back to a parent unapplies that parent's children
         (``MigrationExecutor.migration_plan``): for a merge migration only the
