@@ -10,7 +10,8 @@ are taken pair by pair. The runner's own modules are byte-compiled first, as an
 installed wheel is (the machines and the image set ``PYTHONDONTWRITEBYTECODE=1``).
 Usage::
 
-    uv run python bench/suite.py [--runs 11] [--rows noop,apply,followers,django,verify] [--json bench/results.json]
+    uv run python bench/suite.py [--runs 11] [--json bench/results.json]
+        [--rows noop,apply,followers,django,verify,django-verify]
 
 Needs the PostgreSQL server of the tests (``TEST_POSTGRES_URL``, default the local
 one); it creates its databases and drops them. It asserts nothing: the figures
@@ -327,6 +328,53 @@ def verify_rows(runs: int, tmp: Path) -> dict[str, Any]:
         }
 
 
+def django_verify_row(runs: int, tmp: Path) -> dict[str, Any]:
+    """verify's upgrade case against ``migrate`` from empty, both timed in-process, on the third-party site."""
+    with database() as url:
+        parsed = sqlalchemy.make_url(url)
+        project = Path(shutil.copytree(THIRD_PARTY, tmp / "thirdparty-verify"))
+        env = base_env(
+            DJANGO_SETTINGS_MODULE="site_settings.settings",
+            DJANGO_DB_NAME=parsed.database or "",
+            DJANGO_DB_HOST=parsed.host or "",
+            DJANGO_DB_PORT=str(parsed.port or ""),
+            DJANGO_DB_USER=parsed.username or "",
+            MIGRATION_LOG_FORMAT="json",
+            MIGRATION_ENVIRONMENT="test",
+        )
+        upgrade_case, migrate = [], []
+        for round_ in range(max(3, runs // 3) + 1):
+            recreate(url)
+            # check=False: verify exits 1 here, on the traces it finds in allauth and django-oauth-toolkit
+            done = subprocess.run(
+                [str(BIN / "migration-runner"), "verify", "--output", "json"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                check=False,
+            )
+            report = json.loads(done.stdout)
+            recreate(url)
+            timed = subprocess.run(
+                [PYTHON, str(REPO / "bench" / "django_migrate_timed.py")],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                check=True,
+            )
+            if round_:  # the first round warms the caches
+                upgrade_case.append(next(c["seconds"] for c in report["cases"] if c["name"] == "upgrade"))
+                migrate.append(json.loads(timed.stdout)["seconds"])
+        ratios = [a / b for a, b in zip(upgrade_case, migrate, strict=True)]
+        return {
+            f"verify's upgrade case, Django, {len(report['cases']) // 2 - 2} migrations": {
+                "runner": {"median_s": round(statistics.median(upgrade_case), 4)},
+                "manage.py migrate (call_command)": {"median_s": round(statistics.median(migrate), 4)},
+                "ratio_to_migrate": round(statistics.median(ratios), 3),
+            }
+        }
+
+
 def environment() -> dict[str, Any]:
     with psycopg.connect(ADMIN) as connection:
         server = connection.execute("SHOW server_version").fetchone()
@@ -343,7 +391,9 @@ def environment() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=11, help="timed runs of each command per row (default 11)")
-    parser.add_argument("--rows", default="noop,apply,followers,django,verify", help="which rows, comma-separated")
+    parser.add_argument(
+        "--rows", default="noop,apply,followers,django,verify,django-verify", help="which rows, comma-separated"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     builders = {
@@ -352,6 +402,7 @@ def main() -> None:
         "followers": followers_row,
         "django": django_row,
         "verify": verify_rows,
+        "django-verify": django_verify_row,
     }
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / "runner")], check=True)
     results: dict[str, Any] = {"environment": environment(), "rows": {}}

@@ -141,18 +141,35 @@ def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str])
     found: Schema = {DATABASE_OBJECTS: catalog.definitions(connection)}
     inspector = sa.inspect(connection)
     try:
-        names = sorted(set(inspector.get_table_names(schema=schema)) - set(ignored))
-        if not names:
-            return found
-        columns = inspector.get_multi_columns(schema, filter_names=names)
-        primary = inspector.get_multi_pk_constraint(schema, filter_names=names)
-        indexes = inspector.get_multi_indexes(schema, filter_names=names)
-        uniques = inspector.get_multi_unique_constraints(schema, filter_names=names)
-        foreign = inspector.get_multi_foreign_keys(schema, filter_names=names)
-        checks = _checks(inspector, schema, names)
+        spaces: list[str | None] = [schema]
+        if connection.dialect.name == "postgresql":  # a table in any other schema is the application's too
+            default = schema or inspector.default_schema_name
+            spaces += [
+                name
+                for name in inspector.get_schema_names()
+                if name != default and name not in catalog.POSTGRES_SYSTEM_SCHEMAS and not name.startswith("pg_")
+            ]
+        for space in spaces:
+            prefix = "" if space == schema else f"{space}."
+            found.update({prefix + table: shape for table, shape in _tables(inspector, space, ignored).items()})
     finally:
         if connection.in_transaction():
             connection.rollback()
+    return found
+
+
+def _tables(inspector: Any, schema: str | None, ignored: Sequence[str]) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """The tables of one schema, each by the kinds of object :data:`Schema` names."""
+    names = sorted(set(inspector.get_table_names(schema=schema)) - set(ignored))
+    if not names:
+        return {}
+    columns = inspector.get_multi_columns(schema, filter_names=names)
+    primary = inspector.get_multi_pk_constraint(schema, filter_names=names)
+    indexes = inspector.get_multi_indexes(schema, filter_names=names)
+    uniques = inspector.get_multi_unique_constraints(schema, filter_names=names)
+    foreign = inspector.get_multi_foreign_keys(schema, filter_names=names)
+    checks = _checks(inspector, schema, names)
+    found: dict[str, dict[str, tuple[Any, ...]]] = {}
     for table in names:
         key = (schema, table)
         found[table] = {

@@ -403,6 +403,29 @@ def test_no_trace_sees_types_sequences_views_and_functions_once(cli: Cli, pg_url
     assert up_again["status"] == "skipped" and "downgrade_leaves_no_trace" in up_again["message"]
 
 
+def test_a_table_left_in_another_schema_is_named(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A downgrade that drops its table in `public` but forgets the one it made in schema `audit` fails no_trace.
+
+    Only the version table's schema was compared: the stairway passed, and the table stayed.
+    """
+    root = project(tmp_path / "p")
+    add_revision(
+        root,
+        "0003",
+        "0002",
+        '    op.execute("CREATE SCHEMA IF NOT EXISTS audit")\n'
+        '    op.create_table("events", sa.Column("id", sa.Integer, primary_key=True), schema="audit")\n'
+        '    op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))',
+        '    op.drop_table("notes")',
+    )
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1, result.stdout + result.stderr
+    trace = case_named(report, "downgrade_leaves_no_trace")
+    assert trace["details"] == ["0003: table audit.events is left behind"]
+
+
 def test_a_renamed_constraint_is_named_as_a_rename_once(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     """A downgrade that restores a unique constraint under another name: one 'is now named' line, not two."""
     root = project(tmp_path / "p")
