@@ -272,6 +272,11 @@ class Stairway:
         if why is not None and why != "declared":
             if step.revision in self.run.settings.verify_irreversible:
                 case.skip(f"cannot be reverted ({why}), as MIGRATION_VERIFY_IRREVERSIBLE says")
+            elif why == drivers.NOT_IMPLEMENTED:  # irreversible by design, as pytest-alembic reads it too
+                case.skip(
+                    f"cannot be reverted ({why}): irreversible by design; "
+                    "list it in MIGRATION_VERIFY_IRREVERSIBLE to say so"
+                )
             else:
                 case.fail(
                     f"revision {step.revision} cannot be reverted ({why}); "

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from runner.drivers import DOES_NOTHING, Step, VersionTable
+from runner.drivers import DOES_NOTHING, NOT_IMPLEMENTED, Step, VersionTable
 from runner.errors import (
     BrokenRevisionFiles,
     ConfigError,
@@ -354,6 +354,9 @@ def _why_irreversible(downgrade: Any, upgrade: Any) -> str | None:
     if not body:
         return None if _statements(upgrade) == [] else DOES_NOTHING
     if isinstance(body[-1], ast.Raise) and all(_only_names_a_value(statement) for statement in body[:-1]):
+        raised = body[-1].exc.func if isinstance(body[-1].exc, ast.Call) else body[-1].exc
+        if isinstance(raised, ast.Name) and raised.id == "NotImplementedError":
+            return NOT_IMPLEMENTED
         return "its downgrade() only raises"  # also `msg = "..."; raise ValueError(msg)`, as ruff's EM rules want
     return None
 
