@@ -219,8 +219,8 @@ def differences(before: Schema, after: Schema) -> list[str]:
     """What ``after`` has that ``before`` had not, and the reverse, one line each, e.g. ``index ix_a on t``.
 
     An object whose definition is unchanged but whose name is not is one line, ``... is now named ...``,
-    so that a reader can tell a renamed constraint from a real leftover; an object beside the tables
-    whose name stayed and whose definition changed is one line too, ``... differs``.
+    so that a reader can tell a renamed constraint from a real leftover; an object whose name stayed
+    and whose definition changed is one line too, ``... differs: before -> after``.
     """
     tables = set(before) - {DATABASE_OBJECTS}, set(after) - {DATABASE_OBJECTS}
     lines = [f"table {t} is left behind" for t in sorted(tables[1] - tables[0])]
@@ -240,10 +240,12 @@ def _changes(label: str, was: set[tuple[Any, ...]], now: set[tuple[Any, ...]], w
     lines = []
     for item in list(left):
         same = next((old for old in gone if len(old) > 1 and old[1:] == item[1:] and old[0] != item[0]), None)
-        if same is None and not where:  # beside the tables a name is the identity: same name, other definition
+        if same is None and item[0]:  # a name is the identity: the same name with another definition is one line
             same = next((old for old in gone if old[0] == item[0]), None)
             if same is not None:
-                lines.append(f"{label} {_shown(item)} differs: {_shown_definition(same)} -> {_shown_definition(item)}")
+                lines.append(
+                    f"{label} {_shown(item)}{where} differs: {_shown_definition(same)} -> {_shown_definition(item)}"
+                )
         elif same is not None:
             lines.append(f"{label} {_shown(same)}{where} is now named {_shown(item)} (the same definition)")
         if same is not None:

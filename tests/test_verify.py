@@ -404,6 +404,31 @@ def test_no_trace_sees_types_sequences_views_and_functions_once(cli: Cli, pg_url
     assert up_again["status"] == "skipped" and "downgrade_leaves_no_trace" in up_again["message"]
 
 
+def test_a_column_its_downgrade_restores_otherwise_is_one_line(
+    cli: Cli, pg_url: str, mysql_url: str, tmp_path: Path
+) -> None:
+    """A downgrade that puts a column back with another type: one 'differs' line, not 'left behind' and 'missing'.
+
+    Seen on Optuna's history (v3.0.0.b): the same column was reported twice, as if two.
+    """
+    root = project(tmp_path / "p", models=False)
+    add_revision(
+        root,
+        "0003",
+        "0002",
+        '    op.alter_column("items", "name", type_=sa.String(200), existing_nullable=False)',
+        '    op.alter_column("items", "name", type_=sa.String(50), existing_nullable=False)',
+    )
+
+    for url in (pg_url, mysql_url):  # SQLite keeps no length: there is nothing to differ
+        result, report = verify(cli, url, cwd=root)
+
+        assert result.code == 1, result.stdout + result.stderr
+        (line,) = case_named(report, "downgrade_leaves_no_trace")["details"]
+        assert line.startswith("0003: column name on items differs: VARCHAR(100) "), line
+        assert " -> VARCHAR(50) " in line
+
+
 def test_a_table_left_in_another_schema_is_named(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     """A downgrade that drops its table in `public` but forgets the one it made in schema `audit` fails no_trace.
 
