@@ -227,18 +227,24 @@ def moments(events: list[dict[str, Any]], name: str) -> list[dt.datetime]:
     return [dt.datetime.fromisoformat(e["timestamp"]) for e in events if e["event"] == name]
 
 
+def third_party_env(url: str, **more: str) -> dict[str, str]:
+    """The third-party site's own variables, as its settings.py reads them, for the database at ``url``."""
+    parsed = sqlalchemy.make_url(url)
+    return base_env(
+        DJANGO_SETTINGS_MODULE="site_settings.settings",
+        DJANGO_DB_NAME=parsed.database or "",
+        DJANGO_DB_HOST=parsed.host or "",
+        DJANGO_DB_PORT=str(parsed.port or ""),
+        DJANGO_DB_USER=parsed.username or "",
+        MIGRATION_LOG_FORMAT="json",
+        **more,
+    )
+
+
 def django_row(runs: int, tmp: Path) -> dict[str, Any]:
     with database() as url:
-        parsed = sqlalchemy.make_url(url)
         project = Path(shutil.copytree(THIRD_PARTY, tmp / "thirdparty"))
-        env = base_env(
-            DJANGO_SETTINGS_MODULE="site_settings.settings",
-            DJANGO_DB_NAME=parsed.database or "",
-            DJANGO_DB_HOST=parsed.host or "",
-            DJANGO_DB_PORT=str(parsed.port or ""),
-            DJANGO_DB_USER=parsed.username or "",
-            MIGRATION_LOG_FORMAT="json",
-        )
+        env = third_party_env(url)
         measure([PYTHON, "manage.py", "migrate"], project, env)
         migrations = psycopg.connect(url).execute("SELECT count(*) FROM django_migrations").fetchone()
         return {
@@ -331,17 +337,8 @@ def verify_rows(runs: int, tmp: Path) -> dict[str, Any]:
 def django_verify_row(runs: int, tmp: Path) -> dict[str, Any]:
     """verify's upgrade case against ``migrate`` from empty, both timed in-process, on the third-party site."""
     with database() as url:
-        parsed = sqlalchemy.make_url(url)
         project = Path(shutil.copytree(THIRD_PARTY, tmp / "thirdparty-verify"))
-        env = base_env(
-            DJANGO_SETTINGS_MODULE="site_settings.settings",
-            DJANGO_DB_NAME=parsed.database or "",
-            DJANGO_DB_HOST=parsed.host or "",
-            DJANGO_DB_PORT=str(parsed.port or ""),
-            DJANGO_DB_USER=parsed.username or "",
-            MIGRATION_LOG_FORMAT="json",
-            MIGRATION_ENVIRONMENT="test",
-        )
+        env = third_party_env(url, MIGRATION_ENVIRONMENT="test")
         upgrade_case, migrate = [], []
         for round_ in range(max(3, runs // 3) + 1):
             recreate(url)

@@ -22,7 +22,7 @@ from runner.commands.ledger_checks import (
     _refuse_unfinished,
     _rewound,
 )
-from runner.commands.run import Run
+from runner.commands.run import Run, require_known_revisions
 from runner.drivers import DOES_NOTHING, Applied, Driver, Step
 from runner.errors import (
     BrokenProject,
@@ -335,13 +335,9 @@ def downgrade(run: Run) -> ExitCode:
         refusal="downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really "
         "needed, run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted",
     )
-    known = {step.revision for step in run.project().pending((), "heads")}
-    unknown = [revision for revision in settings.noop_downgrades if revision not in known]
-    if unknown:
-        raise ConfigError(
-            f"MIGRATION_NOOP_DOWNGRADES names {', '.join(unknown)}, which this project has no revision of "
-            f"(they are written like {min(known, default='none')}); nothing was reverted"
-        )
+    require_known_revisions(
+        run.project(), [("MIGRATION_NOOP_DOWNGRADES", settings.noop_downgrades)], nothing="nothing was reverted"
+    )
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
     only_unfinished = lambda _, project, book, __, current: _refuse_unfinished(project, book, current)  # noqa: E731
     steps = lambda project, current: _reverting(run, project, current, target)  # noqa: E731

@@ -159,3 +159,26 @@ class Run(Start):
             direction=self.report.direction,
             noop_reverts=frozenset(settings.noop_downgrades),
         )
+
+
+def require_known_revisions(
+    project: Driver, named: Sequence[tuple[str, Sequence[str]]], *, nothing: str = "nothing was changed"
+) -> None:
+    """Every revision a setting names is one of the project's: a typo would silently mean nothing.
+
+    Args:
+        project: the loaded project.
+        named: ``(setting, revisions)`` pairs, e.g. ``("MIGRATION_NOOP_DOWNGRADES", ["0003"])``.
+        nothing: how the message ends: what was left untouched.
+
+    Raises:
+        ConfigError: the first setting that names an unknown revision, with one the project has as an example.
+    """
+    known = {step.revision for step in project.pending((), "heads")}
+    for setting, revisions in named:
+        unknown = [revision for revision in revisions if revision not in known]
+        if unknown:
+            raise ConfigError(
+                f"{setting} names {', '.join(unknown)}, which this project has no revision of "
+                f"(they are written like {min(known, default='none')}); {nothing}"
+            )

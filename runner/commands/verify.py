@@ -10,7 +10,7 @@ from typing import Any
 from runner import catalog, database, logs
 from runner.commands import stairway
 from runner.commands.migrate import _migration_lock
-from runner.commands.run import Run
+from runner.commands.run import Run, require_known_revisions
 from runner.drivers import Driver
 from runner.errors import (
     ConfigError,
@@ -105,20 +105,14 @@ def _check_verify_settings(
     """
     if heads is not None and not heads:
         raise ConfigError("MIGRATION_VERIFY_HEADS is empty: list the heads you mean to have, or unset it")
-    known = {step.revision for step in project.pending((), "heads")}
-    named = (
-        ("MIGRATION_VERIFY_HEADS", heads or ()),
-        ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible),
-        ("MIGRATION_NOOP_DOWNGRADES", noop),
+    require_known_revisions(
+        project,
+        [
+            ("MIGRATION_VERIFY_HEADS", heads or ()),
+            ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible),
+            ("MIGRATION_NOOP_DOWNGRADES", noop),
+        ],
     )
-    for name, values in named:
-        unknown = [value for value in values if value not in known]
-        if unknown:
-            example = min(known, default="none")
-            raise ConfigError(
-                f"{name} names {', '.join(unknown)}, which this project has no revision of "
-                f"(they are written like {example}); nothing was changed"
-            )
 
 
 def _read_data_dir(project: Driver, directory: Path | None) -> dict[str, Path]:
