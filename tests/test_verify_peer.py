@@ -9,14 +9,17 @@ pytest 9), on the same database, then the database is emptied and ``verify`` run
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy
-from support import REPO, Cli
+from support import REPO, Cli, query, wait_until
 from test_verify import MODELS, add_revision, project
 
 from runner import catalog
@@ -142,3 +145,44 @@ def test_verify_agrees_with_pytest_alembic(  # noqa: PLR0917  (fixtures and para
 
     assert all(outcome == "passed" for outcome in theirs.values()) == sound, theirs
     assert ours.code == (0 if sound else 1), ours.stdout + ours.stderr
+
+
+# Waits on an advisory lock the test holds; on the way up, only when applied again (the ledger shows it reverted).
+WAITS = {
+    "down": '    op.execute("SELECT pg_advisory_lock(4242); SELECT pg_advisory_unlock(4242)")',
+    "up": (
+        '    again = op.get_bind().execute(sa.text("SELECT count(*) FROM migration_runner_history '
+        "WHERE revision = '0003' AND direction = 'down'\")).scalar()\n"
+        "    if again:\n"
+        '        op.execute("SELECT pg_advisory_lock(4242); SELECT pg_advisory_unlock(4242)")'
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", ["down", "up"])
+def test_sigterm_in_the_stairway_is_143_with_the_lock_released_and_no_traceback(
+    cli: Cli, pg_url: str, tmp_path: Path, stage: str
+) -> None:
+    """SIGTERM while a stretch of the stairway runs (down, or up again): exit 143, the lock released, no traceback.
+
+    The revision waits on an advisory lock the test holds, so the signal lands inside it, without timing.
+    """
+    root = project(tmp_path / "p")
+    up, down = (WAITS["up"], "    pass") if stage == "up" else ("    pass", WAITS["down"])
+    add_revision(root, "0003", "0002", up, down)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        started = time.monotonic()
+        process = cli.start("verify", env={"MIGRATION_DATABASE_URL": pg_url}, cwd=root)
+        waiting = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted"
+        wait_until(lambda: query(pg_url, waiting), 60, "verify to wait inside revision 0003")
+        process.send_signal(signal.SIGTERM)
+        result = cli.finish(process, started, timeout=60)
+    finally:
+        holder.close()
+
+    assert result.code == 143, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.named("lock.released")
+    assert query(pg_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == [(0,)]
