@@ -257,6 +257,10 @@ def _changes(label: str, was: set[tuple[Any, ...]], now: set[tuple[Any, ...]], w
 
 
 def _shown_definition(item: tuple[Any, ...]) -> str:
+    if len(item) == 5 and isinstance(item[2], bool):  # a column: (name, type, nullable, default, identity)
+        _, kind, nullable, default, identity = item
+        shown = f"{kind} {'NULL' if nullable else 'NOT NULL'}"
+        return shown + (f" DEFAULT {default}" if default != "None" else "") + (" IDENTITY" if identity else "")
     return " ".join(map(str, item[1:])) or "(none)"
 
 
