@@ -19,6 +19,7 @@ with ``--junit-xml``, JUnit XML as GitHub and GitLab read it.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -347,16 +348,21 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def junit(report: dict[str, Any], *, timestamp: datetime | None = None) -> bytes:
-    """JUnit XML: one ``<testsuite>``, a ``<testcase>`` per case, with ``<failure>`` or ``<skipped>``.
+def junit(report: dict[str, Any], *, timestamp: datetime | None = None, hostname: str | None = None) -> bytes:
+    """JUnit XML: one ``<testsuite>`` in ``<testsuites>``, a ``<testcase>`` per case (``<failure>``, ``<skipped>``).
 
-    Valid against ``docs/junit.xsd``, the shape GitHub's and GitLab's test reports
-    read. Characters XML 1.0 cannot hold (control characters a database error may
-    carry) are replaced with U+FFFD, so the file always parses.
+    Valid against ``docs/junit.xsd``, the shape GitHub's and GitLab's test reports read,
+    and against Apache Ant's own JUnit schema (the ``JUnit.xsd`` of windyroad/JUnit-Schema,
+    which Jenkins' description follows): ``<testsuites>`` carries no attributes; the suite in it
+    has ``package``, ``id``, ``hostname`` and ``timestamp`` (no zone, whole seconds), and holds
+    ``<properties>`` before its cases and ``<system-out>``, ``<system-err>`` after them. Characters
+    XML 1.0 cannot hold (control characters a database error may carry) are replaced with
+    U+FFFD, so the file always parses.
 
     Args:
         report: the JSON report (:func:`document`).
         timestamp: when the run started (UTC); default now.
+        hostname: the machine (a pod's name); default this one's.
 
     Returns:
         The file's bytes, UTF-8 with an XML declaration.
@@ -369,11 +375,21 @@ def junit(report: dict[str, Any], *, timestamp: datetime | None = None) -> bytes
         "skipped": str(report["skipped"]),
         "time": f"{sum(c['seconds'] for c in cases):.3f}",
     }
-    suites = ElementTree.Element("testsuites", {"name": "migration-runner verify", **counts})
+    suites = ElementTree.Element("testsuites")
     started = (timestamp or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0, tzinfo=None)
     suite = ElementTree.SubElement(
-        suites, "testsuite", {"name": "migration-runner verify", "timestamp": started.isoformat(), **counts}
+        suites,
+        "testsuite",
+        {
+            "name": "migration-runner verify",
+            "package": "migration-runner",
+            "id": "0",
+            "hostname": hostname or socket.gethostname() or "localhost",
+            "timestamp": started.isoformat(),
+            **counts,
+        },
     )
+    ElementTree.SubElement(suite, "properties")
     for case in cases:
         element = ElementTree.SubElement(
             suite,
@@ -388,6 +404,8 @@ def junit(report: dict[str, Any], *, timestamp: datetime | None = None) -> bytes
             failure.text = _xml_text("\n".join([case["message"], *case["details"]]))
         elif case["status"] == "skipped":
             ElementTree.SubElement(element, "skipped", message=message)
+    ElementTree.SubElement(suite, "system-out")
+    ElementTree.SubElement(suite, "system-err")
     ElementTree.indent(suites)
     xml: bytes = ElementTree.tostring(suites, encoding="utf-8", xml_declaration=True)
     return xml + b"\n"

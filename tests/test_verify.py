@@ -177,8 +177,11 @@ def check_junit(path: Path, report: dict[str, Any]) -> None:
     """The JUnit file is valid against docs/junit.xsd, and holds one testcase per case with the report's counts."""
     JUNIT_SCHEMA.validate(path)
     root = ElementTree.parse(path).getroot()  # noqa: S314  (our own file)
-    assert root.tag == "testsuites"
+    assert root.tag == "testsuites" and not root.attrib  # Apache Ant's schema allows none there
     (suite,) = root.findall("testsuite")
+    assert {"package", "id", "hostname", "timestamp"} <= set(suite.attrib)
+    tags = [child.tag for child in suite]
+    assert tags[0] == "properties" and tags[-2:] == ["system-out", "system-err"]
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [c["name"] for c in report["cases"]]
     assert int(suite.get("tests", "-1")) == len(cases)
