@@ -104,7 +104,7 @@ def application_objects(connection: Connection, ignored: Sequence[str], *, limit
         PostgreSQL: every schema the connection can see but ``pg_catalog``, ``information_schema``,
         ``pg_toast`` and the temporary ones. MySQL: the connection's database. SQLite: ``main``.
 
-    Ends the transaction its query opened, so the connection can be handed on.
+    Leaves the connection's transaction as it found it (:func:`runner.database.reading`).
     """
     family = database.family(connection.engine.url)
     names = list(ignored) or [""]
@@ -114,11 +114,8 @@ def application_objects(connection: Connection, ignored: Sequence[str], *, limit
         query = _MYSQL_OBJECTS.bindparams(ignored=names, limit=limit)
     else:
         query = _SQLITE_OBJECTS.bindparams(ignored=names, limit=limit)
-    try:
+    with database.reading(connection):
         return [f"{name} ({kind})" for name, kind in connection.execute(query)]
-    finally:
-        if connection.in_transaction():
-            connection.rollback()
 
 
 # The objects beside the tables that a downgrade must take away too, each with its definition, in every schema
@@ -188,20 +185,17 @@ def definitions(connection: Connection) -> dict[str, tuple[tuple[str, str], ...]
     PostgreSQL: sequences, enum types and their labels, domains, views, materialized views, functions
     and procedures (by signature, their body's MD5), triggers and extensions, in every schema but the
     server's own. MySQL: the run's database's views, routines, triggers, events and sequences.
-    SQLite: views and triggers. Ends the transaction its queries opened.
+    SQLite: views and triggers. Leaves the connection's transaction as it found it.
     """
     family = database.family(connection.engine.url)
     queries = {"postgresql": _POSTGRES_DEFINITIONS, "mysql": _MYSQL_DEFINITIONS}.get(family, _SQLITE_DEFINITIONS)
     found: dict[str, tuple[tuple[str, str], ...]] = {}
-    try:
+    with database.reading(connection):
         for kind, sql in queries.items():
             query = sa.text(sql)
             if ":system" in sql:
                 query = query.bindparams(system=list(POSTGRES_SYSTEM_SCHEMAS))
             found[kind] = tuple(sorted((str(name), str(value or "")) for name, value in connection.execute(query)))
-    finally:
-        if connection.in_transaction():
-            connection.rollback()
     return found
 
 
@@ -220,16 +214,13 @@ class Baseline:
 
 
 def baseline(connection: Connection) -> Baseline:
-    """The schemas and extensions the database has now (:class:`Baseline`). Ends its transaction."""
+    """The schemas and extensions the database has now (:class:`Baseline`)."""
     if database.family(connection.engine.url) != "postgresql":
         return Baseline()
-    try:
+    with database.reading(connection):
         schemas = connection.execute(_POSTGRES_SPACES.bindparams(system=list(POSTGRES_SYSTEM_SCHEMAS))).scalars()
         kept_schemas = tuple(sorted(schemas))
         extensions = tuple(sorted(connection.execute(sa.text("SELECT extname FROM pg_extension")).scalars()))
-    finally:
-        if connection.in_transaction():
-            connection.rollback()
     return Baseline(kept_schemas, extensions)
 
 
@@ -389,7 +380,7 @@ def fingerprint(connection: Connection, ignored: Sequence[str]) -> str:
         ignored: the tools' own tables (the version table, the ledger), left out with what they own.
 
     Returns:
-        An MD5 hex digest. Ends the transaction its query opened.
+        An MD5 hex digest. Leaves the connection's transaction as it found it.
     """
     beside = " UNION ALL ".join(  # only the module's own constant SQL is formatted in
         f"SELECT '{kind} ' || q.name || ' ' || coalesce(q.value, '') FROM ({sql}) AS q(name, value)"  # noqa: S608
@@ -408,8 +399,5 @@ def fingerprint(connection: Connection, ignored: Sequence[str]) -> str:
         FROM ({_POSTGRES_TABLE_LINES} UNION ALL {beside}) AS lines(line)
         """  # noqa: S608  (only the module's own constant SQL is formatted in)
     ).bindparams(system=list(POSTGRES_SYSTEM_SCHEMAS), ignored=list(ignored) or [""])
-    try:
+    with database.reading(connection):
         return str(connection.execute(query).scalar_one())
-    finally:
-        if connection.in_transaction():
-            connection.rollback()

@@ -486,6 +486,22 @@ def _end_read(connection: Connection) -> None:
         connection.rollback()
 
 
+@contextlib.contextmanager
+def reading(connection: Connection) -> Iterator[Connection]:
+    """Reads on ``connection`` that leave its transaction as they found it.
+
+    A transaction the reads begin (SQLAlchemy begins one on first use) is rolled back after
+    them; one that was already open is left open, untouched: ``env.py`` may share this
+    connection, and Alembic's own work in it (the version table it just made) must stay.
+    """
+    owned = not connection.in_transaction()
+    try:
+        yield connection
+    finally:
+        if owned and connection.in_transaction():
+            connection.rollback()
+
+
 def execute_statement(connection: Connection, statement: str) -> None:
     """Run one statement without parameters whose text may hold ``%`` (a quoted name: ``"per%cent"``).
 

@@ -88,13 +88,14 @@ def _defines_seed(path: Path) -> bool:
 
 
 def put_in_place(connection: Connection, revision: str, path: Path) -> None:
-    """Run ``path``'s data on ``connection`` in one transaction, committed; see the module's docstring.
+    """Run ``path``'s data on ``connection`` in one transaction (a savepoint in one already open), committed.
 
     Raises:
         MigrationFailed: a statement or ``seed()`` failed (rolled back); the message names the file.
     """
-    if connection.in_transaction():
-        connection.commit()
+    # Inside env.py's run the connection may be shared and in Alembic's transaction: a savepoint there, else our own.
+    owned = not connection.in_transaction()
+    transaction = connection.begin() if owned else connection.begin_nested()
     try:
         if path.suffix == ".sql":
             import sqlparse  # noqa: PLC0415  (verify only)
@@ -108,10 +109,10 @@ def put_in_place(connection: Connection, revision: str, path: Path) -> None:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             module.seed(connection)
-        connection.commit()
+        transaction.commit()
     except Exception as error:
-        if connection.in_transaction():
-            connection.rollback()
+        if transaction.is_active:
+            transaction.rollback()
         is_database = isinstance(error, sa_exc.DBAPIError)
         message = database.error_message(error) if is_database else f"{type(error).__name__}: {error}"
         raise MigrationFailed(

@@ -135,13 +135,13 @@ def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str])
     its kin, SQLAlchemy 2.0): PostgreSQL answers each with one query, where a call
     per table made ``verify`` quadratic in the history's length (57 s for 100
     revisions). Sequences, types, views, functions, triggers and extensions come from
-    :func:`runner.catalog.definitions`. Ends the transaction the inspector opened.
+    :func:`runner.catalog.definitions`. Leaves the connection's transaction as it found it.
     """
-    from runner import catalog  # noqa: PLC0415  (verify only)
+    from runner import catalog, database  # noqa: PLC0415  (verify only)
 
     found: Schema = {DATABASE_OBJECTS: catalog.definitions(connection)}
     inspector = sa.inspect(connection)
-    try:
+    with database.reading(connection):
         spaces: list[str | None] = [schema]
         if connection.dialect.name == "postgresql":  # a table in any other schema is the application's too
             default = schema or inspector.default_schema_name
@@ -153,9 +153,6 @@ def snapshot(connection: Connection, schema: str | None, ignored: Sequence[str])
         for space in spaces:
             prefix = "" if space == schema else f"{space}."
             found.update({prefix + table: shape for table, shape in _tables(inspector, space, ignored).items()})
-    finally:
-        if connection.in_transaction():
-            connection.rollback()
     return found
 
 

@@ -165,3 +165,22 @@ def test_a_version_table_schema_set_only_in_env_py_is_78_before_anything_is_appl
     # verify's stairway fails on the generated 0001, which leaves applied_log behind on purpose: 1, not 78.
     assert agreed.code == (0 if command == "upgrade" else 1), agreed.stdout + agreed.stderr
     assert agreed.named("config.invalid") == []
+
+
+def test_verify_with_revision_data_on_an_env_py_that_shares_the_connection(cli: Cli, pg_url: str) -> None:
+    """On pytest-alembic's env.py the runner's connection is env.py's: between steps Alembic's transaction is open
+    (the version table it made), and the snapshot before each step and the revision data must leave it open.
+
+    Before, reading the schema rolled it back and revision 0001 failed: relation "alembic_version" does not exist.
+    """
+    make_project(cli.cwd, revisions=3, env_py=PYTEST_ALEMBIC_ENV_PY)
+    data = cli.cwd / "data"
+    data.mkdir()
+    (data / "0002.sql").write_text("INSERT INTO applied_log (revision, pid) VALUES ('seeded', 0);")
+
+    result = cli("verify", "--output", "json", "--data-dir", str(data), env={"MIGRATION_DATABASE_URL": pg_url})
+
+    statuses = {case["name"]: case["status"] for case in json.loads(result.stdout)["cases"]}
+    assert statuses["upgrade"] == "passed", result.stdout + result.stderr
+    assert statuses["up_down_consistency[0003 down]"] == "passed"
+    assert [e["revision"] for e in result.named("verify.data_put_in_place")] == ["0002"]
