@@ -15,6 +15,7 @@ catalogs.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,64 @@ SELECT relation, mode FROM pg_locks
 WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted AND relation = ANY(%s)
 """
 _FILENODES = "SELECT oid, relfilenode FROM pg_class WHERE oid = ANY(%s)"
+
+
+class NotTraceable(Exception):  # a stop of the trace, not an error of the run
+    """A statement the trace does not run: it would end, split or leave the transaction that is rolled back.
+
+    Raised before the statement reaches the server (:func:`why_not_traceable`), or after it,
+    with ``committed``, when the server reports that the transaction has ended all the same.
+    """
+
+    def __init__(self, reason: str, *, committed: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.committed = reason, committed
+
+
+def stop_in(error: BaseException) -> NotTraceable | None:
+    """The :class:`NotTraceable` that ``error`` is, or was raised from (a driver or env.py may wrap it)."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None or isinstance(seen, NotTraceable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# A DB-API statement as a pyformat driver receives it: "%%" is a literal "%", "%s" and "%(name)s" are parameters.
+_PYFORMAT = re.compile(r"%%|%\(\w+\)s|%s")
+
+
+def why_not_traceable(statement: str) -> str | None:
+    """Why ``statement`` must not run inside the trace's transaction, or None, as PostgreSQL's own parser reads it.
+
+    ``pglast`` is PostgreSQL's parser (libpg_query): a ``COMMIT`` inside a comment or a string
+    literal is no ``COMMIT``, and one after a ``;`` is. Stopped: every transaction statement
+    (``BEGIN``, ``COMMIT``/``END``, ``ROLLBACK``, ``SAVEPOINT``, ``RELEASE``, ``PREPARE
+    TRANSACTION``), ``VACUUM``, and ``CREATE``/``DROP``/``REINDEX`` ``... CONCURRENTLY``, which
+    cannot run in a transaction block. A statement the parser cannot read is not run either.
+    """
+    import pglast  # noqa: PLC0415  (plan --trace only)
+
+    text = _PYFORMAT.sub(lambda match: "%" if match.group(0) == "%%" else "$1", statement)
+    try:
+        parsed = pglast.parse_sql(text)
+    except pglast.parser.ParseError as error:
+        return f"PostgreSQL's parser cannot read one of its statements ({error}), so it may commit"
+    for raw in parsed:
+        node: Any = raw.stmt
+        kind = type(node).__name__
+        if kind == "TransactionStmt":
+            words = node.kind.name.removeprefix("TRANS_STMT_").replace("_", " ")
+            return f"it runs {words}, which would end or split the transaction the trace rolls back"
+        if kind == "VacuumStmt" and getattr(node, "is_vacuumcmd", False):
+            return "it runs VACUUM, which cannot run inside a transaction"
+        concurrently = getattr(node, "concurrent", False) or any(
+            getattr(option, "defname", None) == "concurrently" for option in getattr(node, "params", None) or ()
+        )
+        if kind in {"IndexStmt", "DropStmt", "ReindexStmt"} and concurrently:
+            return "it builds or drops an index CONCURRENTLY, which cannot run inside a transaction"
+    return None
 
 
 @dataclass
@@ -74,6 +133,7 @@ class Tracer:
         self._tables: dict[int, tuple[str, int]] = {}
         self._held: set[tuple[int, str]] = set()
         self._started = 0.0
+        self._xid = 0  # the trace's transaction, from its first statement on
 
     def begin(self, cursor: Any) -> None:
         """Snapshot the tables that exist before the trace (their oid, name and relfilenode)."""
@@ -85,10 +145,20 @@ class Tracer:
         self._started = time.monotonic()
 
     def after(self, cursor: Any, statement: str) -> None:
-        """A statement of the migration ran: read what it locked and rewrote, with ``cursor`` (not the migration's)."""
+        """A statement of the migration ran: read what it locked and rewrote, with ``cursor`` (not the migration's).
+
+        Raises:
+            NotTraceable: (``committed``) the server's transaction is no longer the one the trace
+                began: something ended it that :func:`why_not_traceable` did not stop.
+        """
+        duration = time.monotonic() - self._started
+        cursor.execute("SELECT txid_current()")  # the server's own word: still the one transaction?
+        (xid,) = cursor.fetchone()
+        self._xid = self._xid or int(xid)
+        if int(xid) != self._xid:
+            raise NotTraceable(f"the transaction ended after {' '.join(statement.split())[:80]!r}", committed=True)
         if self.revision is None:
             return
-        duration = time.monotonic() - self._started
         oids = list(self._tables)
         cursor.execute(_LOCKS, (oids,))
         held = {(int(oid), str(mode)) for oid, mode in cursor.fetchall()}

@@ -200,6 +200,8 @@ class AlembicExecutor(AlembicHistory):
         rehearsal.configure = environment.configure
         environment.configure = rehearsal.configure_rolled_back  # type: ignore[method-assign]
         self._use_url(url)
+        from runner import trace  # noqa: PLC0415
+
         try:
             with environment, logs.env_py_file_config_ignored(), project_code():
                 self.script.run_env()
@@ -208,7 +210,17 @@ class AlembicExecutor(AlembicHistory):
         except BaseException as error:  # project code
             from runner import database  # noqa: PLC0415
 
-            failed = rehearsal.running[0] if rehearsal.running else None
+            failed = rehearsal.running[0] if rehearsal.running else rehearsal.last_started
+            stop = trace.stop_in(error)
+            if stop is not None and not stop.committed:
+                rehearsal.stopped(stop)
+                return rehearsal.skipped
+            if stop is not None:
+                raise MigrationFailed(
+                    f"plan --trace: revision {failed}: {stop.reason}; what ran before it may have stayed",
+                    revision=failed,
+                    sqlstate=None,
+                ) from error
             message = f"plan --trace: {database.error_message(error)} (rolled back: nothing was changed)"
             raise MigrationFailed(message, revision=failed, sqlstate=database.classify(error).code) from error
         finally:
@@ -452,10 +464,12 @@ class _Rehearsal:
         self.skipped: list[tuple[str, str]] = []
         self.running: list[str] = []
         self.transactions: list[Any] = []
+        self.plan: list[Any] = []
+        self.last_started: str | None = None
         self.configure: Callable[..., None] = lambda *_, **__: None
 
     def steps(self, heads: tuple[str, ...], _: Any) -> Iterator[Any]:
-        plan = list(self.project.script._upgrade_revs(self.target, _heads_arg(heads)))
+        plan = self.plan = list(self.project.script._upgrade_revs(self.target, _heads_arg(heads)))
         try:
             for number, step in enumerate(plan):
                 revision = step.revision.revision
@@ -466,6 +480,7 @@ class _Rehearsal:
                     self.skipped.extend((s.revision.revision, "comes after a revision that was not run") for s in later)
                     return
                 self.running[:] = [revision]
+                self.last_started = revision  # kept when the generator is closed by an error
                 self.tracer.revision = revision
                 yield step
                 self.tracer.revision = None
@@ -483,8 +498,9 @@ class _Rehearsal:
                 "rolled back; nothing was run"
             )
         if not self.transactions:
-            event.listen(connection, "before_cursor_execute", lambda *_: self.tracer.before())
+            event.listen(connection, "before_cursor_execute", self._before)
             event.listen(connection, "after_cursor_execute", self._after)
+            event.listen(connection, "commit", self._commit)
             cursor = connection.connection.driver_connection.cursor()
             try:
                 self.tracer.begin(cursor)
@@ -494,6 +510,30 @@ class _Rehearsal:
         kwargs.setdefault("version_table", self.version_table.name)
         kwargs.setdefault("version_table_schema", self.version_table.schema)
         self.configure(*args, **kwargs)
+
+    def _before(self, _: Any, __: Any, statement: str, *___: Any) -> None:
+        from runner import trace  # noqa: PLC0415
+
+        why = trace.why_not_traceable(statement)
+        if why is not None:  # before the server sees it: the trace must never commit
+            raise trace.NotTraceable(why)
+        self.tracer.before()
+
+    def _commit(self, _: Any) -> None:
+        from runner import trace  # noqa: PLC0415
+
+        raise trace.NotTraceable("it commits through its connection (a commit() of its own)")
+
+    def stopped(self, stop: Any) -> None:
+        """The running revision and every one after it are not traced, saying why; what it showed is dropped."""
+        revision = self.last_started
+        if revision is None:
+            return
+        self.tracer.statements[:] = [s for s in self.tracer.statements if s.revision != revision]
+        self.skipped.append((revision, f"not traced: {stop.reason}; it was not run"))
+        names = [step.revision.revision for step in self.plan]
+        later = names[names.index(revision) + 1 :] if revision in names else []
+        self.skipped.extend((name, "comes after a revision that was not traced: not run") for name in later)
 
     def _after(self, _: Any, cursor: Any, statement: str, *__: Any) -> None:
         own_cursor = cursor.connection.cursor()  # the DB-API connection: no SQLAlchemy events, same transaction

@@ -254,6 +254,12 @@ class DjangoExecutor(DjangoHistory):
         except (ConfigError, Stopped, ConnectionLost):
             raise
         except BaseException as error:
+            from runner import trace  # noqa: PLC0415
+
+            stop = trace.stop_in(error)
+            if stop is not None and not stop.committed:
+                progress.stopped(stop)
+                return progress.skipped
             failure = self._failure(error, progress)
             message = f"plan --trace: {failure.message} (rolled back: nothing was changed)"
             raise MigrationFailed(
@@ -424,6 +430,11 @@ class _RolledBack(Exception):
     """Leaves ``plan --trace``'s outer atomic block, which rolls everything back."""
 
 
+# The savepoints of Django's own nested atomic blocks (BaseDatabaseWrapper.savepoint: "s{thread}_x{n}"), which
+# are how a migration's atomic block runs inside the trace's transaction: they pass the trace's guard.
+_DJANGOS_OWN_SAVEPOINT = re.compile(r'(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) "s\d+_x\d+"')
+
+
 class _Rehearsal(_Progress):
     """``migrate``'s progress under ``plan --trace``: tells the tracer what runs; stops before a non-atomic one."""
 
@@ -431,6 +442,17 @@ class _Rehearsal(_Progress):
         super().__init__(session, lambda _: None, lambda _: None, lambda *_: None, _RECORDS_APPLIED)
         self.tracer, self.plan = tracer, plan
         self.skipped: list[tuple[str, str]] = []
+
+    def stopped(self, stop: Any) -> None:
+        """The running migration and every one after it are not traced, saying why; what it showed is dropped."""
+        revision = self.tracer.revision
+        if revision is None:
+            return
+        self.tracer.statements[:] = [s for s in self.tracer.statements if s.revision != revision]
+        self.skipped.append((revision, f"not traced: {stop.reason}; it was not run"))
+        key = _key(revision)
+        later = self.plan[self.plan.index(key) + 1 :] if key in self.plan else []
+        self.skipped.extend((_id(k), "comes after a migration that was not traced: not run") for k in later)
 
     def starting(self, migration: Any) -> None:
         key = (migration.app_label, migration.name)
@@ -449,7 +471,17 @@ class _Rehearsal(_Progress):
         self.running = None
 
     def observed(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        """Django's ``execute_wrapper``: each statement of the migration, shown to the tracer."""
+        """Django's ``execute_wrapper``: each statement of the migration, shown to the tracer.
+
+        Raises:
+            NotTraceable: the statement would end or leave the transaction (:func:`runner.trace.why_not_traceable`);
+                it is not run.
+        """
+        from runner import trace  # noqa: PLC0415
+
+        why = None if _DJANGOS_OWN_SAVEPOINT.fullmatch(sql) else trace.why_not_traceable(sql)
+        if why is not None:  # before the server sees it: the trace must never commit
+            raise trace.NotTraceable(why)
         self.tracer.before()
         result = execute(sql, params, many, context)
         raw = context["connection"].connection.cursor()  # the DB-API connection: outside Django's wrappers
