@@ -8,9 +8,10 @@ that conflicts with ``SELECT`` (``ACCESS EXCLUSIVE``) blocks reads and writes;
 one that conflicts with ``INSERT``/``UPDATE``/``DELETE`` (``SHARE``, ``SHARE ROW
 EXCLUSIVE``, ``EXCLUSIVE``) blocks writes ("13.3.1. Table-Level Locks").
 
-The queries go through the DB-API cursor of the migration's own connection, so
-they see its transaction and take no part in it beyond ``AccessShareLock`` on
-catalogs.
+The queries go through a DB-API cursor of the migration's own connection (for an
+async driver, SQLAlchemy's synchronous adapter of it, which ``env.py``'s
+``run_sync`` makes usable here), so they see its transaction and take no part in
+it beyond ``AccessShareLock`` on catalogs.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ _TABLES = """
 SELECT c.oid, n.nspname || '.' || c.relname, c.relfilenode
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%%'
+  AND left(n.nspname, 8) <> 'pg_toast'
 """
+# No parameters: each driver's DB-API adapter has its own placeholder style (psycopg's %s, asyncpg's $1), so the
+# oids, integers the trace read itself, are written into the text (_oids).
 _LOCKS = """
 SELECT relation, mode FROM pg_locks
-WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted AND relation = ANY(%s)
+WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted AND relation = ANY({oids})
 """
-_FILENODES = "SELECT oid, relfilenode FROM pg_class WHERE oid = ANY(%s)"
+_FILENODES = "SELECT oid, relfilenode FROM pg_class WHERE oid = ANY({oids})"
+
+
+def _oids(oids: list[int]) -> str:
+    return "'{" + ",".join(str(int(oid)) for oid in oids) + "}'::oid[]"
 
 
 class NotTraceable(Exception):  # a stop of the trace, not an error of the run
@@ -159,10 +166,10 @@ class Tracer:
             raise NotTraceable(f"the transaction ended after {' '.join(statement.split())[:80]!r}", committed=True)
         if self.revision is None:
             return
-        oids = list(self._tables)
-        cursor.execute(_LOCKS, (oids,))
+        oids = _oids(list(self._tables))
+        cursor.execute(_LOCKS.format(oids=oids))
         held = {(int(oid), str(mode)) for oid, mode in cursor.fetchall()}
-        cursor.execute(_FILENODES, (oids,))
+        cursor.execute(_FILENODES.format(oids=oids))
         nodes = {int(oid): int(node) for oid, node in cursor.fetchall()}
         new = sorted(held - self._held)
         self._held |= held

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from support import Cli, copy_django_example, make_project, query, version
+from test_templates import alembic_init
 
 from runner import catalog
 
@@ -126,3 +127,36 @@ def test_a_django_migration_that_commits_is_not_traced_and_nothing_changes(
     steps = {step["revision"]: step for step in json.loads(result.stdout)["pending"]}
     assert list(steps) == ["shop.0004_commit"]
     assert "COMMIT" in steps["shop.0004_commit"]["not_traced"] and steps["shop.0004_commit"]["trace"] == []
+
+
+@pytest.mark.parametrize("driver", ["postgresql+asyncpg", "postgresql+psycopg"])  # the async env.py makes it async
+def test_an_async_env_py_is_traced_and_nothing_changes(cli: Cli, pg_url: str, tmp_path: Path, driver: str) -> None:
+    """`alembic init -t async`, unmodified, on asyncpg and async psycopg: each statement traced with its locks.
+
+    Before, the trace read pg_locks through the driver's raw connection: asyncpg's has no cursor() like
+    psycopg's (exit 65), and async psycopg's returned a coroutine.
+    """
+    root = alembic_init(tmp_path / "async", "async", with_models=False)
+    (root / "migrations" / "versions" / "0004_r.py").write_text(
+        (root / "migrations" / "versions" / "0003_r.py")
+        .read_text()
+        .replace("revision = '0003'", "revision = '0004'")
+        .replace("down_revision = '0002'", "down_revision = '0003'")
+        .replace(
+            'op.create_table("t_0003", sa.Column("id", sa.Integer))',
+            'op.add_column("t_0001", sa.Column("n", sa.Integer))',
+        )
+    )
+    url = pg_url.replace("postgresql://", f"{driver}://")
+    env = {"MIGRATION_DATABASE_URL": url}
+    assert cli("upgrade", "0003", env=env, cwd=root).code == 0
+    before = state(pg_url)
+
+    result = cli("plan", "--trace", "--json", env=env, cwd=root)
+
+    assert state(pg_url) == before
+    assert result.code == 1, result.stdout + result.stderr
+    (four,) = json.loads(result.stdout)["pending"]
+    assert four["not_traced"] is None, four
+    (alter,) = [s for s in four["trace"] if s["statement"].startswith("ALTER TABLE t_0001")]
+    assert alter["blocks_reads"] == ["public.t_0001"]

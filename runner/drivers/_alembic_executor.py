@@ -501,7 +501,7 @@ class _Rehearsal:
             event.listen(connection, "before_cursor_execute", self._before)
             event.listen(connection, "after_cursor_execute", self._after)
             event.listen(connection, "commit", self._commit)
-            cursor = connection.connection.driver_connection.cursor()
+            cursor = connection.connection.dbapi_connection.cursor()  # an async driver's synchronous adapter too
             try:
                 self.tracer.begin(cursor)
             finally:
@@ -535,8 +535,10 @@ class _Rehearsal:
         later = names[names.index(revision) + 1 :] if revision in names else []
         self.skipped.extend((name, "comes after a revision that was not traced: not run") for name in later)
 
-    def _after(self, _: Any, cursor: Any, statement: str, *__: Any) -> None:
-        own_cursor = cursor.connection.cursor()  # the DB-API connection: no SQLAlchemy events, same transaction
+    def _after(self, connection: Any, _: Any, statement: str, *__: Any) -> None:
+        # The DB-API connection (for asyncpg or async psycopg, SQLAlchemy's adapter of it): same transaction,
+        # and no SQLAlchemy events, so the tracer's own queries are never traced.
+        own_cursor = connection.connection.dbapi_connection.cursor()
         try:
             self.tracer.after(own_cursor, statement)
         finally:
