@@ -26,7 +26,6 @@ from runner.drivers import (
     Rendered,
     VersionTable,
     _alembic_env,
-    _alembic_models,
     own,
     project_code,
     where,
@@ -249,6 +248,8 @@ class AlembicExecutor(AlembicHistory):
         """
         from alembic import command  # noqa: PLC0415
         from alembic.util import exc  # noqa: PLC0415
+
+        from runner.drivers import _alembic_models  # noqa: PLC0415  (verify only)
 
         self._use_url(url)
         self.config.attributes["connection"] = _alembic_env.SharedConnection(connection)
