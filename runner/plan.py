@@ -309,7 +309,13 @@ def _traced_notes(step: dict[str, Any]) -> list[str]:
     """What ``--trace`` measured of a step that a reviewer must see: blocking locks, rewrites, a step not run."""
     notes = [f"not run: {step['not_traced']}"] if step.get("not_traced") else []
     for traced in step.get("trace") or []:
-        blocking = [f"{lock['mode']} on {lock['table']}" for lock in traced["locks"] if lock["mode"] in BLOCKS_WRITES]
+        taken_now = {(lock["table"], lock["mode"]) for lock in traced["locks"]}
+        # The step's own blocking locks while this statement runs; one taken by an earlier statement is "held".
+        blocking = [
+            f"{lock['mode']} on {lock['table']}" + ("" if (lock["table"], lock["mode"]) in taken_now else " (held)")
+            for lock in traced["held"]
+            if lock["mode"] in BLOCKS_WRITES and lock["since"] == step["revision"]
+        ]
         rewritten = [f"rewrote {table}" for table in traced["rewritten"]]
         if blocking or rewritten:
             took = ", ".join([*blocking, *rewritten])

@@ -112,6 +112,9 @@ class TracedStatement:
         duration_seconds: how long it ran.
         locks: ``(table, mode)`` newly held on existing tables after it.
         rewritten: existing tables it rewrote (their ``relfilenode`` changed).
+        held: ``(table, mode, since)``: every lock held on existing tables while it ran, newly taken or
+            not, with the revision that took it (all revisions run in one transaction, so an earlier
+            revision's locks are held too).
     """
 
     revision: str
@@ -119,11 +122,12 @@ class TracedStatement:
     duration_seconds: float
     locks: list[tuple[str, str]] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
+    held: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def blocking(self) -> list[tuple[str, str]]:
-        """The locks it took that block reads or writes of an existing table."""
-        return [(table, mode) for table, mode in self.locks if mode in BLOCKS_WRITES]
+        """The locks its own revision holds that block reads or writes of an existing table while it runs."""
+        return [(table, mode) for table, mode, since in self.held if since == self.revision and mode in BLOCKS_WRITES]
 
 
 class Tracer:
@@ -141,6 +145,7 @@ class Tracer:
         self._held: set[tuple[int, str]] = set()
         self._started = 0.0
         self._xid = 0  # the trace's transaction, from its first statement on
+        self._since: dict[tuple[int, str], str] = {}  # (table oid, mode) -> the revision that took the lock
 
     def begin(self, cursor: Any) -> None:
         """Snapshot the tables that exist before the trace (their oid, name and relfilenode)."""
@@ -173,6 +178,8 @@ class Tracer:
         nodes = {int(oid): int(node) for oid, node in cursor.fetchall()}
         new = sorted(held - self._held)
         self._held |= held
+        for lock in new:
+            self._since.setdefault(lock, self.revision)
         rewritten = []
         for oid, node in nodes.items():
             name, before = self._tables[oid]
@@ -188,6 +195,7 @@ class Tracer:
                 duration_seconds=duration,
                 locks=[(self._tables[oid][0], mode) for oid, mode in new],
                 rewritten=rewritten,
+                held=[(self._tables[oid][0], mode, self._since.get((oid, mode), "")) for oid, mode in sorted(held)],
             )
         )
 
@@ -201,9 +209,10 @@ def report(statements: list[TracedStatement]) -> dict[str, list[dict[str, Any]]]
                 "statement": traced.statement,
                 "duration_seconds": round(traced.duration_seconds, 6),
                 "locks": [{"table": table, "mode": mode} for table, mode in traced.locks],
+                "held": [{"table": table, "mode": mode, "since": since} for table, mode, since in traced.held],
                 "rewritten": traced.rewritten,
-                "blocks_reads": sorted({t for t, mode in traced.locks if mode in BLOCKS_READS}),
-                "blocks_writes": sorted({t for t, mode in traced.locks if mode in BLOCKS_WRITES}),
+                "blocks_reads": sorted({t for t, mode in traced.blocking if mode in BLOCKS_READS}),
+                "blocks_writes": sorted({t for t, mode in traced.blocking}),
             }
         )
     return out

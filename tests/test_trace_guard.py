@@ -160,3 +160,31 @@ def test_an_async_env_py_is_traced_and_nothing_changes(cli: Cli, pg_url: str, tm
     assert four["not_traced"] is None, four
     (alter,) = [s for s in four["trace"] if s["statement"].startswith("ALTER TABLE t_0001")]
     assert alter["blocks_reads"] == ["public.t_0001"]
+
+
+def test_a_lock_taken_earlier_in_the_revision_is_shown_as_held_by_the_statements_after_it(
+    cli: Cli, pg_url: str
+) -> None:
+    """ALTER TABLE then CREATE INDEX on the same table: the index build keeps the table locked for reads.
+
+    Before, only locks newly taken were shown, so the CREATE INDEX showed none. A lock taken by an earlier
+    revision of the same trace is listed as held since that revision, and does not count as this one's.
+    """
+    body = ADD + 'op.create_index("ix_orders_total", "orders", ["total"])'
+    make_project(
+        cli.cwd, revisions=5, bodies={**BODIES, 4: body, 5: 'op.create_index("ix_orders_id", "orders", ["id"])'}
+    )
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", "0003", env=env).code == 0
+
+    result = cli("plan", "--trace", "--json", env=env)
+
+    assert result.code == 1, result.stderr
+    four, five = json.loads(result.stdout)["pending"]
+    (index,) = [s for s in four["trace"] if s["statement"].startswith("CREATE INDEX ix_orders_total")]
+    assert "AccessExclusiveLock" not in [lock["mode"] for lock in index["locks"]], "the ALTER before it took it"
+    assert {"table": "public.orders", "mode": "AccessExclusiveLock", "since": "0004"} in index["held"]
+    assert index["blocks_reads"] == ["public.orders"]
+    (later,) = [s for s in five["trace"] if s["statement"].startswith("CREATE INDEX ix_orders_id")]
+    assert {"table": "public.orders", "mode": "AccessExclusiveLock", "since": "0004"} in later["held"]
+    assert later["blocks_reads"] == [], "revision 0004's lock is not revision 0005's doing"
