@@ -120,14 +120,18 @@ def flags_of(sql: str, existing: set[str], *, family: str, ignored: Iterable[str
         ignored: tables the tool itself writes (the version table, ``django_migrations``, the ledger).
 
     Returns:
-        The flags, in statement order.
+        The flags, in statement order; the same warning about the same table once (a Django operation
+        renders several statements on one table: AddField with a default is two ALTER TABLEs).
     """
     skip = {name.lower() for name in ignored}
     found: list[Flag] = []
+    said: set[tuple[str, str, str]] = set()
     for statement in statements(sql):
         flag = _flag(statement, family)
         if flag is not None and flag.table in existing and flag.table.lower() not in skip:
-            found.append(flag)
+            if (flag.kind, flag.table, flag.detail) not in said:
+                found.append(flag)
+            said.add((flag.kind, flag.table, flag.detail))
     return found
 
 

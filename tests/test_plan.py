@@ -137,6 +137,9 @@ def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     assert 'ALTER TABLE "shop_product" ADD COLUMN "slug"' in slug["sql"]
     assert "runs Python" in slug["not_rendered"]
     assert {flag["table"] for flag in slug["flags"]} == {"shop_product"}
+    # AddField with a default renders two ALTER TABLEs of one table: one warning, not the same one twice.
+    said = [(flag["kind"], flag["table"], flag["detail"]) for flag in slug["flags"]]
+    assert len(said) == len(set(said)), said
     index = steps["shop.0003_product_name_index"]
     assert [flag["kind"] for flag in index["flags"]] == ["blocks_writes"]
     assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(1,)]
