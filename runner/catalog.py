@@ -20,16 +20,21 @@ from runner import database
 POSTGRES_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 MYSQL_SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 
+# The schemas that hold the application's objects, as a common table expression: every one but the server's own
+# (:system) and the sessions' temporary ones.
+_SPACES = """
+    spaces AS (
+        SELECT oid, nspname FROM pg_namespace
+        WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
+    )"""
+
 # Relations (tables, partitioned tables, views, materialized views, sequences, foreign tables), user-made
 # types (enums, domains, ranges, free-standing composites) and functions, in every schema but the server's
 # own and the temporary ones; an object that belongs to an extension is the extension's, not the
 # application's (pg_depend.deptype 'e'). A sequence that a ledger or version table owns goes with its table.
 _POSTGRES_OBJECTS = sa.text(
-    """
-    WITH spaces AS (
-        SELECT oid, nspname FROM pg_namespace
-        WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
-    ), of_extensions AS (
+    f"""
+    WITH {_SPACES}, of_extensions AS (
         SELECT objid FROM pg_depend WHERE deptype = 'e'
     ), ours AS (
         SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (:ignored)
@@ -57,7 +62,7 @@ _POSTGRES_OBJECTS = sa.text(
     WHERE p.oid NOT IN (SELECT objid FROM of_extensions)
     ORDER BY 1
     LIMIT :limit
-    """
+    """  # noqa: S608  (only the module's own constant SQL is formatted in)
 )
 
 # MySQL's schema is its database: the run's own (DATABASE()) is what a revision changes. The server's
@@ -224,22 +229,14 @@ def baseline(connection: Connection) -> Baseline:
     return Baseline(kept_schemas, extensions)
 
 
-_POSTGRES_SPACES = sa.text(
-    """
-    SELECT nspname FROM pg_namespace
-    WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
-    """
-)
+_POSTGRES_SPACES = sa.text(f"WITH {_SPACES} SELECT nspname FROM spaces")  # noqa: S608  (constant SQL)
 
 # The statements that empty a PostgreSQL database down to its baseline, each object quoted by the server
 # (format's %I): the schemas made since, then the extensions, then in the kept schemas every relation, type
 # and routine that no extension owns. CASCADE, and IF EXISTS because one drop may take others with it.
 _POSTGRES_DROPS = sa.text(
-    """
-    WITH spaces AS (
-        SELECT oid, nspname FROM pg_namespace
-        WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
-    ), kept AS (
+    f"""
+    WITH {_SPACES}, kept AS (
         SELECT oid, nspname FROM spaces WHERE nspname = ANY (:schemas)
     ), of_extensions AS (
         SELECT objid FROM pg_depend WHERE deptype = 'e'
@@ -270,7 +267,7 @@ _POSTGRES_DROPS = sa.text(
     FROM pg_proc p JOIN kept k ON k.oid = p.pronamespace
     WHERE p.oid NOT IN (SELECT objid FROM of_extensions)
     ORDER BY 1
-    """
+    """  # noqa: S608  (only the module's own constant SQL is formatted in)
 )
 
 # MySQL: the run's database's views first, then its tables and sequences, routines and events; a name is
@@ -388,11 +385,7 @@ def fingerprint(connection: Connection, ignored: Sequence[str]) -> str:
     )
     query = sa.text(
         f"""
-        WITH spaces AS (
-            SELECT oid, nspname FROM pg_namespace
-            WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%'
-              AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
-        ), ours AS (
+        WITH {_SPACES}, ours AS (
             SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (:ignored)
         )
         SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), ''))
