@@ -22,7 +22,7 @@ from runner.commands.ledger_checks import (
     _refuse_unfinished,
     _rewound,
 )
-from runner.commands.run import Run, require_known_revisions
+from runner.commands.run import Run, known_revisions, require_known_revisions
 from runner.drivers import DOES_NOTHING, Applied, Driver, Step
 from runner.errors import (
     BrokenProject,
@@ -336,7 +336,9 @@ def downgrade(run: Run) -> ExitCode:
         "needed, run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted",
     )
     require_known_revisions(
-        run.project(), [("MIGRATION_NOOP_DOWNGRADES", settings.noop_downgrades)], nothing="nothing was reverted"
+        known_revisions(run.project()),
+        [("MIGRATION_NOOP_DOWNGRADES", settings.noop_downgrades)],
+        nothing="nothing was reverted",
     )
     target = [settings.target]  # a relative target (-1) is fixed once planned: a reconnect must not go further
     only_unfinished = lambda _, project, book, __, current: _refuse_unfinished(project, book, current)  # noqa: E731

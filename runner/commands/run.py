@@ -161,20 +161,24 @@ class Run(Start):
         )
 
 
+def known_revisions(project: Driver) -> set[str]:
+    """Every revision of the project, by the ids the reports use (Alembic ``0002``, Django ``shop.0002_slug``)."""
+    return {step.revision for step in project.pending((), "heads")}
+
+
 def require_known_revisions(
-    project: Driver, named: Sequence[tuple[str, Sequence[str]]], *, nothing: str = "nothing was changed"
+    known: set[str], named: Sequence[tuple[str, Sequence[str]]], *, nothing: str = "nothing was changed"
 ) -> None:
     """Every revision a setting names is one of the project's: a typo would silently mean nothing.
 
     Args:
-        project: the loaded project.
+        known: the project's revisions (:func:`known_revisions`).
         named: ``(setting, revisions)`` pairs, e.g. ``("MIGRATION_NOOP_DOWNGRADES", ["0003"])``.
         nothing: how the message ends: what was left untouched.
 
     Raises:
         ConfigError: the first setting that names an unknown revision, with one the project has as an example.
     """
-    known = {step.revision for step in project.pending((), "heads")}
     for setting, revisions in named:
         unknown = [revision for revision in revisions if revision not in known]
         if unknown:

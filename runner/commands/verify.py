@@ -10,7 +10,7 @@ from typing import Any
 from runner import catalog, database, logs
 from runner.commands import stairway
 from runner.commands.migrate import _migration_lock
-from runner.commands.run import Run, require_known_revisions
+from runner.commands.run import Run, known_revisions, require_known_revisions
 from runner.drivers import Driver
 from runner.errors import (
     ConfigError,
@@ -47,8 +47,9 @@ def verify(run: Run) -> ExitCode:
             "MIGRATION_ENVIRONMENT=test; nothing was changed"
         )
     project = run.project()
-    _check_verify_settings(project, settings.verify_heads, settings.verify_irreversible, settings.noop_downgrades)
-    data = _read_data_dir(project, settings.verify_data_dir)
+    known = known_revisions(project)
+    _check_verify_settings(known, settings.verify_heads, settings.verify_irreversible, settings.noop_downgrades)
+    data = _read_data_dir(known, settings.verify_data_dir)
     url = run.migration_url()
     engine = run.engine(url)
     ignored = (run.version_table.name, settings.history_table)
@@ -94,7 +95,7 @@ def verify(run: Run) -> ExitCode:
 
 
 def _check_verify_settings(
-    project: Driver, heads: Sequence[str] | None, irreversible: Sequence[str], noop: Sequence[str] = ()
+    known: set[str], heads: Sequence[str] | None, irreversible: Sequence[str], noop: Sequence[str] = ()
 ) -> None:
     """The revisions these settings name exist (a typo is 78).
 
@@ -106,7 +107,7 @@ def _check_verify_settings(
     if heads is not None and not heads:
         raise ConfigError("MIGRATION_VERIFY_HEADS is empty: list the heads you mean to have, or unset it")
     require_known_revisions(
-        project,
+        known,
         [
             ("MIGRATION_VERIFY_HEADS", heads or ()),
             ("MIGRATION_VERIFY_IRREVERSIBLE", irreversible),
@@ -115,13 +116,13 @@ def _check_verify_settings(
     )
 
 
-def _read_data_dir(project: Driver, directory: Path | None) -> dict[str, Path]:
+def _read_data_dir(known: set[str], directory: Path | None) -> dict[str, Path]:
     """``MIGRATION_VERIFY_DATA_DIR``'s files by revision id (:func:`runner.seed_data.read_directory`); 78 if bad."""
     if directory is None:
         return {}
     from runner import seed_data  # noqa: PLC0415  (only with the setting)
 
-    return seed_data.read_directory(directory, {step.revision for step in project.pending((), "heads")})
+    return seed_data.read_directory(directory, known)
 
 
 CHECKS_AFTER_HEADS = ("upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")
