@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,39 @@ class NotTraceable(Exception):  # a stop of the trace, not an error of the run
     def __init__(self, reason: str, *, committed: bool = False) -> None:
         super().__init__(reason)
         self.reason, self.committed = reason, committed
+
+
+def guard(statement: str) -> None:
+    """Refuse ``statement`` before the server sees it when the trace must not run it (:func:`why_not_traceable`).
+
+    Raises:
+        NotTraceable: with the reason.
+    """
+    why = why_not_traceable(statement)
+    if why is not None:
+        raise NotTraceable(why)
+
+
+def not_traced(
+    tracer: Tracer, stop: NotTraceable, revision: str, later: Sequence[str], *, noun: str
+) -> list[tuple[str, str]]:
+    """The trace stopped in ``revision``: what it showed of it is dropped; it and each step after it are not traced.
+
+    Args:
+        tracer: the trace's tracer, whose statements of ``revision`` are removed.
+        stop: why it stopped.
+        revision: the step that was running.
+        later: the steps of the plan after it, in order.
+        noun: what the tool calls a step: ``revision`` (Alembic), ``migration`` (Django).
+
+    Returns:
+        ``(step, why)`` for ``revision`` and each of ``later``, as a driver's ``rehearse`` returns them.
+    """
+    tracer.statements[:] = [s for s in tracer.statements if s.revision != revision]
+    return [
+        (revision, f"not traced: {stop.reason}; it was not run"),
+        *((step, f"comes after a {noun} that was not traced: not run") for step in later),
+    ]
 
 
 def stop_in(error: BaseException) -> NotTraceable | None:

@@ -515,9 +515,7 @@ class _Rehearsal:
     def _before(self, _: Any, __: Any, statement: str, *___: Any) -> None:
         from runner import trace  # noqa: PLC0415
 
-        why = trace.why_not_traceable(statement)
-        if why is not None:  # before the server sees it: the trace must never commit
-            raise trace.NotTraceable(why)
+        trace.guard(statement)  # before the server sees it: the trace must never commit
         self.tracer.before()
 
     def _commit(self, _: Any) -> None:
@@ -527,14 +525,14 @@ class _Rehearsal:
 
     def stopped(self, stop: Any) -> None:
         """The running revision and every one after it are not traced, saying why; what it showed is dropped."""
+        from runner import trace  # noqa: PLC0415
+
         revision = self.last_started
         if revision is None:
             return
-        self.tracer.statements[:] = [s for s in self.tracer.statements if s.revision != revision]
-        self.skipped.append((revision, f"not traced: {stop.reason}; it was not run"))
         names = [step.revision.revision for step in self.plan]
         later = names[names.index(revision) + 1 :] if revision in names else []
-        self.skipped.extend((name, "comes after a revision that was not traced: not run") for name in later)
+        self.skipped += trace.not_traced(self.tracer, stop, revision, later, noun="revision")
 
     def _after(self, connection: Any, _: Any, statement: str, *__: Any) -> None:
         # The DB-API connection (for asyncpg or async psycopg, SQLAlchemy's adapter of it): same transaction,

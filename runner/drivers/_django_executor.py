@@ -445,14 +445,14 @@ class _Rehearsal(_Progress):
 
     def stopped(self, stop: Any) -> None:
         """The running migration and every one after it are not traced, saying why; what it showed is dropped."""
+        from runner import trace  # noqa: PLC0415
+
         revision = self.tracer.revision
         if revision is None:
             return
-        self.tracer.statements[:] = [s for s in self.tracer.statements if s.revision != revision]
-        self.skipped.append((revision, f"not traced: {stop.reason}; it was not run"))
         key = _key(revision)
         later = self.plan[self.plan.index(key) + 1 :] if key in self.plan else []
-        self.skipped.extend((_id(k), "comes after a migration that was not traced: not run") for k in later)
+        self.skipped += trace.not_traced(self.tracer, stop, revision, [_id(k) for k in later], noun="migration")
 
     def starting(self, migration: Any) -> None:
         key = (migration.app_label, migration.name)
@@ -479,9 +479,8 @@ class _Rehearsal(_Progress):
         """
         from runner import trace  # noqa: PLC0415
 
-        why = None if _DJANGOS_OWN_SAVEPOINT.fullmatch(sql) else trace.why_not_traceable(sql)
-        if why is not None:  # before the server sees it: the trace must never commit
-            raise trace.NotTraceable(why)
+        if not _DJANGOS_OWN_SAVEPOINT.fullmatch(sql):
+            trace.guard(sql)  # before the server sees it: the trace must never commit
         self.tracer.before()
         result = execute(sql, params, many, context)
         raw = context["connection"].connection.cursor()  # the DB-API connection: outside Django's wrappers
