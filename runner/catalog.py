@@ -22,7 +22,7 @@ MYSQL_SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sy
 
 # The schemas that hold the application's objects, as a common table expression: every one but the server's own
 # (:system) and the sessions' temporary ones.
-_SPACES = """
+SPACES = """
     spaces AS (
         SELECT oid, nspname FROM pg_namespace
         WHERE nspname <> ALL (:system) AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
@@ -34,7 +34,7 @@ _SPACES = """
 # application's (pg_depend.deptype 'e'). A sequence that a ledger or version table owns goes with its table.
 _POSTGRES_OBJECTS = sa.text(
     f"""
-    WITH {_SPACES}, of_extensions AS (
+    WITH {SPACES}, of_extensions AS (
         SELECT objid FROM pg_depend WHERE deptype = 'e'
     ), ours AS (
         SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (:ignored)
@@ -229,14 +229,14 @@ def baseline(connection: Connection) -> Baseline:
     return Baseline(kept_schemas, extensions)
 
 
-_POSTGRES_SPACES = sa.text(f"WITH {_SPACES} SELECT nspname FROM spaces")  # noqa: S608  (constant SQL)
+_POSTGRES_SPACES = sa.text(f"WITH {SPACES} SELECT nspname FROM spaces")  # noqa: S608  (constant SQL)
 
 # The statements that empty a PostgreSQL database down to its baseline, each object quoted by the server
 # (format's %I): the schemas made since, then the extensions, then in the kept schemas every relation, type
 # and routine that no extension owns. CASCADE, and IF EXISTS because one drop may take others with it.
 _POSTGRES_DROPS = sa.text(
     f"""
-    WITH {_SPACES}, kept AS (
+    WITH {SPACES}, kept AS (
         SELECT oid, nspname FROM spaces WHERE nspname = ANY (:schemas)
     ), of_extensions AS (
         SELECT objid FROM pg_depend WHERE deptype = 'e'
@@ -385,7 +385,7 @@ def fingerprint(connection: Connection, ignored: Sequence[str]) -> str:
     )
     query = sa.text(
         f"""
-        WITH {_SPACES}, ours AS (
+        WITH {SPACES}, ours AS (
             SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (:ignored)
         )
         SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), ''))

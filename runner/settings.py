@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         "as the reports name them: downgrade runs through them, recorded as reverted and marked noop, instead of "
         "refusing them; verify expects what their upgrade made to remain, and applies them again.",
     )
+    accept_flags: RevisionList = Field(
+        default_factory=list,
+        description="plan and verify: flags a revision opts out of, as REVISION:KIND, comma-separated "
+        "(a deliberate contract step: 0042:backward_incompatible); a '# migration-runner: accept KIND' line "
+        "in the revision's file does the same.",
+    )
     verify_allow_nonempty: bool = Field(
         False,
         description="verify: run on a database that already holds objects, in any schema (--allow-nonempty); "
@@ -295,7 +301,18 @@ class Settings(BaseSettings):
             raise ValueError("pg_ and sqlite_ names belong to the database's own catalog; choose another name")
         return value
 
-    @field_validator("verify_heads", "verify_irreversible", "noop_downgrades", mode="before")
+    @field_validator("accept_flags")
+    @classmethod
+    def _revision_and_kind(cls, value: list[str]) -> list[str]:
+        from runner.flags import KINDS  # noqa: PLC0415
+
+        for entry in value:
+            revision, _, kind = entry.rpartition(":")
+            if not revision or kind not in KINDS:
+                raise ValueError(f"{entry!r} is not REVISION:KIND, with KIND one of {', '.join(KINDS)}")
+        return value
+
+    @field_validator("verify_heads", "verify_irreversible", "noop_downgrades", "accept_flags", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # a JSON array is taken as it is; otherwise comma-separated ids

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from runner import database, logs
+from sqlalchemy.engine import Connection
+
+from runner import database, flags, logs
 from runner.commands.migrate import _migration_lock, _plan
 from runner.commands.run import Run
 from runner.drivers import Driver
@@ -36,17 +39,16 @@ def plan(run: Run) -> ExitCode:
     with run.connect(engine) as connection:
         current = run.read_current(connection)
         pending = _plan(run, project, current, allow_unknown=False, upgrading=True)
-        existing = database.table_names(connection, run.version_table.schema) if pending else set()
+        reader = _reader(run, project, connection, current) if pending else None
     traced = _rehearse(run, project) if pending and run.trace else None
     rendered = {r.revision: r for r in project.render(current, settings.target, run.target.url)} if pending else {}
     irreversible = dict(project.irreversible(pending))
-    tool_tables = (run.version_table.name, settings.history_table)  # the version table is the tool's own
     steps = []
     for step in pending:
         shown = rendered.get(step.revision)
         sql = shown.sql if shown else None
-        flags = planning.flags_of(sql or "", existing, family=database.family(run.target.url), ignored=tool_tables)
-        existing -= planning.created_tables(sql or "")  # a table an earlier step creates is new, not existing
+        accepted = flags.accepted_kinds(step.revision, project.source(step.revision), settings.accept_flags)
+        found, opted = reader.step(sql or "", accepted=accepted) if reader else ([], [])
         steps.append(
             planning.PlannedStep(
                 revision=step.revision,
@@ -55,7 +57,8 @@ def plan(run: Run) -> ExitCode:
                 sql=sql,
                 not_rendered=shown.not_rendered if shown else "not rendered",
                 irreversible=irreversible.get(step.revision),
-                flags=flags,
+                flags=found,
+                accepted=opted,
                 trace=None if traced is None else traced[0].get(step.revision, []),
                 not_traced=None if traced is None else traced[1].get(step.revision),
             )
@@ -84,6 +87,21 @@ def plan(run: Run) -> ExitCode:
         flagged=sum(1 for s in steps if s.flags or s.irreversible),
     )
     return ExitCode.NOT_AT_TARGET if steps else ExitCode.OK
+
+
+def _reader(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> flags.Reader:
+    """The flags' reader over the database as it is now, before any pending step."""
+    settings = run.settings
+    family = database.family(run.target.url)
+    existing = flags.read_existing(
+        connection,
+        family,
+        schema=run.version_table.schema,
+        ignored=(run.version_table.name, settings.history_table),  # the tool's own tables
+        lock_timeout=settings.ddl_lock_timeout > 0,
+        release_columns=project.release_columns(current),
+    )
+    return flags.Reader(existing)
 
 
 def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:

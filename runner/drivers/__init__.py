@@ -241,6 +241,14 @@ class History(Protocol):
         """``(revision, why)`` for each of ``steps`` that cannot be reverted (none: all can)."""
         ...
 
+    def release_columns(self, current: Sequence[str]) -> dict[str, set[str]] | None:
+        """The tables and columns the code of the release at ``current`` reads, by bare table name.
+
+        None when the tool does not record them (Alembic has the new models only); Django: the
+        migration state at ``current``. The plan's rolling-deploy check reads it (:mod:`runner.flags`).
+        """
+        ...
+
 
 class Executor(Protocol):
     """Reading, recording and running steps on a database connection. Every error is one of :mod:`runner.errors`."""

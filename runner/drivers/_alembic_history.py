@@ -291,6 +291,10 @@ class AlembicHistory:
                 found.append((step.revision, why))
         return found
 
+    def release_columns(self, current: Sequence[str]) -> None:
+        """Unknown: Alembic keeps no models per revision, only ``target_metadata``, which is the new release's."""
+        return None
+
     def diverged(self) -> list[str]:
         """Every head, when there are several (``alembic heads``); empty when there is one."""
         heads = self.heads()

@@ -236,6 +236,21 @@ class DjangoHistory:
                     found.append((step.revision, f"{operation.describe()}: no reverse"))
         return found
 
+    def release_columns(self, current: Sequence[str]) -> dict[str, set[str]]:
+        """Each model's table and columns in the migration state at ``current`` (``MigrationLoader.project_state``).
+
+        That is what the release that applied ``current`` reads: a field that an earlier migration
+        removed from the state only (``SeparateDatabaseAndState``) is not among them.
+        """
+        nodes = [_key(revision) for revision in current if _key(revision) in self._loader.graph.nodes]
+        if not nodes:
+            return {}
+        apps = self._loader.project_state(nodes, at_end=True).apps
+        return {
+            model._meta.db_table: {f.column for f in model._meta.local_concrete_fields}
+            for model in apps.get_models(include_auto_created=True)
+        }
+
     @contextlib.contextmanager
     def _database_errors(self, *, reading: bool = False) -> Iterator[None]:
         """Turn Django's database errors into the runner's: lost or unreachable, or else SQLAlchemy's own kind."""
