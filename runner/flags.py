@@ -178,13 +178,13 @@ def read_existing(
             columns = tables.setdefault(table, {})
             if column is not None:
                 columns[column] = Column(typname, _typmods(shown), bool(not_null), bool(has_default))
-        indexes: dict[str, str] = dict(connection.execute(_PG_INDEXES).tuples().all())
+        indexes: dict[str, str] = {index: table for index, table in connection.execute(_PG_INDEXES)}
         proven: set[tuple[str, str]] = set()
         for table, definition in connection.execute(_PG_NOT_NULL_CHECKS):
             if match := _NOT_NULL_CHECK.match(definition):
                 proven.add((table, _unquote(match.group("column"))))
-        volatility: dict[str, str] = dict(connection.exec_driver_sql(_PG_VOLATILITY).tuples().all())
-        casts: set[tuple[str, str]] = set(connection.exec_driver_sql(_PG_BINARY_CASTS).tuples().all())
+        volatility: dict[str, str] = {name: kind for name, kind in connection.exec_driver_sql(_PG_VOLATILITY)}
+        casts = {(source, target) for source, target in connection.exec_driver_sql(_PG_BINARY_CASTS)}
         (path,) = connection.exec_driver_sql("SELECT current_schemas(false)").one()
     return Existing(
         family,

@@ -137,7 +137,8 @@ class TableReader:
         table = self.table(node.relation)
         for command in node.cmds or ():
             subtype = command.subtype.name
-            if table is not None:
+            foreign_key = subtype == "AT_AddConstraint" and command.def_.contype.name == "CONSTR_FOREIGN"
+            if table is not None and not foreign_key:  # a foreign key's locks are _references'
                 reading.lock(table, _SUBFORM_LOCK.get(subtype, _EXCLUSIVE))
             handler = getattr(self, f"_{subtype}", None)
             if handler is not None:
@@ -148,7 +149,7 @@ class TableReader:
         constraints = {c.contype.name: c for c in definition.constraints or ()}
         for constraint in constraints.values():
             if constraint.contype.name == "CONSTR_FOREIGN":
-                self._references(table, constraint, reading, shown, new_column=True)
+                self._references(table, constraint, reading, shown)
         if table is None:
             return
         name = definition.colname
@@ -299,7 +300,7 @@ class TableReader:
         constraint = command.def_
         kind = constraint.contype.name
         if kind == "CONSTR_FOREIGN":
-            self._references(table, constraint, reading, shown, new_column=False)
+            self._references(table, constraint, reading, shown)
             return
         if table is None:
             return
@@ -356,15 +357,13 @@ class TableReader:
                 reading, "rewrite", [table], "SET TABLESPACE copies {tables} under an ACCESS EXCLUSIVE lock", shown
             )
 
-    def _references(
-        self, table: str | None, constraint: Any, reading: Reading, shown: str, *, new_column: bool
-    ) -> None:
+    def _references(self, table: str | None, constraint: Any, reading: Reading, shown: str) -> None:
         """A foreign key: SHARE ROW EXCLUSIVE on both tables; without NOT VALID, every row of the table is checked."""
         referred = self.table(constraint.pktable)
         touched = [t for t in (table, referred) if t is not None]
         for name in touched:
             reading.lock(name, _SHARE_ROW)
-        if table is not None and not constraint.skip_validation and not new_column:
+        if table is not None and not constraint.skip_validation:  # a new column too: every row is checked
             self.flag(
                 reading,
                 "scans",

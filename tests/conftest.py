@@ -125,3 +125,13 @@ def pushgateway() -> Iterator[str]:
         argv = [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={storage}/metrics"]
         with prometheus_server(argv, port, ready_within=15) as url:
             yield url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures a test measured for the log of the run (the plan flag corpus's recall and false flags)."""
+    import flag_corpus  # noqa: PLC0415
+
+    if flag_corpus.FIGURES:
+        terminalreporter.section("figures")
+        for line in flag_corpus.FIGURES:
+            terminalreporter.write_line(line)
