@@ -18,17 +18,17 @@ The kinds, most serious first (README, "Plan and review"):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from runner import catalog
 from runner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 # Most serious first: a step's risk is its first kind in this order.
 KINDS = ("destroys", "rewrite", "scans", "blocks_writes", "backward_incompatible", "needs_lock_timeout")
@@ -90,6 +90,7 @@ class Existing:
         search_path: the schemas an unqualified name resolves in, in order.
         lock_timeout: a ``lock_timeout`` applies to each step before it runs any statement
             (the runner's ``MIGRATION_DDL_LOCK_TIMEOUT``, when not 0).
+        foreign_keys: ``(table, constraint)`` -> the table it references: dropping one locks that table too.
         release_columns: the tables and columns the running release's code reads, where the tool
             knows them (Django: the migration state at the database's current migrations);
             None where it does not (Alembic): then every existing one counts.
@@ -105,45 +106,73 @@ class Existing:
     search_path: tuple[str, ...] = ("public",)
     lock_timeout: bool = True
     release_columns: dict[str, set[str]] | None = None
+    foreign_keys: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-_PG_COLUMNS = sa.text(
-    f"""
-WITH {catalog.SPACES}
-SELECT n.nspname || '.' || c.relname, a.attname, t.typname, format_type(a.atttypid, a.atttypmod),
-       a.attnotnull, a.atthasdef OR a.attidentity <> ''
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname IN (SELECT nspname FROM spaces)
-LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-LEFT JOIN pg_type t ON t.oid = a.atttypid
-WHERE c.relkind IN ('r', 'p')
-"""  # noqa: S608  (constant SQL)
-).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
-_PG_INDEXES = sa.text(
-    f"""
-WITH {catalog.SPACES}
-SELECT n.nspname || '.' || i.relname, tn.nspname || '.' || t.relname
-FROM pg_index x
-JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace
-JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
-WHERE n.nspname IN (SELECT nspname FROM spaces)
-"""  # noqa: S608  (constant SQL)
-).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
-_PG_NOT_NULL_CHECKS = sa.text(
-    f"""
-WITH {catalog.SPACES}
-SELECT n.nspname || '.' || c.relname, pg_get_constraintdef(k.oid)
-FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE k.contype = 'c' AND k.convalidated AND n.nspname IN (SELECT nspname FROM spaces)
-"""  # noqa: S608  (constant SQL)
-).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
-# 'i' < 's' < 'v' as text: max() is the most volatile overload.
-_PG_VOLATILITY = "SELECT proname, max(provolatile::text) FROM pg_proc GROUP BY proname"
-_PG_BINARY_CASTS = """
-SELECT s.typname, t.typname FROM pg_cast k
-JOIN pg_type s ON s.oid = k.castsource JOIN pg_type t ON t.oid = k.casttarget
-WHERE k.castmethod = 'b'
-"""
+@functools.cache
+def _pg_queries() -> dict[str, Any]:
+    """The catalog queries of :func:`read_existing`, built on first use: SQLAlchemy stays unloaded on a no-op run."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    from runner import catalog  # noqa: PLC0415
+
+    _PG_COLUMNS = sa.text(
+        f"""
+    WITH {catalog.SPACES}
+    SELECT n.nspname || '.' || c.relname, a.attname, t.typname, format_type(a.atttypid, a.atttypmod),
+           a.attnotnull, a.atthasdef OR a.attidentity <> ''
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname IN (SELECT nspname FROM spaces)
+    LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_type t ON t.oid = a.atttypid
+    WHERE c.relkind IN ('r', 'p')
+    """  # noqa: S608  (constant SQL)
+    ).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
+    _PG_INDEXES = sa.text(
+        f"""
+    WITH {catalog.SPACES}
+    SELECT n.nspname || '.' || i.relname, tn.nspname || '.' || t.relname
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace
+    JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+    WHERE n.nspname IN (SELECT nspname FROM spaces)
+    """  # noqa: S608  (constant SQL)
+    ).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
+    _PG_NOT_NULL_CHECKS = sa.text(
+        f"""
+    WITH {catalog.SPACES}
+    SELECT n.nspname || '.' || c.relname, pg_get_constraintdef(k.oid)
+    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE k.contype = 'c' AND k.convalidated AND n.nspname IN (SELECT nspname FROM spaces)
+    """  # noqa: S608  (constant SQL)
+    ).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
+    _PG_FOREIGN_KEYS = sa.text(
+        f"""
+    WITH {catalog.SPACES}
+    SELECT n.nspname || '.' || c.relname, k.conname, rn.nspname || '.' || r.relname
+    FROM pg_constraint k
+    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+    WHERE k.contype = 'f' AND n.nspname IN (SELECT nspname FROM spaces)
+    """  # noqa: S608  (constant SQL)
+    ).bindparams(system=list(catalog.POSTGRES_SYSTEM_SCHEMAS))
+    # 'i' < 's' < 'v' as text: max() is the most volatile overload.
+    _PG_VOLATILITY = "SELECT proname, max(provolatile::text) FROM pg_proc GROUP BY proname"
+    _PG_BINARY_CASTS = """
+    SELECT s.typname, t.typname FROM pg_cast k
+    JOIN pg_type s ON s.oid = k.castsource JOIN pg_type t ON t.oid = k.casttarget
+    WHERE k.castmethod = 'b'
+    """
+    return {
+        "columns": _PG_COLUMNS,
+        "indexes": _PG_INDEXES,
+        "not_null_checks": _PG_NOT_NULL_CHECKS,
+        "foreign_keys": _PG_FOREIGN_KEYS,
+        "volatility": _PG_VOLATILITY,
+        "binary_casts": _PG_BINARY_CASTS,
+    }
+
+
 _NOT_NULL_CHECK = re.compile(r'^CHECK \(\((?P<column>"(?:[^"]|"")+"|\w+) IS NOT NULL\)\)$')
 
 
@@ -172,20 +201,24 @@ def read_existing(
     if family != "postgresql":
         names: dict[str, dict[str, Column]] = {name.lower(): {} for name in database.table_names(connection, schema)}
         return Existing(family, names, skip, lock_timeout=lock_timeout, release_columns=release_columns)
+    queries = _pg_queries()
     with database.reading(connection):
         tables: dict[str, dict[str, Column]] = {}
-        for table, column, typname, shown, not_null, has_default in connection.execute(_PG_COLUMNS):
+        for table, column, typname, shown, not_null, has_default in connection.execute(queries["columns"]):
             columns = tables.setdefault(table, {})
             if column is not None:
                 columns[column] = Column(typname, _typmods(shown), bool(not_null), bool(has_default))
-        indexes: dict[str, str] = {index: table for index, table in connection.execute(_PG_INDEXES)}
+        indexes: dict[str, str] = {index: table for index, table in connection.execute(queries["indexes"])}
         proven: set[tuple[str, str]] = set()
-        for table, definition in connection.execute(_PG_NOT_NULL_CHECKS):
+        for table, definition in connection.execute(queries["not_null_checks"]):
             if match := _NOT_NULL_CHECK.match(definition):
                 proven.add((table, _unquote(match.group("column"))))
-        volatility: dict[str, str] = {name: kind for name, kind in connection.exec_driver_sql(_PG_VOLATILITY)}
-        casts = {(source, target) for source, target in connection.exec_driver_sql(_PG_BINARY_CASTS)}
+        volatility: dict[str, str] = {name: kind for name, kind in connection.exec_driver_sql(queries["volatility"])}
+        casts = {(source, target) for source, target in connection.exec_driver_sql(queries["binary_casts"])}
         (path,) = connection.exec_driver_sql("SELECT current_schemas(false)").one()
+        foreign_keys = {
+            (table, name): referred for table, name, referred in connection.execute(queries["foreign_keys"])
+        }
     return Existing(
         family,
         tables,
@@ -197,6 +230,7 @@ def read_existing(
         tuple(path) or ("public",),
         lock_timeout,
         release_columns,
+        foreign_keys,
     )
 
 

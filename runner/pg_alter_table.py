@@ -333,6 +333,12 @@ class TableReader:
             for name in constraint.keys or ():
                 self._AT_SetNotNull(table, _Named(name.sval), reading, shown)
 
+    def _AT_DropConstraint(self, table: str | None, command: Any, reading: Reading, shown: str) -> None:
+        """Dropping a foreign key takes ACCESS EXCLUSIVE on the table it references too (its triggers go)."""
+        referred = self.existing.foreign_keys.get((table or "", command.name))
+        if referred is not None and referred in self.existing.tables:
+            reading.lock(referred, _EXCLUSIVE)
+
     def _AT_ValidateConstraint(self, table: str | None, command: Any, reading: Reading, shown: str) -> None:
         if command.name in self.pending_checks:
             self.existing.proven_not_null.add(self.pending_checks.pop(command.name))

@@ -83,11 +83,44 @@ def document(
                 "flags": flags_document(step.flags),
                 "accepted": flags_document(step.accepted),
                 "trace": step.trace,
+                "blocked": None if step.trace is None else blocked(step.trace),
                 "not_traced": step.not_traced,
             }
             for step in steps
         ],
     }
+
+
+def blocked(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How long each existing table was closed to reads and to writes while the step ran, from its trace.
+
+    A lock is held until the step's transaction ends, so a table stays closed through every statement
+    after the one that took it: the sum of the durations of the statements during which it was held.
+
+    Returns:
+        ``{"table", "reads_seconds", "writes_seconds"}`` per table, in the order first closed.
+    """
+    seconds: dict[str, list[float]] = {}
+    for row in trace:
+        for table in row["blocks_writes"]:
+            spent = seconds.setdefault(table, [0.0, 0.0])
+            spent[1] += row["duration_seconds"]
+            if table in row["blocks_reads"]:
+                spent[0] += row["duration_seconds"]
+    return [
+        {"table": table, "reads_seconds": round(reads, 6), "writes_seconds": round(writes, 6)}
+        for table, (reads, writes) in seconds.items()
+    ]
+
+
+def _blocked_line(step: dict[str, Any]) -> str | None:
+    if not step.get("blocked"):
+        return None
+    return "traced: " + ", ".join(
+        f"{b['table']} closed to writes for {b['writes_seconds'] * 1000:.1f} ms"
+        + (f", to reads for {b['reads_seconds'] * 1000:.1f} ms" if b["reads_seconds"] else "")
+        for b in step["blocked"]
+    )
 
 
 def text(plan: dict[str, Any]) -> str:
@@ -105,6 +138,8 @@ def text(plan: dict[str, Any]) -> str:
         if step["irreversible"]:
             lines.append(f"  ! irreversible: {step['irreversible']}")
         lines.extend(f"  ! traced: {note}" for note in _traced_notes(step))
+        if line := _blocked_line(step):
+            lines.append(f"  ! {line}")
         if step["sql"] is None:
             lines.append(f"  (SQL not shown: {step['not_rendered']})")
         else:
@@ -131,10 +166,10 @@ def markdown(plan: dict[str, Any], *, limit: int = MARKDOWN_LIMIT) -> str:
     """The plan as a pull-request comment (GitHub-flavoured Markdown), at most ``limit`` characters.
 
     Per step: its risk summary, its flags, the trace table, and its SQL folded in ``<details>``.
-    Over ``limit`` (GitHub refuses comments over 65,536 characters), the SQL is left out first, then
-    the trace rows that neither block nor rewrite; the JSON plan has all of it.
+    Over ``limit`` (GitHub refuses comments over 65,536 characters), the trace rows that take no lock
+    others wait for and rewrite nothing are left out first, then the SQL too; the JSON plan has all of it.
     """
-    for fold in ("none", "sql", "trace"):
+    for fold in ("none", "trace", "sql"):
         out = _markdown(plan, fold)
         if len(out) <= limit:
             return out
@@ -168,7 +203,7 @@ def _markdown(plan: dict[str, Any], fold: str) -> str:
         out += _markdown_step(step, plan["traced"], fold)
     if fold != "none":
         out += [
-            "*Some SQL or trace rows are left out to fit a pull-request comment; `plan --output json` has all.*",
+            "*Some trace rows (or the SQL) are left out to fit a pull-request comment; `plan --output json` has all.*",
             "",
         ]
     return "\n".join(out)
@@ -182,31 +217,33 @@ def _markdown_step(step: dict[str, Any], traced: bool, fold: str) -> list[str]:
         notes.append(f"⚠️ irreversible: {_cell(step['irreversible'])}")
     if step.get("not_traced"):
         notes.append(f"⚠️ not traced: {_cell(step['not_traced'])}")
+    if line := _blocked_line(step):
+        notes.append(f"⏱️ {line}")
     if step["sql"] is not None and step["not_rendered"]:
         notes.append(f"not in the SQL: {_cell(step['not_rendered'])}")
     out += [f"- {note}" for note in notes] + ([""] if notes else [])
     rows = step.get("trace") or []
     if traced and rows:
-        shown = [row for row in rows if fold != "trace" or _blocking_row(row, step["revision"])]
+        shown = [row for row in rows if fold == "none" or _blocking_row(row)]
         out += ["| statement | locks held | newly taken | ms | rewrite |", "|---|---|---|---|---|"]
         for row in shown:
-            held = [
-                f"{lock['mode']} on {lock['table']}"
-                + ("" if lock["since"] == step["revision"] else f" (since {lock['since']})")
-                for lock in row["held"]
-                if lock["mode"] in BLOCKS_WRITES
-            ]
-            taken = [f"{lock['mode']} on {lock['table']}" for lock in row["locks"] if lock["mode"] in _SHOWN_MODES]
+            own = [lock for lock in row["held"] if lock["since"] == step["revision"] and lock["mode"] in BLOCKS_WRITES]
+            earlier = {lock["table"] for lock in row["held"] if lock["since"] != step["revision"]}
+            held = _strongest(own) + ([f"+{len(earlier)} tables from earlier revisions"] if earlier else [])
+            taken = _strongest([lock for lock in row["locks"] if lock["mode"] in _SHOWN_MODES])
             out.append(
                 f"| `{_cell(row['statement'])}` | {'<br>'.join(held) or '-'} | {'<br>'.join(taken) or '-'} "
                 f"| {row['duration_seconds'] * 1000:.1f} | {', '.join(row['rewritten']) or '-'} |"
             )
         if len(shown) < len(rows):
-            out.append(f"| *{len(rows) - len(shown)} statements that neither block nor rewrite left out* | | | | |")
+            out.append(
+                f"| *{len(rows) - len(shown)} statements that take no lock others wait for and rewrite nothing, "
+                "left out* | | | | |"
+            )
         out.append("")
     if step["sql"] is None:
         out += [f"SQL not rendered: {_cell(step['not_rendered'] or '')}", ""]
-    elif fold == "none":
+    elif fold != "sql":
         out += ["<details>", "<summary>SQL</summary>", "", "```sql", step["sql"].strip(), "```", "", "</details>", ""]
     else:
         out += [f"SQL left out ({len(step['sql'])} characters).", ""]
@@ -217,10 +254,20 @@ def _markdown_step(step: dict[str, Any], traced: bool, fold: str) -> list[str]:
 _SHOWN_MODES = frozenset({"ShareUpdateExclusiveLock"}) | BLOCKS_WRITES
 
 
-def _blocking_row(row: dict[str, Any], revision: str) -> bool:
-    return bool(row["rewritten"]) or any(
-        lock["mode"] in BLOCKS_WRITES and lock["since"] == revision for lock in row["held"]
-    )
+def _strongest(locks: list[dict[str, Any]]) -> list[str]:
+    """``MODE on TABLE``, the strongest mode per table only (pg_locks lists every mode a table is held in)."""
+    from runner.pg_alter_table import MODES  # noqa: PLC0415  (pglast is loaded for PostgreSQL only)
+
+    best: dict[str, str] = {}
+    for lock in locks:
+        if lock["table"] not in best or MODES.index(lock["mode"]) > MODES.index(best[lock["table"]]):
+            best[lock["table"]] = lock["mode"]
+    return [f"{mode} on {table}" for table, mode in best.items()]
+
+
+def _blocking_row(row: dict[str, Any]) -> bool:
+    """A row worth keeping in a folded table: it takes a lock that makes others wait, or rewrites a table."""
+    return bool(row["rewritten"]) or any(lock["mode"] in _SHOWN_MODES for lock in row["locks"])
 
 
 def _traced_notes(step: dict[str, Any]) -> list[str]:

@@ -196,6 +196,11 @@ class Settings(BaseSettings):
         "as the reports name them: downgrade runs through them, recorded as reverted and marked noop, instead of "
         "refusing them; verify expects what their upgrade made to remain, and applies them again.",
     )
+    verify_released: str | None = Field(
+        None,
+        description="verify: the target the running release's database is at (as upgrade takes it); "
+        "backward_compatible checks every revision after it. Default: the newest revision alone.",
+    )
     accept_flags: RevisionList = Field(
         default_factory=list,
         description="plan and verify: flags a revision opts out of, as REVISION:KIND, comma-separated "

@@ -5,6 +5,9 @@ Each check is a named test case with a status (``passed``, ``failed``, ``skipped
 - ``single_head``: one head (or exactly ``MIGRATION_VERIFY_HEADS``);
 - ``upgrade``: base to head, one revision at a time, under the lock, as ``upgrade`` runs them;
 - ``models_match``: the models against the migrated schema (Alembic's ``command.check``);
+- ``backward_compatible``: the newest revision (or every one after ``MIGRATION_VERIFY_RELEASED``)
+  breaks nothing the release still running during a rolling update reads or writes
+  (:mod:`runner.commands.compatible`);
 - ``up_down_consistency``: the stairway, from head down to base one revision at a time and up
   again; one case per revision and direction;
 - ``downgrade_leaves_no_trace``: after a revision is downgraded, the schema (tables, columns,
@@ -31,7 +34,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 SCHEMA_VERSION = 1
-CHECKS = ("single_head", "upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")
+CHECKS = (
+    "single_head",
+    "upgrade",
+    "models_match",
+    "backward_compatible",
+    "up_down_consistency",
+    "downgrade_leaves_no_trace",
+)
 
 
 @dataclass

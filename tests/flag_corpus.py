@@ -309,5 +309,19 @@ CASES = [
         source="eugene E9",
     ),
     Case("RENAME CONSTRAINT", "ALTER TABLE t RENAME CONSTRAINT t_pkey TO t_key", "safe"),
+    Case(
+        "DROP CONSTRAINT of a foreign key: both tables locked",
+        "ALTER TABLE t DROP CONSTRAINT t_a_fk",
+        "safe",
+        setup="ALTER TABLE t ADD CONSTRAINT t_a_fk FOREIGN KEY (a) REFERENCES o (id)",
+        source="seen tracing MLflow's 6f8d9c3b2a1e",
+    ),
+    Case(
+        "DROP CONSTRAINT of a foreign key, no timeout",
+        "ALTER TABLE t DROP CONSTRAINT t_a_fk",
+        "needs_lock_timeout",
+        setup="ALTER TABLE t ADD CONSTRAINT t_a_fk FOREIGN KEY (a) REFERENCES o (id)",
+        timeout=False,
+    ),
     Case("drop a table made in the same step", "CREATE TABLE scratch (id int); DROP TABLE scratch", "safe"),
 ]

@@ -179,6 +179,10 @@ def test_trace_names_the_lock_and_the_rewrite_and_changes_nothing(cli: Cli, pg_u
     assert alter["rewritten"] == ["public.orders"]
     assert alter["blocks_reads"] == ["public.orders"]
     assert all(not s["blocks_writes"] for s in five["trace"])  # it only touches its own new table
+    (closed,) = four["blocked"]  # how long orders stayed closed: through every statement after the ALTER
+    assert closed["table"] == "public.orders" and closed["reads_seconds"] == closed["writes_seconds"] > 0
+    assert closed["writes_seconds"] >= alter["duration_seconds"]
+    assert five["blocked"] == []
     assert five["trace"], "revision 5 ran in the rehearsal too"
     assert result.one("lock.acquired")
     unchanged(pg_url)

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, Connection
 
 from runner import catalog, database, drivers, locks
 from runner import verify as checks
+from runner.commands.compatible import Compatibility
 from runner.commands.migrate import _apply
 from runner.commands.run import Run
 from runner.drivers import Applied, Driver, Step
@@ -156,6 +157,30 @@ class Stairway:
             else:  # passed; a part of the check that could not run says why
                 case.details = lines
         return case
+
+    def backward_compatible(self) -> checks.Case:
+        """``backward_compatible`` (:mod:`runner.commands.compatible`), run last.
+
+        From the heads down to the released state, where the schema is read, then up to the heads again.
+        A downgrade that cannot run there (it raises, or is refused) makes the case skipped, saying so.
+        """
+        compatible = Compatibility(self.run, self.project, self.url)
+        current = self.run.read_current(self.connection)
+        stop = compatible.released_target(self.order)
+        if stop is None:
+            return compatible.result()
+        if self.project.pending(current, "heads"):
+            compatible.not_read = "the database is not at the heads after the stairway"
+            return compatible.result()
+        try:
+            if self.project.reverting(current, stop):
+                self._step(stop, "down")
+            compatible.read_released(self.connection, newest=self.order[-1].revision)
+            if self.project.pending(self.run.read_current(self.connection), "heads"):
+                self._step("heads", "up")
+        except (MigrationFailed, ConfigError) as error:
+            compatible.not_read = f"could not go down to the released state {stop}: {error}"
+        return compatible.result()
 
     # The way down.
 
@@ -480,10 +505,13 @@ def verify_steps(
     stairway = Stairway(run, project, connection, held, url, data=data)
     upgraded = stairway.upgrade()
     if upgraded.status == "failed":
-        skipped = [checks.Case(check, check) for check in ("models_match", "downgrade_leaves_no_trace")]
+        skipped = [
+            checks.Case(check, check) for check in ("models_match", "backward_compatible", "downgrade_leaves_no_trace")
+        ]
         for case in skipped:
             case.skip("the upgrade failed")
         return [upgraded, *skipped], stairway.rebuilds
     cases = [upgraded, stairway.models_match(), *stairway.down(), *stairway.up_again(), stairway.no_trace()]
+    cases.insert(2, stairway.backward_compatible())  # run last: it goes down to the released state and up again
     run.read_current(connection)
     return cases, stairway.rebuilds

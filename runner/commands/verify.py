@@ -125,7 +125,13 @@ def _read_data_dir(known: set[str], directory: Path | None) -> dict[str, Path]:
     return seed_data.read_directory(directory, known)
 
 
-CHECKS_AFTER_HEADS = ("upgrade", "models_match", "up_down_consistency", "downgrade_leaves_no_trace")
+CHECKS_AFTER_HEADS = (
+    "upgrade",
+    "models_match",
+    "backward_compatible",
+    "up_down_consistency",
+    "downgrade_leaves_no_trace",
+)
 
 
 def _single_head(project: Driver, expected: Sequence[str] | None) -> Any:
