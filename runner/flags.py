@@ -250,43 +250,6 @@ def shortened(statement: str) -> str:
     return text if len(text) <= _STATEMENT_SHOWN_CHARS else text[: _STATEMENT_SHOWN_CHARS - 1] + "…"
 
 
-class Reader:
-    """Reads the steps of one plan in order; what a step creates is new, not existing, for the steps after it.
-
-    Args:
-        existing: the schema before the upgrade (:func:`read_existing`).
-    """
-
-    def __init__(self, existing: Existing) -> None:
-        self.existing = existing
-        self.session_timeout = existing.lock_timeout  # a plain SET lock_timeout lasts past its step
-
-    def step(self, sql: str, *, accepted: Iterable[str] = ()) -> tuple[list[Flag], list[Flag]]:
-        """The flags of one step's rendered SQL, each kind once per statement, the same warning once per step.
-
-        Args:
-            sql: the step's SQL as rendered offline.
-            accepted: kinds the step opts out of (a marker in its source, or ``MIGRATION_PLAN_ACCEPT``).
-
-        Returns:
-            ``(flags, accepted)``: the flags to show, and those the step opted out of.
-        """
-        if self.existing.family == "postgresql":
-            from runner import pg_reading  # noqa: PLC0415  (pglast is loaded only for PostgreSQL)
-
-            found = pg_reading.read_step(self, sql)
-        else:
-            found = _text_flags(sql, self.existing)
-        shown: list[Flag] = []
-        said: set[tuple[str, str, str]] = set()
-        for flag in found:
-            if (flag.kind, flag.table, flag.detail) not in said:
-                shown.append(flag)
-            said.add((flag.kind, flag.table, flag.detail))
-        opted = set(accepted)
-        return [f for f in shown if f.kind not in opted], [f for f in shown if f.kind in opted]
-
-
 _MARKER = re.compile(r"^[ \t]*#[ \t]*migration-runner:[ \t]*accept[ \t]+(?P<kinds>[^\n]*)$", re.MULTILINE)
 
 
@@ -350,7 +313,7 @@ def bare(name: str) -> str:
     return last.lower()
 
 
-def _text_flags(sql: str, existing: Existing) -> list[Flag]:
+def text_flags(sql: str, existing: Existing) -> list[Flag]:
     """MySQL and SQLite: what the text of each statement says about existing tables."""
     found: list[Flag] = []
     parts = statements(sql)
@@ -359,13 +322,14 @@ def _text_flags(sql: str, existing: Existing) -> list[Flag]:
     for statement in parts:
         found.extend(
             flag
-            for flag in _text_flag(statement, existing.family)
+            for flag in text_flag(statement, existing.family)
             if flag.table in existing.tables and flag.table not in existing.ignored and flag.table not in remade
         )
     return found
 
 
-def _text_flag(statement: str, family: str) -> list[Flag]:
+def text_flag(statement: str, family: str) -> list[Flag]:
+    """One statement's flags as its text says (bare table names, ``parsed`` False), whichever tables exist."""
     shown = shortened(statement)
 
     def flag(kind: str, table: str, detail: str) -> Flag:

@@ -16,16 +16,21 @@ INDEX" ("Building Indexes Concurrently"), "DROP INDEX", "REINDEX", "CLUSTER",
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pglast
 
-from runner.flags import Existing, Flag, shortened, statements
+from runner.flags import Existing, Flag, shortened, statements, text_flag
 from runner.pg_alter_table import BLOCKING, MODES, Reading
 from runner.pg_statements import StatementReader
 
-if TYPE_CHECKING:
-    from runner.flags import Reader
+
+class StepState(Protocol):
+    """What the reading of a plan keeps from step to step (:class:`runner.reading.Reader`)."""
+
+    existing: Existing
+    session_timeout: bool  # a lock_timeout is in force for the statements to come
+
 
 __all__ = ["BLOCKING", "MODES", "Reading", "read_step", "readings", "split"]
 
@@ -51,7 +56,7 @@ def split(sql: str) -> Iterator[tuple[str, Any]]:
         yield encoded[start:end].decode().strip(), raw.stmt
 
 
-def readings(reader: Reader, sql: str) -> list[tuple[str, Reading | None]]:
+def readings(reader: StepState, sql: str) -> list[tuple[str, Reading | None]]:
     """Each statement of one step's SQL with its :class:`Reading`; None for one the parser cannot read.
 
     A ``SET lock_timeout`` is followed: ``SET LOCAL`` for the rest of the step, a plain ``SET``
@@ -74,10 +79,8 @@ def readings(reader: Reader, sql: str) -> list[tuple[str, Reading | None]]:
     return out
 
 
-def read_step(reader: Reader, sql: str) -> list[Flag]:
+def read_step(reader: StepState, sql: str) -> list[Flag]:
     """The flags of one step's SQL, in statement order; a statement the parser cannot read is read as text."""
-    from runner.flags import _text_flag  # noqa: PLC0415
-
     found: list[Flag] = []
     for text, reading in readings(reader, sql):
         if reading is None:
@@ -90,7 +93,7 @@ def read_step(reader: Reader, sql: str) -> list[Flag]:
                     f.statement,
                     parsed=False,
                 )
-                for f in _text_flag(text, "postgresql")
+                for f in text_flag(text, "postgresql")
                 if (table := _by_bare_name(existing, f.table)) and table not in existing.ignored
             )
         else:

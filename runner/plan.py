@@ -36,7 +36,7 @@ class PlannedStep:
         sql: its SQL, rendered offline; ``None`` when it cannot be.
         not_rendered: why not, when ``sql`` is ``None`` (it reads data, or runs Python).
         irreversible: why it cannot be reverted, if it cannot.
-        flags: what its SQL risks (:class:`runner.flags.Reader`).
+        flags: what its SQL risks (:class:`runner.reading.Reader`).
         accepted: flags of a kind the step opts out of (a marker in its source, ``MIGRATION_ACCEPT_FLAGS``).
         trace: ``plan --trace``: its statements, with the locks and rewrites measured (:func:`runner.trace.report`).
         not_traced: why ``--trace`` did not run it.

@@ -2,7 +2,7 @@
 
 For every case of :mod:`flag_corpus`, in a schema of its own on the test server:
 
-- the static reading (:class:`runner.flags.Reader`, PostgreSQL's parser against the catalog)
+- the static reading (:class:`runner.reading.Reader`, PostgreSQL's parser against the catalog)
   must flag the expected kind; a ``safe`` case must have no flag. Recall must be at least
   95 % and false flags at most 10 %; the figures are printed at the end of the run.
 - the trace (:class:`runner.trace.Tracer`, the code ``plan --trace`` runs) runs the statement
@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy
 from flag_corpus import BASE, CASES, FIGURES, Case
 
-from runner import flags, pg_reading, trace
+from runner import flags, pg_reading, reading, trace
 
 RECALL_AT_LEAST = 0.95
 FALSE_FLAGS_AT_MOST = 0.10
@@ -55,15 +55,15 @@ def _static(url: str, schema: str, case: Case) -> tuple[list[flags.Flag], dict[s
                     connection, "postgresql", schema=schema, ignored=(), lock_timeout=case.timeout
                 )
 
-            found, _ = flags.Reader(existing()).step(case.statement)
+            found, _ = reading.Reader(existing()).step(case.statement)
             locks: dict[str, str] = {}
             rewrites: set[str] = set()
-            for _, reading in pg_reading.readings(flags.Reader(existing()), case.statement):
-                assert reading is not None, f"{case.name}: the parser could not read it"
-                for table, mode in reading.locks.items():
+            for _, read in pg_reading.readings(reading.Reader(existing()), case.statement):
+                assert read is not None, f"{case.name}: the parser could not read it"
+                for table, mode in read.locks.items():
                     if pg_reading.MODES.index(mode) > pg_reading.MODES.index(locks.get(table, "AccessShareLock")):
                         locks[table] = mode
-                rewrites |= reading.rewrites
+                rewrites |= read.rewrites
     finally:
         engine.dispose()
     return found, {t: m for t, m in locks.items() if m in pg_reading.BLOCKING}, rewrites

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import URL, Connection
 
-from runner import database, flags
+from runner import database, flags, reading
 from runner import verify as checks
 from runner.commands.run import Run
 from runner.drivers import Driver, Step
@@ -72,7 +72,7 @@ class Compatibility:
                 lock_timeout=True,  # only the rolling-deploy kind is judged here
                 release_columns=self.project.release_columns(current),
             )
-            reader = flags.Reader(existing)
+            reader = reading.Reader(existing)
             for rendered in self.project.render(current, "heads", self.url):
                 accepted = flags.accepted_kinds(
                     rendered.revision, self.project.source(rendered.revision), settings.accept_flags

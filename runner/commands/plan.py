@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from runner import database, flags, logs
+from runner import database, flags, logs, reading
 from runner.commands.migrate import _migration_lock, _plan
 from runner.commands.run import Run
 from runner.drivers import Driver
@@ -89,7 +89,7 @@ def plan(run: Run) -> ExitCode:
     return ExitCode.NOT_AT_TARGET if steps else ExitCode.OK
 
 
-def _reader(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> flags.Reader:
+def _reader(run: Run, project: Driver, connection: Connection, current: Sequence[str]) -> reading.Reader:
     """The flags' reader over the database as it is now, before any pending step."""
     settings = run.settings
     family = database.family(run.target.url)
@@ -101,7 +101,7 @@ def _reader(run: Run, project: Driver, connection: Connection, current: Sequence
         lock_timeout=settings.ddl_lock_timeout > 0,
         release_columns=project.release_columns(current),
     )
-    return flags.Reader(existing)
+    return reading.Reader(existing)
 
 
 def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
