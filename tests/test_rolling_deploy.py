@@ -227,3 +227,44 @@ def _reset(cli: Cli, url: str, root: Path) -> None:
     from support import query  # noqa: PLC0415
 
     query(url, "DROP TABLE IF EXISTS alembic_version, migration_runner_history")
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_django_not_null_is_flagged_from_the_sql_or_the_operations(
+    cli: Cli, pg_url: str, tmp_path: Path, database: str
+) -> None:
+    """An AlterField to null=False on a column the running release writes: on PostgreSQL the SQL says SET NOT
+    NULL; on SQLite Django renders a table remake, which hides it, and the migration's operations say it."""
+    project = copy_django_example(tmp_path / "django")
+    for name, body, previous in (
+        ("0004_product_legacy", DJANGO_MIGRATIONS["0004_product_legacy"], "0003_product_name_index"),
+        (
+            "0005_legacy_required",
+            'operations = [migrations.AlterField("product", "legacy", models.TextField(default=""))]',
+            "0004_product_legacy",
+        ),
+    ):
+        (project / "shop" / "migrations" / f"{name}.py").write_text(
+            "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n"
+            f"    dependencies = [('shop', '{previous}')]\n"
+            + textwrap.indent(textwrap.dedent(body).strip(), "    ")
+            + "\n"
+        )
+    url = pg_url if database == "postgresql" else f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    env = {"MIGRATION_DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    assert cli("upgrade", "shop:0004", env=env, cwd=project).code == 0
+
+    result = cli("plan", "--json", env=env, cwd=project)
+
+    assert result.code == 1, result.stderr
+    (step,) = [s for s in json.loads(result.stdout)["pending"] if s["revision"] == "shop.0005_legacy_required"]
+    breaking = [f for f in step["flags"] if f["kind"] == "backward_incompatible"]
+    if database == "sqlite":
+        assert len(breaking) == 1, step["flags"]
+        assert breaking[0]["detail"].startswith("makes Product.legacy NOT NULL with no database default")
+        assert breaking[0]["detail"].endswith("(from the migration's operations)")
+    else:  # SET DEFAULT '', SET NOT NULL, DROP DEFAULT: two statements that break it, each said once
+        assert [f["detail"].split(":")[0] for f in breaking] == [
+            "makes legacy NOT NULL with no server default",
+            "drops the default of legacy, which is NOT NULL",
+        ]

@@ -77,7 +77,11 @@ class Compatibility:
                 accepted = flags.accepted_kinds(
                     rendered.revision, self.project.source(rendered.revision), settings.accept_flags
                 )
-                found, _ = reader.step(rendered.sql or "", accepted=accepted)
+                found, _ = reader.step(
+                    rendered.sql or "",
+                    accepted=accepted,
+                    operations=self.project.breaking_operations(rendered.revision),
+                )
                 if rendered.revision in self.checked:
                     self.flagged += [f"{rendered.revision}: {f.detail}" for f in found if f.kind == KIND]
             self.not_read = ""

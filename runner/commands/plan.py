@@ -48,7 +48,11 @@ def plan(run: Run) -> ExitCode:
         shown = rendered.get(step.revision)
         sql = shown.sql if shown else None
         accepted = flags.accepted_kinds(step.revision, project.source(step.revision), settings.accept_flags)
-        found, opted = reader.step(sql or "", accepted=accepted) if reader else ([], [])
+        found, opted = (
+            reader.step(sql or "", accepted=accepted, operations=project.breaking_operations(step.revision))
+            if reader
+            else ([], [])
+        )
         steps.append(
             planning.PlannedStep(
                 revision=step.revision,

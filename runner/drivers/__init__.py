@@ -241,6 +241,14 @@ class History(Protocol):
         """``(revision, why)`` for each of ``steps`` that cannot be reverted (none: all can)."""
         ...
 
+    def breaking_operations(self, revision: str) -> list[tuple[str, str | None, str]]:
+        """``(table, column or None, what)`` for each of the step's own operations that breaks the running release.
+
+        A second signal beside the SQL, where the tool's operations say more than the SQL shows
+        (Django on SQLite renders a field's removal as a table remake). Alembic: none.
+        """
+        ...
+
     def release_columns(self, current: Sequence[str]) -> dict[str, set[str]] | None:
         """The tables and columns the code of the release at ``current`` reads, by bare table name.
 

@@ -291,6 +291,10 @@ class AlembicHistory:
                 found.append((step.revision, why))
         return found
 
+    def breaking_operations(self, revision: str) -> list[tuple[str, str | None, str]]:
+        """None beyond the SQL: Alembic's operations are read as the SQL they render."""
+        return []
+
     def release_columns(self, current: Sequence[str]) -> None:
         """Unknown: Alembic keeps no models per revision, only ``target_metadata``, which is the new release's."""
         return None

@@ -251,6 +251,31 @@ class DjangoHistory:
             for model in apps.get_models(include_auto_created=True)
         }
 
+    def breaking_operations(self, revision: str) -> list[tuple[str, str | None, str]]:
+        """The operations of ``revision`` that break the release still running (django-migration-linter's signals).
+
+        ``RemoveField``, ``RenameField``, ``DeleteModel``, ``RenameModel``, and ``AlterField`` from
+        ``null=True`` to ``null=False`` without ``db_default``; inside ``SeparateDatabaseAndState``, its
+        database operations only. Read against the migration state just before each operation.
+
+        Returns:
+            ``(table, column or None, what it does)`` per operation.
+        """
+        app, name = _key(revision)
+        migration = self._loader.graph.nodes.get((app, name))
+        if migration is None:
+            return []
+        state = self._loader.project_state((app, name), at_end=False)
+        found: list[tuple[str, str | None, str]] = []
+        for operation in migration.operations:
+            inner = getattr(operation, "database_operations", None)
+            for each in [operation] if inner is None else inner:
+                change = _breaking(app, each, state)
+                if change is not None:
+                    found.append(change)
+            operation.state_forwards(app, state)
+        return found
+
     @contextlib.contextmanager
     def _database_errors(self, *, reading: bool = False) -> Iterator[None]:
         """Turn Django's database errors into the runner's: lost or unreachable, or else SQLAlchemy's own kind."""
@@ -301,3 +326,37 @@ def _message(migration: Any) -> str:
     described = [operation.describe() for operation in migration.operations]
     text = "; ".join(described) or "no operations"
     return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _breaking(app: str, operation: Any, state: Any) -> tuple[str, str | None, str] | None:
+    """``(table, column, what)`` when ``operation`` breaks code that reads the state before it; else None."""
+    kind = type(operation).__name__
+    model_name = operation.old_name if kind == "RenameModel" else getattr(operation, "model_name", None)
+    model = state.models.get((app, str(model_name or getattr(operation, "name", "")).lower()))
+    if model is None:
+        return None
+    table = model.options.get("db_table") or f"{app}_{model.name_lower}"
+    if kind in {"DeleteModel", "RenameModel"}:
+        verb = "deletes" if kind == "DeleteModel" else f"renames to {operation.new_name}"
+        return table, None, f"{verb} model {model.name} (table {table}), which the running release reads"
+    field_name = operation.old_name if kind == "RenameField" else getattr(operation, "name", None)
+    field = model.fields.get(field_name) if field_name else None
+    if field is None:
+        return None
+    column = field.db_column or (f"{field_name}_id" if getattr(field, "many_to_one", False) else field_name)
+    what = {
+        "RemoveField": f"removes field {model.name}.{field_name} (column {column}), which the running release reads",
+        "RenameField": f"renames field {model.name}.{field_name} to {getattr(operation, 'new_name', '')}: the "
+        f"running release uses {column}",
+    }.get(kind)
+    new = getattr(operation, "field", None)
+    no_default = getattr(new, "db_default", None) in (None, _not_provided())
+    if kind == "AlterField" and field.null and new is not None and not new.null and no_default:
+        what = f"makes {model.name}.{field_name} NOT NULL with no database default: the running release may write NULL"
+    return None if what is None else (table, column, what)
+
+
+def _not_provided() -> Any:
+    from django.db.models import NOT_PROVIDED  # noqa: PLC0415
+
+    return NOT_PROVIDED
