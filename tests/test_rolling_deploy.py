@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Cli, copy_django_example
+from support import Cli, copy_django_example, query
 from test_verify import add_revision, case_named, chain, verify
 
 ORDERS = '    op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text))'
@@ -224,8 +224,6 @@ def _reset(cli: Cli, url: str, root: Path) -> None:
         ).code
         == 0
     )
-    from support import query  # noqa: PLC0415
-
     query(url, "DROP TABLE IF EXISTS alembic_version, migration_runner_history")
 
 
@@ -268,3 +266,14 @@ def test_django_not_null_is_flagged_from_the_sql_or_the_operations(
             "makes legacy NOT NULL with no server default",
             "drops the default of legacy, which is NOT NULL",
         ]
+
+
+def test_an_unknown_released_target_is_78_before_anything_runs(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """MIGRATION_VERIFY_RELEASED naming no revision: one line, 78, the scratch database untouched."""
+    root = orders_project(tmp_path / "p", *ADDITIVE)
+
+    result, _ = verify(cli, pg_url, cwd=root, env={"MIGRATION_VERIFY_RELEASED": "v2.0.0"})
+
+    assert result.code == 78, result.stdout + result.stderr
+    assert result.one("config.invalid")["error"].startswith("MIGRATION_VERIFY_RELEASED: ")
+    assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]

@@ -49,6 +49,11 @@ def verify(run: Run) -> ExitCode:
     project = run.project()
     known = known_revisions(project)
     _check_verify_settings(known, settings.verify_heads, settings.verify_irreversible, settings.noop_downgrades)
+    if settings.verify_released is not None:
+        try:  # a typo is 78 before anything runs, not a case skipped at the end
+            project.target_revisions(settings.verify_released)
+        except ConfigError as error:
+            raise ConfigError(f"MIGRATION_VERIFY_RELEASED: {error}") from error
     data = _read_data_dir(known, settings.verify_data_dir)
     url = run.migration_url()
     engine = run.engine(url)
