@@ -277,3 +277,33 @@ def test_an_unknown_released_target_is_78_before_anything_runs(cli: Cli, pg_url:
     assert result.code == 78, result.stdout + result.stderr
     assert result.one("config.invalid")["error"].startswith("MIGRATION_VERIFY_RELEASED: ")
     assert query(pg_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
+def test_a_revision_without_offline_sql_is_never_passed(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """A newest revision that inspects the database (as Optuna's do) has no offline SQL: the case is skipped,
+    saying so, never passed."""
+    reads = '    if "note" in [c["name"] for c in sa.inspect(op.get_bind()).get_columns("orders")]:\n'
+    reads += '        op.drop_column("orders", "note")'
+    root = orders_project(tmp_path / "p", reads, CHANGES["drop a column"][1])
+
+    _, report = verify(cli, pg_url, cwd=root)
+
+    case = compatible(report)
+    assert case["status"] == "skipped"
+    assert case["message"].startswith("not checked: 0003 (cannot be rendered offline")
+
+
+def test_a_newest_revision_that_cannot_go_down_is_read_on_a_rebuild(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    """0003 drops a column and its downgrade raises by design: the released state is rebuilt instead of reached
+    by a downgrade, and the drop is still found; the database ends at the head again."""
+    up, _ = CHANGES["drop a column"]
+    root = orders_project(tmp_path / "p", up, '    raise NotImplementedError("the column is gone for good")')
+
+    result, report = verify(cli, pg_url, cwd=root)
+
+    assert result.code == 1, result.stdout + result.stderr
+    assert compatible(report)["status"] == "failed"
+    assert compatible(report)["details"][0].startswith("0003: drops column note of public.orders")
+    assert report["rebuilds"][-1]["at"] == "0002"
+    assert report["rebuilds"][-1]["after"].startswith("backward_compatible: going down to 0002 failed")
+    assert query(pg_url, "SELECT version_num FROM alembic_version") == [("0003",)]

@@ -161,26 +161,35 @@ class Stairway:
     def backward_compatible(self) -> checks.Case:
         """``backward_compatible`` (:mod:`runner.commands.compatible`), run last.
 
-        From the heads down to the released state, where the schema is read, then up to the heads again.
-        A downgrade that cannot run there (it raises, or is refused) makes the case skipped, saying so.
+        From the heads down to the released state, where the schema is read, then up to the heads
+        again. Where the way down fails (a downgrade that raises, or is refused), or the stairway left
+        the database elsewhere, the scratch database is rebuilt at the released state instead.
         """
         compatible = Compatibility(self.run, self.project, self.url)
-        current = self.run.read_current(self.connection)
         stop = compatible.released_target(self.order)
         if stop is None:
             return compatible.result()
-        if self.project.pending(current, "heads"):
-            compatible.not_read = "the database is not at the heads after the stairway"
-            return compatible.result()
         try:
+            current = self.run.read_current(self.connection)
+            if self.project.pending(current, "heads"):
+                raise MigrationFailed("the stairway left the database below the heads", revision="", sqlstate=None)
             if self.project.reverting(current, stop):
                 self._step(stop, "down")
-            compatible.read_released(self.connection, newest=self.order[-1].revision)
+        except (MigrationFailed, ConfigError) as error:
+            released = set(self.project.target_revisions(stop))
+            count = max((self.position[r] + 1 for r in released if r in self.position), default=0)
+            self._rebuild(count, after=f"backward_compatible: going down to {stop} failed: {error}")
+            if self.stopped:
+                compatible.not_read = self.stopped
+                return compatible.result()
+        compatible.read_released(self.connection, newest=self.order[-1].revision)
+        case = compatible.result()
+        try:
             if self.project.pending(self.run.read_current(self.connection), "heads"):
                 self._step("heads", "up")
-        except (MigrationFailed, ConfigError) as error:
-            compatible.not_read = f"could not go down to the released state {stop}: {error}"
-        return compatible.result()
+        except MigrationFailed as error:  # the case stands; the database is left where it is, and says so
+            case.details.append(f"the scratch database stays at {stop}: going up again failed: {error.message}")
+        return case
 
     # The way down.
 
