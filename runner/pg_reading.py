@@ -49,11 +49,10 @@ def split(sql: str) -> Iterator[tuple[str, Any]]:
             for raw in nodes:
                 yield text, raw.stmt
         return
-    encoded = sql.encode()  # stmt_location and stmt_len count bytes
-    for raw in parsed:
+    for raw in parsed:  # pglast gives stmt_location and stmt_len in characters (libpg_query's bytes, converted)
         start = raw.stmt_location or 0
-        end = start + raw.stmt_len if raw.stmt_len else len(encoded)
-        yield encoded[start:end].decode().strip(), raw.stmt
+        end = start + raw.stmt_len if raw.stmt_len else len(sql)
+        yield sql[start:end].strip(), raw.stmt
 
 
 def readings(reader: StepState, sql: str) -> list[tuple[str, Reading | None]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner import flags, reading
+from runner import flags, pg_reading, reading
 
 NAMES = st.sampled_from(["t", "o", '"T"', '"odd""name"', '"per%cent"', "public.t", "other.t", "missing", '"ü"'])
 COLUMNS = st.sampled_from(["a", "b", '"C"', "zz", '"sp ace"'])
@@ -147,6 +147,22 @@ def test_any_statement_is_read_without_a_traceback(parts: list[str], family: str
     shown, accepted = reader.step(";\n".join(parts) + ";\n", accepted={"destroys"})
     assert {flag.kind for flag in shown + accepted} <= set(flags.KINDS)
     assert all(flag.kind != "destroys" for flag in shown)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(statements(), min_size=1, max_size=4),
+    st.text(st.characters(blacklist_characters=";\n\x00", blacklist_categories=("Cs",)), min_size=1, max_size=8),
+)
+def test_a_step_splits_into_its_statements_whatever_their_characters(parts: list[str], literal: str) -> None:
+    """Each statement of a step comes back whole, with a non-ASCII or odd string literal before the next one.
+
+    The parser's offsets count characters: read as bytes, a statement after 'é' was cut mid-character
+    (a password in a revision's SQL made plan exit 70).
+    """
+    quoted = "'" + literal.replace("'", "''") + "'"
+    with_literal = [f"COMMENT ON TABLE t IS {quoted}", *parts]
+    assert [text for text, _ in pg_reading.split(";\n".join(with_literal))] == with_literal
 
 
 @settings(max_examples=300, deadline=None)
