@@ -237,8 +237,8 @@ def _markdown_step(step: dict[str, Any], traced: bool, fold: str) -> list[str]:
             )
         if len(shown) < len(rows):
             out.append(
-                f"| *{len(rows) - len(shown)} statements that take no lock others wait for and rewrite nothing, "
-                "left out* | | | | |"
+                f"| *{_count(len(rows) - len(shown), 'statement')} left out: no lock that others wait for, "
+                "no rewrite* | | | | |"
             )
         out.append("")
     if step["sql"] is None:
@@ -286,6 +286,10 @@ def _traced_notes(step: dict[str, Any]) -> list[str]:
             took = ", ".join([*blocking, *rewritten])
             notes.append(f"{took} ({traced['duration_seconds'] * 1000:.1f} ms): {traced['statement']}")
     return notes
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _cell(value: str) -> str:

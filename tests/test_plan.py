@@ -251,3 +251,36 @@ def test_django_trace(cli: Cli, pg_url: str, tmp_path: Path) -> None:
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'shop_product' AND column_name = 'slug'"
     )
     assert query(pg_url, column) == [(0,)]
+
+
+def test_the_markdown_plan_fits_a_comment_by_folding_the_idle_trace_rows_then_the_sql() -> None:
+    """Over the limit, the trace rows that take no lock and rewrite nothing go first, then the SQL; flags stay."""
+    from runner import plan as planning  # noqa: PLC0415
+
+    idle = {"statement": "SELECT 1", "duration_seconds": 0.001, "locks": [], "held": [], "rewritten": []}
+    idle |= {"blocks_reads": [], "blocks_writes": []}
+    alter = {
+        "statement": "ALTER TABLE orders ADD x int",
+        "duration_seconds": 0.002,
+        "locks": [{"table": "public.orders", "mode": "AccessExclusiveLock"}],
+        "held": [{"table": "public.orders", "mode": "AccessExclusiveLock", "since": "0002"}],
+        "rewritten": [],
+        "blocks_reads": ["public.orders"],
+        "blocks_writes": ["public.orders"],
+    }
+    flag = {"kind": "rewrite", "table": "public.orders", "detail": "rewrites it", "statement": "ALTER", "parsed": True}
+    step = planning.PlannedStep("0002", "big", True, "SELECT 1;\n" * 2000, flags=[], trace=[alter] + [idle] * 400)
+    document = planning.document(
+        traced=True, tool="alembic", database="db", current=["0001"], target=["0002"], steps=[step]
+    )
+    document["pending"][0]["flags"] = [flag]
+    document["pending"][0]["risk"] = "rewrite"
+
+    whole = planning.markdown(document, limit=10**7)
+    no_idle_rows = planning.markdown(document, limit=len(whole) - 1)
+    no_sql = planning.markdown(document, limit=5_000)
+
+    assert "```sql" in whole and whole.count("| `SELECT 1` |") == 400
+    assert "```sql" in no_idle_rows and "| *400 statements left out: no lock" in no_idle_rows
+    assert "```sql" not in no_sql and "SQL left out (20000 characters)." in no_sql and len(no_sql) <= 5_000
+    assert all("⚠️ **rewrite** `public.orders`: rewrites it" in out for out in (whole, no_idle_rows, no_sql))
