@@ -152,6 +152,8 @@ def text(plan: dict[str, Any]) -> str:
 
 def _summary(step: dict[str, Any]) -> str:
     """A step's risk in one line: the most serious kind first, then every kind with its tables."""
+    if not step["flags"] and step["sql"] is None and "read from the statements" not in (step["not_rendered"] or ""):
+        return "not read: its SQL cannot be rendered offline (plan --trace reads the statements it runs)"
     if not step["flags"]:
         return "none" + (f" ({len(step['accepted'])} accepted)" if step["accepted"] else "")
     tables: dict[str, list[str]] = {}
@@ -197,6 +199,8 @@ def _markdown(plan: dict[str, Any], fold: str) -> str:
     for step in pending:
         transaction = "yes" if step["transactional"] else "**no**"
         shown_risk = f"⚠️ {step['risk']}" if step["risk"] else ("irreversible" if step["irreversible"] else "none")
+        if not step["risk"] and _summary(step).startswith("not read"):
+            shown_risk = "❓ not read"
         out.append(f"| `{step['revision']}` | {_cell(step['message'])} | {transaction} | {shown_risk} |")
     out.append("")
     for step in pending:

@@ -157,6 +157,7 @@ class TracedStatement:
     locks: list[tuple[str, str]] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
     held: list[tuple[str, str, str]] = field(default_factory=list)
+    text: str = ""  # the whole statement, placeholders as PostgreSQL's $1: what plan reads flags from
 
     @property
     def blocking(self) -> list[tuple[str, str]]:
@@ -230,8 +231,17 @@ class Tracer:
                 locks=[(self._tables[oid][0], mode) for oid, mode in new],
                 rewritten=rewritten,
                 held=[(self._tables[oid][0], mode, self._since.get((oid, mode), "")) for oid, mode in sorted(held)],
+                text=_PYFORMAT.sub(lambda match: "%" if match.group(0) == "%%" else "$1", statement),
             )
         )
+
+
+def statements_by_revision(statements: list[TracedStatement]) -> dict[str, list[str]]:
+    """Per revision, the whole text of each statement it ran: the SQL of a step that cannot be rendered offline."""
+    out: dict[str, list[str]] = {}
+    for traced in statements:
+        out.setdefault(traced.revision, []).append(traced.text)
+    return out
 
 
 def report(statements: list[TracedStatement]) -> dict[str, list[dict[str, Any]]]:

@@ -284,3 +284,27 @@ def test_the_markdown_plan_fits_a_comment_by_folding_the_idle_trace_rows_then_th
     assert "```sql" in no_idle_rows and "| *400 statements left out: no lock" in no_idle_rows
     assert "```sql" not in no_sql and "SQL left out (20000 characters)." in no_sql and len(no_sql) <= 5_000
     assert all("⚠️ **rewrite** `public.orders`: rewrites it" in out for out in (whole, no_idle_rows, no_sql))
+
+
+def test_a_revision_without_offline_sql_is_read_from_what_the_trace_ran(cli: Cli, pg_url: str) -> None:
+    """A revision that inspects the database has no offline SQL: plan says it is not read (never 'none');
+    plan --trace reads the statements it ran instead, and flags the index it builds (seen on MLflow)."""
+    inspects = (
+        'if "orders" in sa.inspect(op.get_bind()).get_table_names():\n'
+        '    op.create_index("ix_orders_total", "orders", ["total"])'
+    )
+    make_project(cli.cwd, revisions=4, bodies={**BODIES, 4: inspects})
+    env = {"MIGRATION_DATABASE_URL": pg_url}
+    assert cli("upgrade", "0003", env=env).code == 0
+
+    static = json.loads(cli("plan", "--json", env=env).stdout)["pending"][0]
+    markdown = cli("plan", "--output", "markdown", env=env).stdout
+    traced = json.loads(cli("plan", "--trace", "--json", env=env).stdout)["pending"][0]
+
+    assert static["sql"] is None and static["flags"] == [] and static["risk"] is None
+    assert "| `0004` | revision 4 | yes | ❓ not read |" in markdown
+    assert "**Risk: not read: its SQL cannot be rendered offline" in markdown
+    assert [(f["kind"], f["table"]) for f in traced["flags"]] == [("blocks_writes", "public.orders")]
+    assert traced["not_rendered"].endswith("its flags are read from the statements plan --trace ran")
+    unchanged_index = "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_orders_total'"
+    assert query(pg_url, unchanged_index) == [(0,)]

@@ -47,9 +47,15 @@ def plan(run: Run) -> ExitCode:
     for step in pending:
         shown = rendered.get(step.revision)
         sql = shown.sql if shown else None
+        not_rendered = shown.not_rendered if shown else "not rendered"
+        read = sql
+        if sql is None and traced is not None and traced[2].get(step.revision):
+            # No offline SQL (the revision inspects the database): the statements the trace ran are read instead.
+            read = ";\n".join(traced[2][step.revision])
+            not_rendered = f"{not_rendered}; its flags are read from the statements plan --trace ran"
         accepted = flags.accepted_kinds(step.revision, project.source(step.revision), settings.accept_flags)
         found, opted = (
-            reader.step(sql or "", accepted=accepted, operations=project.breaking_operations(step.revision))
+            reader.step(read or "", accepted=accepted, operations=project.breaking_operations(step.revision))
             if reader
             else ([], [])
         )
@@ -59,7 +65,7 @@ def plan(run: Run) -> ExitCode:
                 message=step.message,
                 transactional=shown.transactional if shown else True,
                 sql=sql,
-                not_rendered=shown.not_rendered if shown else "not rendered",
+                not_rendered=not_rendered,
                 irreversible=irreversible.get(step.revision),
                 flags=found,
                 accepted=opted,
@@ -108,11 +114,14 @@ def _reader(run: Run, project: Driver, connection: Connection, current: Sequence
     return reading.Reader(existing)
 
 
-def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+def _rehearse(
+    run: Run, project: Driver
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, list[str]]]:
     """``plan --trace``: the pending steps run under the lock and rolled back; per step, its statements' locks.
 
     Returns:
-        Each step's traced statements (:func:`runner.trace.report`), and why each step not run was not.
+        Each step's traced statements (:func:`runner.trace.report`), why each step not run was not, and
+        each step's statements whole (:func:`runner.trace.statements_by_revision`).
 
     Raises:
         ConfigError: not PostgreSQL, or production without ``MIGRATION_ALLOW_TRACE=true``.
@@ -140,4 +149,4 @@ def _rehearse(run: Run, project: Driver) -> tuple[dict[str, list[dict[str, Any]]
     ):
         skipped = project.rehearse(url=url, target=settings.target, version_table=run.version_table, tracer=tracer)
     get_logger().info("plan.traced", statements=len(tracer.statements), not_run=[step for step, _ in skipped])
-    return trace.report(tracer.statements), dict(skipped)
+    return trace.report(tracer.statements), dict(skipped), trace.statements_by_revision(tracer.statements)
