@@ -184,7 +184,8 @@ def markdown(plan: dict[str, Any], *, limit: int = MARKDOWN_LIMIT) -> str:
 def _markdown(plan: dict[str, Any], fold: str) -> str:
     current = ", ".join(f"`{r}`" for r in plan["current"]) or "nothing applied"
     pending = plan["pending"]
-    flagged = sum(1 for step in pending if step["flags"] or step["irreversible"])
+    # A step whose SQL could not be read is to review as much as a flagged one.
+    flagged = sum(1 for s in pending if s["flags"] or s["irreversible"] or _summary(s).startswith("not read"))
     out = ["### Migration plan", ""]
     if not pending:
         out += [f"`{plan['database']}` is at {current}: nothing is pending.", ""]

@@ -303,6 +303,7 @@ def test_a_revision_without_offline_sql_is_read_from_what_the_trace_ran(cli: Cli
 
     assert static["sql"] is None and static["flags"] == [] and static["risk"] is None
     assert "| `0004` | revision 4 | yes | ❓ not read |" in markdown
+    assert "**1 pending** (alembic), **1 to review**." in markdown
     assert "**Risk: not read: its SQL cannot be rendered offline" in markdown
     assert [(f["kind"], f["table"]) for f in traced["flags"]] == [("blocks_writes", "public.orders")]
     assert traced["not_rendered"].endswith("its flags are read from the statements plan --trace ran")
