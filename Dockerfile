@@ -5,7 +5,7 @@
 #
 # Two ways to use it (README, "Container image"):
 #   FROM migration-runner, then COPY alembic.ini and your migrations into /migrations;
-#   or pip install migration-runner into your application image, for an env.py that imports your models.
+#   or pip install kube-migration-runner into your application image, for an env.py that imports your models.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build

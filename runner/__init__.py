@@ -7,7 +7,11 @@ the configuration once, ``commands`` holds one module per command family, and
 ``drivers`` one module per migration system (docs/drivers.md).
 """
 
-__all__ = ["__version__"]
+__all__ = ["DISTRIBUTION", "__version__"]
+
+# The name on PyPI. `migration-runner` there is an unrelated project (MySQL scripts), so the
+# distribution has a name of its own; the command stays `migration-runner`, the package `runner`.
+DISTRIBUTION = "kube-migration-runner"
 
 # The one place the version is written: hatchling reads it from here for the package metadata
 # (pyproject.toml, [tool.hatch.version]), and reading a constant costs nothing at start-up,

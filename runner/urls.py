@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
+from runner import DISTRIBUTION
+
 # URL backend -> (family, default driver). MariaDB speaks the MySQL protocol.
 BACKENDS = {
     "postgresql": ("postgresql", "psycopg"),
@@ -246,6 +248,6 @@ def parse(raw: str) -> DatabaseUrl:
 
 def _require_async_driver(driver: str) -> None:
     """An async URL needs its driver and greenlet; say which package to install (never a crash later)."""
-    for module, package in ((ASYNC_DRIVERS[driver], ASYNC_DRIVERS[driver]), ("greenlet", "migration-runner[async]")):
+    for module, package in ((ASYNC_DRIVERS[driver], ASYNC_DRIVERS[driver]), ("greenlet", f"{DISTRIBUTION}[async]")):
         if importlib.util.find_spec(module) is None:
             raise ValueError(f"env.py's URL needs the {module} package: pip install {package}")

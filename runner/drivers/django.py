@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from runner import sessions, urls
+from runner import DISTRIBUTION, sessions, urls
 from runner.drivers import (
     Driver,
     VersionTable,
@@ -157,7 +157,7 @@ class Project(DjangoExecutor):
         except ImportError:
             raise ConfigError(
                 "MIGRATION_TOOL=django, but Django is not installed here: install the runner into the "
-                "application's image with `pip install 'migration-runner[django]'`"
+                f"application's image with `pip install '{DISTRIBUTION}[django]'`"
             ) from None
         with project_code():
             databases = self._import_settings(django_settings, cwd)
