@@ -484,3 +484,19 @@ def test_the_network_policy_allows_dns_the_database_and_the_pushgateway_only() -
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.8.0/24"}}]
     assert scraped["spec"]["ingress"] == [{"ports": [{"port": 9400, "protocol": "TCP"}]}]
     assert [o for o in render("--set", "database.existingSecret=a") if o["kind"] == "NetworkPolicy"] == []
+
+
+def test_default_values_fail_alike_in_lint_and_template() -> None:
+    """With no database named, `helm lint` and `helm template` both fail, naming the values to set.
+
+    `required` alone made `helm template` fail while `helm lint` (which forgives it) passed; the schema's
+    anyOf fails both.
+    """
+    lint = helm("lint", "--strict", ".")
+    template = helm("template", "shop", ".")
+    for done in (lint, template):
+        assert done.returncode != 0, done.stdout
+        said = done.stdout + done.stderr
+        for value in ("database/existingSecret", "database/url", "database/fromProject", "databases/count"):
+            assert value in said, said
+    assert helm("template", "shop", ".", "--set", "mode=none").returncode == 0

@@ -67,7 +67,7 @@ def install_lines() -> list[tuple[str, int, str, list[str]]]:
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     found = []
     for name in files:
-        if name == "uv.lock" or name.startswith("tests/projects/"):
+        if name in ("uv.lock", "tests/test_publishing.py") or name.startswith("tests/projects/"):
             continue
         try:
             text = (REPO / name).read_text()
@@ -110,3 +110,13 @@ def test_the_scanner_catches_the_old_name() -> None:
 
 def chart() -> dict[str, object]:
     return yaml.safe_load((REPO / "helm" / "migration-runner" / "Chart.yaml").read_text())
+
+
+def test_ci_run_announces_each_system_package_and_keeps_out_of_the_quickstart_venv() -> None:
+    """.ci/run says each apt package before installing it, and its environment is not README's `.venv`."""
+    script = (REPO / ".ci" / "run").read_text()
+    wanted = re.findall(r"\bwant ([a-z0-9.+-]+) \"[^\"]+\"", script)
+    assert len(wanted) >= 10, wanted
+    assert not re.search(r"need\+=\((?!\"\$1\")", script), "a package added to the apt list without `want`"
+    environment = re.search(r"^export UV_PROJECT_ENVIRONMENT=(\S+)$", script, re.MULTILINE)
+    assert environment and environment.group(1).strip("\"'") not in (".venv", "./.venv")
