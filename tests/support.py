@@ -320,6 +320,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
 
 
 CHART = REPO / "helm" / "migration-runner"
+HELM_APP = REPO / "examples" / "helm-app"
 HELM = REPO / ".tools" / "bin" / "helm"
 
 
@@ -328,6 +329,22 @@ def helm(*args: str, cwd: Path = CHART) -> subprocess.CompletedProcess[str]:
     if not HELM.exists():
         pytest.fail(f"{HELM} is missing: run `bash .ci/get-helm`")
     return subprocess.run([str(HELM), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def app_chart(where: Path, repository: str = f"file://{CHART}", *flags: str) -> Path:
+    """A copy of examples/helm-app whose migration-runner dependency comes from `repository`, built.
+
+    The example names the published OCI location; a test points it at this checkout's chart (or at a
+    registry of its own) and runs `helm dependency build`, as a user's `helm dependency update` would.
+    """
+    app = shutil.copytree(HELM_APP, where / "helm-app", ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    chart_yaml = app / "Chart.yaml"
+    published = "repository: oci://ghcr.io/migration-runner/charts"
+    assert published in chart_yaml.read_text()
+    chart_yaml.write_text(chart_yaml.read_text().replace(published, f"repository: {repository}"))
+    build = helm("dependency", "update", *flags, str(app), cwd=where)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return app
 
 
 def render(*args: str, chart: Path = CHART) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from support import CHART, QUICKSTART, REPO, helm, only, parse_events, render
+from support import CHART, QUICKSTART, app_chart, helm, only, parse_events, render
 
 from runner.errors import MEANINGS, RETRYABLE, ExitCode
 
@@ -239,7 +239,10 @@ def in_mounts(env: dict[str, str], mounts: dict[str, str]) -> dict[str, str]:
 
 def run_container(container: dict[str, Any], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run exactly the container's command and args; the image's ENTRYPOINT is `migration-runner`."""
-    argv = container.get("command") or [str(Path(sys.executable).with_name("migration-runner"))]
+    command = container.get("command") or ["migration-runner"]
+    if command[0] == "migration-runner":  # on the image's PATH; here, beside this interpreter
+        command = [str(Path(sys.executable).with_name("migration-runner")), *command[1:]]
+    argv = command
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
     return subprocess.run(
         [*argv, *container.get("args", [])], cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60
@@ -369,7 +372,10 @@ def test_pod_simulation_of_the_indexed_job_migrates_five_databases(
     env = resolve_env(container, [*objects, tenants], POD)
     mounts = materialise_mounts(spec, container, [*objects, tenants], tmp_path / "pod")
     migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
-    argv = container.get("command") or [str(Path(sys.executable).with_name("migration-runner"))]
+    command = container.get("command") or ["migration-runner"]
+    if command[0] == "migration-runner":  # on the image's PATH; here, beside this interpreter
+        command = [str(Path(sys.executable).with_name("migration-runner")), *command[1:]]
+    argv = command
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
 
     results: dict[int, tuple[int, str]] = {}
@@ -408,16 +414,47 @@ def test_pod_simulation_of_the_indexed_job_migrates_five_databases(
     assert grouped == {(url.rsplit("/", 1)[1], str(index)) for index, url in enumerate(urls)}
 
 
-def test_init_container_template_in_an_application_chart(pg_url: str, tmp_path: Path) -> None:
-    """Another chart includes migration-runner.initContainer; its `wait` passes once the Job has migrated."""
-    app = shutil.copytree(REPO / "tests" / "fixtures" / "app-chart", tmp_path / "app-chart")
-    (app / "Chart.yaml").write_text(
-        (app / "Chart.yaml").read_text().replace("file://../../../helm/migration-runner", f"file://{CHART}")
-    )
-    build = helm("dependency", "build", str(app), cwd=tmp_path)
-    assert build.returncode == 0, build.stderr
-    objects = render(chart=app)
-    assert [o["kind"] for o in objects] == ["Deployment"]  # mode none: no Job of its own
+def secret_refs(container: dict[str, Any]) -> set[str]:
+    """The Secrets a container's variables read."""
+    references = [variable.get("valueFrom", {}).get("secretKeyRef") for variable in container["env"]]
+    return {reference["name"] for reference in references if reference}
+
+
+def test_the_example_application_chart_is_gated_by_the_hook_and_shares_one_secret(tmp_path: Path) -> None:
+    """examples/helm-app: the runner as a dependency renders a pre-upgrade hook Job and the Deployment's init-container.
+
+    The Job is a hook (Helm changes no application object until it succeeds), its ServiceAccount and
+    ConfigMap are hooks of a lower weight, the Deployment is no hook, and the Job, the init-container and
+    the application read one Secret. The init-container sets `command`: the application image's own
+    entrypoint would otherwise receive `wait`.
+    """
+    objects = render(chart=app_chart(tmp_path))
+    by_kind = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    job = only(objects, "Job")
+    deployment = only(objects, "Deployment")
+    hooks = {kind: (o["metadata"].get("annotations") or {}) for (kind, _), o in by_kind.items() if kind != "Deployment"}
+
+    assert hooks["Job"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    for kind in ("ServiceAccount", "ConfigMap"):
+        assert hooks[kind]["helm.sh/hook"] == "pre-install,pre-upgrade", kind
+        assert int(hooks[kind]["helm.sh/hook-weight"]) < int(hooks["Job"]["helm.sh/hook-weight"]), kind
+    assert "helm.sh/hook" not in (deployment["metadata"].get("annotations") or {})
+    assert not [o for o in objects if o["kind"] == "Secret"]  # the Secret is made outside the chart
+
+    pod = deployment["spec"]["template"]["spec"]
+    init, web = pod["initContainers"][0], pod["containers"][0]
+    job_container = job["spec"]["template"]["spec"]["containers"][0]
+    assert init["image"] == web["image"] == job_container["image"] == "registry.example.com/shop/web:1.2.3"
+    assert init["command"] == ["migration-runner"] and init["args"] == ["wait"]
+    assert job_container["command"] == ["migration-runner"] and job_container["args"] == ["upgrade"]
+    assert init["securityContext"]["runAsNonRoot"] is True and init["securityContext"]["runAsUser"] == 65532
+    secrets = {
+        "init-container": secret_refs(init),
+        "application": secret_refs(web),
+        "hook Job": {v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v},
+    }
+    assert all(names == {"shop-db"} for names in secrets.values()), secrets
+
     manifest = tmp_path / "app.yaml"
     manifest.write_text(yaml.safe_dump_all(objects))
     validator = Path(sys.executable).with_name("kubernetes-validate")
@@ -429,13 +466,25 @@ def test_init_container_template_in_an_application_chart(pg_url: str, tmp_path: 
     )
     assert check.returncode == 0, check.stdout
 
-    init = objects[0]["spec"]["template"]["spec"]["initContainers"][0]
-    assert init["args"] == ["wait"] and init["securityContext"]["readOnlyRootFilesystem"] is True
-    secret = {"kind": "Secret", "metadata": {"name": "app-db"}, "stringData": {"url": pg_url}}
-    env = resolve_env(init, [*objects, secret], POD)
+
+def test_the_example_applications_init_container_waits_for_the_hook_jobs_migration(pg_url: str, tmp_path: Path) -> None:
+    """The rendered hook Job migrates a real database; then the rendered init-container's `wait` passes."""
+    objects = render(chart=app_chart(tmp_path))
+    job = only(objects, "Job")
+    spec = job["spec"]["template"]["spec"]
+    init = only(objects, "Deployment")["spec"]["template"]["spec"]["initContainers"][0]
+    secret = {"kind": "Secret", "metadata": {"name": "shop-db"}, "stringData": {"url": pg_url}}
     migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
-    assert run_container({**init, "args": ["upgrade"]}, env, migrations).returncode == 0  # the Job's part
-    waited = run_container(init, env, migrations)
+    init_env = resolve_env(init, [*objects, secret], POD)
+
+    early = run_container(init, {**init_env, "MIGRATION_WAIT_TIMEOUT": "1"}, migrations)
+    assert early.returncode == ExitCode.TIMEOUT, early.stdout + early.stderr  # nothing migrated yet
+
+    container = spec["containers"][0]
+    mounts = materialise_mounts(spec, container, [*objects, secret], tmp_path / "pod")
+    migrated = run_container(container, in_mounts(resolve_env(container, [*objects, secret], POD), mounts), migrations)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    waited = run_container(init, init_env, migrations)
     assert waited.returncode == 0, waited.stdout + waited.stderr
     assert any(e["event"] == "wait.finished" for e in parse_events(waited.stdout))
 

@@ -268,6 +268,9 @@ no kubectl: it reads the version table) or `upgrade`. Include it from a Deployme
 {{- define "migration-runner.initContainer" -}}
 - name: {{ .name | default "migrations" }}
   image: {{ required "migration-runner.initContainer needs an image" .image }}
+  {{- /* command, not only args: in an application image, whose entrypoint is the application's, args
+  alone would hand `wait` to that entrypoint. The runner image's entrypoint is the same program. */}}
+  command: {{ .entrypoint | default (list "migration-runner") | toJson }}
   args: [{{ .command | default "wait" | quote }}]
   env:
     {{- include "migration-runner.env" (dict "secretName" (required "migration-runner.initContainer needs databaseSecret" .databaseSecret) "secretKey" (.databaseSecretKey | default "url")) | nindent 4 }}
@@ -281,6 +284,9 @@ no kubectl: it reads the version table) or `upgrade`. Include it from a Deployme
     allowPrivilegeEscalation: false
     readOnlyRootFilesystem: true
     runAsNonRoot: true
+    {{- /* runAsNonRoot alone fails an image whose USER is root or a name: the kubelet cannot prove it */}}
+    runAsUser: {{ .runAsUser | default 65532 | int64 }}
+    runAsGroup: {{ .runAsGroup | default 65532 | int64 }}
     capabilities:
       drop: [ALL]
     seccompProfile:
