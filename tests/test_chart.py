@@ -549,3 +549,17 @@ def test_default_values_fail_alike_in_lint_and_template() -> None:
         for value in ("database/existingSecret", "database/url", "database/fromProject", "databases/count"):
             assert value in said, said
     assert helm("template", "shop", ".", "--set", "mode=none").returncode == 0
+
+
+def test_notes_do_not_send_the_user_to_a_job_that_helm_deleted() -> None:
+    """With hook-succeeded, the successful Job is gone: NOTES say so instead of `kubectl get jobs`."""
+
+    def notes(*values: str) -> str:
+        done = helm("install", "--dry-run=client", "shop", ".", "--set", "database.existingSecret=db", *values)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split("NOTES:", 1)[1]
+
+    deleted = notes()
+    kept = notes("--set", "hook.deletePolicy=before-hook-creation")
+    assert "Helm has deleted it" in deleted and "get jobs" not in deleted
+    assert "get jobs" in kept and "deleted" not in kept
