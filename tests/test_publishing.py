@@ -120,3 +120,33 @@ def test_ci_run_announces_each_system_package_and_keeps_out_of_the_quickstart_ve
     assert not re.search(r"need\+=\((?!\"\$1\")", script), "a package added to the apt list without `want`"
     environment = re.search(r"^export UV_PROJECT_ENVIRONMENT=(\S+)$", script, re.MULTILINE)
     assert environment and environment.group(1).strip("\"'") not in (".venv", "./.venv")
+
+
+def release_env() -> dict[str, str]:
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "release.yml").read_text())
+    return dict(workflow["env"])
+
+
+def test_the_release_the_chart_and_the_docs_name_one_image_and_one_chart_location() -> None:
+    """What release.yml pushes is what the chart pulls and what every doc names, tag without a `v`."""
+    image, charts = release_env()["IMAGE"], release_env()["CHARTS"]
+    values = yaml.safe_load((REPO / "helm" / "migration-runner" / "values.yaml").read_text())
+    meta = chart()
+    workflow = (REPO / ".github" / "workflows" / "release.yml").read_text()
+
+    assert values["image"]["repository"] == image and values["image"]["tag"] == ""  # the tag is the appVersion
+    assert meta["appVersion"] == meta["version"] == runner.__version__
+    assert "tags: ${{ env.IMAGE }}:${{ needs.version.outputs.version }}" in workflow
+    assert 'version="${GITHUB_REF_NAME#v}"' in workflow and '"$CHARTS"' in workflow
+    for readme in ("README.md", "helm/migration-runner/README.md"):
+        assert f"{charts}/migration-runner" in (REPO / readme).read_text() or charts in (REPO / readme).read_text()
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    mentions = [
+        (name, match.group())
+        for name in files
+        if name.endswith((".md", ".yaml", ".yml", "Dockerfile", ".txt", ".tpl")) and not name.startswith("tests/")
+        for match in re.finditer(r"(?:oci://)?ghcr\.io/[\w./${}-]+(?::[\w.${}-]+)?", (REPO / name).read_text())
+    ]
+    allowed = {image, f"{image}:{runner.__version__}", charts, f"{charts}/migration-runner"}
+    wrong = [f"{name}: {text}" for name, text in mentions if text not in allowed]
+    assert len(mentions) >= 5 and not wrong, wrong
