@@ -3,7 +3,7 @@
 #   docker build -t migration-runner .
 #   docker build --build-arg BASE_IMAGE=localhost/bookworm-python:latest .   # any image with python3 + venv
 #
-# Two ways to use it (README, "Container image"):
+# Two ways to use it (docs/kubernetes.md, "Container image"):
 #   FROM migration-runner, then COPY alembic.ini and your migrations into /migrations;
 #   or pip install kube-migration-runner into your application image, for an env.py that imports your models.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -29,7 +29,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
     /opt/uv/bin/uv sync --locked --no-dev --no-install-project --python python3
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY runner ./runner
 RUN --mount=type=secret,id=ca-certificates,target=/etc/ssl/certs/ca-certificates.crt \
     /opt/uv/bin/uv sync --locked --no-dev --no-editable --python python3

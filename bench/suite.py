@@ -1,4 +1,4 @@
-"""The performance suite: every row of README "Performance", timed as whole processes.
+"""The performance suite: every row of docs/performance.md, timed as whole processes.
 
 Each row runs the runner (A) against its anchor (B: ``alembic upgrade head``,
 ``manage.py migrate``, or for ``verify`` pytest-alembic's four built-in tests,
@@ -15,7 +15,7 @@ Usage::
 
 Needs the PostgreSQL server of the tests (``TEST_POSTGRES_URL``, default the local
 one); it creates its databases and drops them. It asserts nothing: the figures
-are read against the targets in README.
+are read against the targets in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
                 "--all",
                 action="store_true",
                 help="every database of MIGRATION_DATABASES_FILE, MIGRATION_PARALLELISM at a time, each in a "
-                "process of its own; exit with the most severe code (README, 'Many databases')",
+                "process of its own; exit with the most severe code (docs/kubernetes.md, 'Many databases')",
             )
         if name == "verify":
             sub.add_argument(

@@ -60,7 +60,7 @@ class ExitCode(enum.IntEnum):
     SIGTERM = 143
 
 
-# The documented table: --help prints it and README repeats it (a test compares).
+# The documented table: --help prints it, README and docs/exit-codes.md repeat it (a test compares).
 MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success: revisions applied, or nothing to do",
     ExitCode.NOT_AT_TARGET: "check: database not at target",
@@ -93,7 +93,7 @@ RETRYABLE: frozenset[ExitCode] = frozenset(
 
 
 # From most to least severe: what ``--all`` exits with when databases end differently
-# (README, "Many databases"). A bug first, then what needs a person (a failed or partial
+# (docs/kubernetes.md, "Many databases"). A bug first, then what needs a person (a failed or partial
 # migration, a rolled-back image, a configuration), then what a retry may fix, then "behind".
 SEVERITY: tuple[ExitCode, ...] = (
     ExitCode.INTERNAL_ERROR,
@@ -430,7 +430,7 @@ def _stopped_message(error: Stopped, what: str) -> str:
 def outcome_of(error: BaseException | None, *, code: ExitCode = ExitCode.OK) -> Outcome:
     """Turn whatever ended a run into its exit code, event and one-line message.
 
-    This is the only place that decides the exit code of a run (README, "Exit codes").
+    This is the only place that decides the exit code of a run (docs/exit-codes.md).
 
     Args:
         error: what propagated out of the command, or ``None`` when it returned.

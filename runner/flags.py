@@ -5,7 +5,7 @@ catalog as it stands before the upgrade (:func:`read_existing`): the columns' ty
 nullability and defaults, the indexes, the functions' volatility, the binary-coercible
 casts. Elsewhere (MySQL, SQLite) the statements are read as text, and each flag says so.
 
-The kinds, most serious first (README, "Plan and review"):
+The kinds, most serious first (docs/ci.md, "Plan and review"):
 
 - ``destroys``: ``DROP TABLE``/``COLUMN``, ``TRUNCATE``, ``UPDATE``/``DELETE`` without ``WHERE``.
 - ``rewrite``: the table and its indexes are written anew under ``ACCESS EXCLUSIVE``.

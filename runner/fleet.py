@@ -15,7 +15,7 @@ deadline and the metrics are each run's own. The parent
 - exits with the most severe of their exit codes (:func:`runner.errors.most_severe`).
 
 This is for CI stages and small fleets, on one machine. Past that, Kubernetes is
-the engine: one Indexed Job (README, "Many databases").
+the engine: one Indexed Job (docs/kubernetes.md, "Many databases").
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def _lost(key: int) -> LockLost:
     return LockLost(
         f"this session no longer holds advisory lock {key}: a transaction-pooling PgBouncer or a failover "
         "is between the runner and the database; point MIGRATION_DATABASE_URL at the database directly, "
-        "not at the pooler (README, 'Poolers')"
+        "not at the pooler (docs/failures.md, 'Poolers')"
     )
 
 

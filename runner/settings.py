@@ -1,6 +1,6 @@
 """Settings from flags, environment variables, secret files and ``.env`` files, read once and frozen.
 
-Precedence, highest first (README, "Settings")::
+Precedence, highest first (docs/configuration.md)::
 
     CLI flag > environment variable > secret file > .env.<environment> > .env
              > environment defaults > built-in defaults

@@ -4,7 +4,7 @@
 settings are loaded and before any command runs. It sits above both
 :mod:`runner.settings` and :mod:`runner.drivers`, so neither imports the other.
 
-The database URL's chain, first wins (README, "Which database")::
+The database URL's chain, first wins (docs/configuration.md, "Which database")::
 
     --database-url > MIGRATION_DATABASE_URL (variable, secret file, .env files)
                    > MIGRATION_DATABASES_FILE at MIGRATION_DATABASE_INDEX

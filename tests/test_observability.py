@@ -345,12 +345,12 @@ def test_kubernetes_context_in_logs_and_application_name(cli: Cli, pg_url: str) 
     )
 
 
-def test_readme_alert_rules_pass_promtool(tmp_path: Path) -> None:
-    """The sample alert rules in README are valid Prometheus rules (`promtool check rules`)."""
+def test_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    """The sample alert rules in docs/observability.md are valid Prometheus rules (`promtool check rules`)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed (apt-get install prometheus)")
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "observability.md").read_text()
     rules = readme.split("```yaml\ngroups:", 1)[1].split("```", 1)[0]
     path = tmp_path / "rules.yml"
     path.write_text("groups:" + rules)

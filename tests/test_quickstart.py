@@ -83,10 +83,10 @@ def test_python_dash_m_runner_is_the_same_command() -> None:
     assert module.stdout.startswith("migration-runner ")
 
 
-def test_readme_command_table_gives_each_commands_exit_codes() -> None:
-    """README "Commands" lists every command with the codes its --help gives (runner.cli.COMMANDS), signals aside."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+def test_the_command_table_gives_each_commands_exit_codes() -> None:
+    """docs/commands.md lists every command with the codes its --help gives (runner.cli.COMMANDS), signals aside."""
+    readme = (REPO / "docs" / "commands.md").read_text()
+    section = readme.split("# Commands", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([\w-]+)[^\n]*\| ([0-9, ]+) \|$", section, re.MULTILINE)
     documented = {name: tuple(int(code) for code in codes.split(", ")) for name, codes in rows}
 
@@ -95,13 +95,15 @@ def test_readme_command_table_gives_each_commands_exit_codes() -> None:
     }
 
 
-def test_readme_exit_code_table_matches_the_code() -> None:
-    """README's exit-code table lists exactly the codes runner.errors.MEANINGS defines."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
-    documented = {int(code) for code in re.findall(r"^\|\s*(\d+)\s*\|", section, re.MULTILINE)}
-
-    assert documented == {int(code) for code in MEANINGS}
+def test_the_exit_code_tables_match_the_code() -> None:
+    """README's and docs/exit-codes.md's tables, and docs/troubleshooting.md's entries, list exactly MEANINGS' codes."""
+    codes = {int(code) for code in MEANINGS}
+    for page, heading in (("README.md", "## Exit codes"), ("docs/exit-codes.md", "# Exit codes")):
+        section = (REPO / page).read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+        documented = {int(code) for code in re.findall(r"^\|\s*(\d+)\s*\|", section, re.MULTILINE)}
+        assert documented == codes, page
+    entries = re.findall(r"^## (\d+)(?: and (\d+))?:", (REPO / "docs" / "troubleshooting.md").read_text(), re.MULTILINE)
+    assert {int(code) for pair in entries for code in pair if code} == codes
 
 
 def test_the_constraints_file_readme_installs_from_is_the_lock() -> None:

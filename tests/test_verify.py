@@ -1411,10 +1411,10 @@ def test_the_junit_schema_rejects_what_the_readers_do_not_take_and_control_chara
 
 @pytest.mark.timeout(60)
 def test_the_ci_recipes_in_readme_are_valid_github_and_gitlab_ci(tmp_path: Path) -> None:
-    """README "Verify in CI": the GitHub job is a valid workflow job and the GitLab job valid .gitlab-ci.yml,
+    """docs/ci.md "Verify in CI": the GitHub job is a valid workflow job and the GitLab job valid .gitlab-ci.yml,
     both against check-jsonschema's vendored schemas; each reports the JUnit file verify writes."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Verify in CI", 1)[1].split("\n### ", 1)[0]
+    readme = (REPO / "docs" / "ci.md").read_text()
+    section = readme.split("## Verify in CI", 1)[1].split("\n## ", 1)[0]
     github, gitlab = (yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S))
     workflow = tmp_path / "verify.yml"
     workflow.write_text(yaml.safe_dump({"name": "verify", "on": "pull_request", "jobs": github}))

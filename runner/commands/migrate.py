@@ -333,7 +333,7 @@ def downgrade(run: Run) -> ExitCode:
     run.refuse_in_production(
         allowed=settings.allow_downgrade,
         refusal="downgrade is refused in production unless MIGRATION_ALLOW_DOWNGRADE=true: when one is really "
-        "needed, run it as a Job of its own with that setting (README, 'Rolling back'); nothing was reverted",
+        "needed, run it as a Job of its own with that setting (docs/commands.md, 'Rolling back'); nothing was reverted",
     )
     require_known_revisions(
         known_revisions(run.project()),

@@ -135,7 +135,7 @@ class Project(AlembicExecutor):
             raise ConfigError(
                 f"{where} lists several databases (databases = ...: Alembic's multidb template); "
                 "the runner locks and reads one database per run: run it once per database, each with its "
-                "own script directory (README, 'Your Alembic project')"
+                "own script directory (docs/alembic.md)"
             )
         try:
             with _config_file_errors(ini, parse_only=True):
