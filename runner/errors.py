@@ -261,20 +261,37 @@ class MigrationFailed(RunnerError):
         transactional: the revision ran inside a transaction that was rolled
             back. False for an ``autocommit_block`` or MySQL's DDL: its changes
             may be partly applied, and it is never retried.
+        statement: the SQL statement that failed, as :func:`runner.drivers.shown_statement` shows it
+            (one line, redacted, at most 300 characters), when a statement failed.
+        location: ``file:line`` of the revision's own frame that raised, when it is known.
     """
 
     exit_code = ExitCode.MIGRATION_FAILED
     event = "revision.failed"
 
-    def __init__(self, message: str, *, revision: str | None, sqlstate: str | None, transactional: bool = True) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        revision: str | None,
+        sqlstate: str | None,
+        transactional: bool = True,
+        statement: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        where = [f"at {location}"] if location else []
+        where += [f"in: {statement}"] if statement else []
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
         self.revision = revision
         self.sqlstate = sqlstate
         self.transactional = transactional
+        self.statement = statement
+        self.location = location
 
     def details(self) -> dict[str, Any]:
-        """The failed revision, its SQLSTATE, and whether it may be partly applied."""
-        return {"revision": self.revision, "sqlstate": self.sqlstate, "partially_applied": not self.transactional}
+        """The failed revision, its SQLSTATE, whether it may be partly applied, and the statement and line."""
+        found = {"revision": self.revision, "sqlstate": self.sqlstate, "partially_applied": not self.transactional}
+        return found | {"statement": self.statement, "file": self.location}
 
 
 class InterruptedRevision(MigrationFailed):

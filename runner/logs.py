@@ -31,6 +31,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 # scheme://user:PASSWORD@ (greedy to the last @, so an unencoded @ in the password is covered too).
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):\S*@", re.IGNORECASE)
+# SQL that sets a password: CREATE/ALTER ROLE|USER ... PASSWORD '...', MySQL's IDENTIFIED BY '...'.
+_SQL_PASSWORD = re.compile(r"\b(?P<key>PASSWORD|IDENTIFIED\s+BY)(?P<eq>\s+)'(?:[^']|'')*'", re.IGNORECASE)
 # key=value pairs of libpq DSNs and URL queries: password=..., sslpassword='...'.
 _KEY_VALUE_SECRET = re.compile(
     r"\b(?P<key>password|passwd|pwd|sslpassword|secret|token|access_token|api_key)(?P<eq>\s*=\s*)"
@@ -102,6 +104,7 @@ def redact_text(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     text = _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    text = _SQL_PASSWORD.sub(r"\g<key>\g<eq>'***'", text)
     return _KEY_VALUE_SECRET.sub(r"\g<key>\g<eq>***", text)
 
 

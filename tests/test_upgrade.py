@@ -202,7 +202,10 @@ def test_python_error_in_a_revision_exits_65_with_its_class(cli: Cli, pg_url: st
     assert result.code == 65
     event = result.one("revision.failed")
     assert event["revision"] == rev_id(2) and event["sqlstate"] is None
-    assert event["error"] == "RuntimeError: backfill source missing"
+    revision = cli.cwd / "migrations" / "versions" / "0002_r.py"
+    line = next(n for n, text in enumerate(revision.read_text().splitlines(), 1) if "RuntimeError" in text)
+    assert event["error"] == f"RuntimeError: backfill source missing (at migrations/versions/0002_r.py:{line})"
+    assert event["file"] == f"migrations/versions/0002_r.py:{line}" and event["statement"] is None
     assert "Traceback" not in result.stdout + result.stderr
     assert version(pg_url) == [rev_id(1)]
 

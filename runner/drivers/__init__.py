@@ -412,3 +412,65 @@ def where(error: BaseException, *, also_skip: tuple[str, ...] = ()) -> str:
     skipped = ("/runner/", *also_skip)
     frames = [f for f in frames if not any(part in f.filename for part in skipped)] or frames
     return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+# How much of a failed statement an error shows: enough to find it in the revision, never a whole data load.
+STATEMENT_SHOWN = 300
+
+
+def shown_statement(sql: str | None) -> str | None:
+    """A failed statement as errors show it: one line, redacted, at most :data:`STATEMENT_SHOWN` characters.
+
+    Redacted before it is cut, so a password that straddles the cut is still caught whole
+    (``ALTER ROLE app PASSWORD '…'`` shows ``PASSWORD '***'``). Bound parameters are never shown.
+
+    Args:
+        sql: the statement's text, with its placeholders; None when no statement failed.
+
+    Returns:
+        The text to show, ending in ``…`` when it was cut; None for None or blank text.
+    """
+    from runner import logs  # noqa: PLC0415
+
+    if sql is None or not sql.strip():
+        return None
+    text = logs.redact_text(" ".join(sql.split()))
+    return text if len(text) <= STATEMENT_SHOWN else text[: STATEMENT_SHOWN - 1] + "…"
+
+
+def statement_of(error: BaseException) -> str | None:
+    """The SQL of the statement that raised ``error`` (SQLAlchemy's ``StatementError.statement``), shown."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        statement = getattr(current, "statement", None)
+        if isinstance(statement, str):
+            return shown_statement(statement)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def line_in(error: BaseException, source: str | Path | None) -> str | None:
+    """``file:line`` of the innermost frame of ``error``'s traceback in ``source`` (a revision's file).
+
+    The file is shown relative to the working directory when it is under it, as a user's editor opens it.
+    Where no frame of the traceback is in the file (Django's ``RunSQL`` runs from Django's own code), the
+    file alone; None when there is no file.
+    """
+    if source is None:
+        return None
+    wanted = Path(source).resolve()
+    line = None
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen and line is None:
+        seen.add(id(current))
+        frames = [f for f in traceback.extract_tb(current.__traceback__) if Path(f.filename).resolve() == wanted]
+        line = frames[-1].lineno if frames else None
+        current = current.__cause__ or current.__context__
+    try:
+        shown = wanted.relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = wanted
+    return str(shown) if line is None else f"{shown}:{line}"

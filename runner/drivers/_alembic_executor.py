@@ -26,8 +26,10 @@ from runner.drivers import (
     Rendered,
     VersionTable,
     _alembic_env,
+    line_in,
     own,
     project_code,
+    statement_of,
     where,
 )
 from runner.errors import BrokenProject, ConfigError, ConnectionLost, MigrationFailed, RunnerError, Stopped
@@ -423,7 +425,14 @@ class AlembicExecutor(AlembicHistory):
         transactional = self._transactional(url)
         if not transactional:
             message += "; this revision ran outside a transaction, so its changes may be partly applied"
-        return MigrationFailed(message, revision=failed.revision, sqlstate=failure.code, transactional=transactional)
+        return MigrationFailed(
+            message,
+            revision=failed.revision,
+            sqlstate=failure.code,
+            transactional=transactional,
+            statement=statement_of(error),
+            location=line_in(error, failed.path),
+        )
 
 
 def _about(diff: Any, tables: Sequence[str]) -> bool:

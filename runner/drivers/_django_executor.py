@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,10 @@ from runner.drivers import (
     MigrateOptions,
     Rendered,
     VersionTable,
+    line_in,
     own,
     project_code,
+    shown_statement,
 )
 from runner.errors import BrokenProject, ConfigError, ConnectionLost, MigrationFailed, RunnerError, Stopped
 
@@ -335,7 +338,15 @@ class DjangoExecutor(DjangoHistory):
         transactional = progress.transactional
         if not transactional:
             message += "; this migration ran outside a transaction, so its changes may be partly applied"
-        return MigrationFailed(message, revision=running, sqlstate=failure.code, transactional=transactional)
+        module = sys.modules.get(type(progress.running).__module__)
+        return MigrationFailed(
+            message,
+            revision=running,
+            sqlstate=failure.code,
+            transactional=transactional,
+            statement=shown_statement(progress.failed_sql),
+            location=line_in(error, getattr(module, "__file__", None)),
+        )
 
 
 _RECORDS_APPLIED = re.compile(r"^\s*INSERT\s+INTO\s+[`\"]?django_migrations\b", re.IGNORECASE)
@@ -390,6 +401,7 @@ class _Progress:
         self.transactional = True
         self._recorded = False
         self._started = 0.0
+        self.failed_sql: str | None = None  # the statement that raised, for the error to show
 
     @property
     def running_id(self) -> str | None:
@@ -410,8 +422,16 @@ class _Progress:
         own(self.on_applied, Applied(_id(key), _message(migration), duration, _parents_in_app(migration)))
 
     def record(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        """Django's ``execute_wrapper``: after its ``django_migrations`` insert, the ledger row on that session."""
-        result = execute(sql, params, many, context)
+        """Django's ``execute_wrapper``: after its ``django_migrations`` insert, the ledger row on that session.
+
+        A statement of the running migration that raises is kept (``failed_sql``) for its error to show.
+        """
+        try:
+            result = execute(sql, params, many, context)
+        except Exception:
+            if self.running is not None:
+                self.failed_sql = sql
+            raise
         if self.running is not None and not self._recorded and self.records.match(sql):
             self._recorded = True
             dialect = _pyformat_dialect(self.session.vendor)
