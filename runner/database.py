@@ -100,8 +100,8 @@ def family(url: URL) -> str:
 
 
 def redact(url: URL) -> str:
-    """Render a URL for logs: the password becomes ``***`` and secret query parameters are dropped."""
-    return light(url).redacted()
+    """Render a URL for messages: as the user wrote it (:func:`urls.as_written`), password and secrets removed."""
+    return urls.as_written(light(url))
 
 
 def secrets_of(url: URL) -> list[str]:

@@ -263,7 +263,7 @@ def _log_started(settings: Settings, target: Target) -> None:
         version=runner.__version__,
         tool=target.tool,
         target=settings.target,
-        database=target.light_url.redacted() if target.url_text is not None else None,
+        database=target.shown_url if target.url_text is not None else None,
         database_source=target.source or None,
     )
 

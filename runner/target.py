@@ -68,6 +68,16 @@ class Target:
         return urls.parse(self._required())
 
     @functools.cached_property
+    def shown_url(self) -> str:
+        """The URL as the user wrote it, redacted: what messages show (:func:`urls.shown`).
+
+        Raises:
+            ConfigError: no database URL is configured for this environment.
+        """
+        self.light_url  # noqa: B018  (parsed first: a URL the parser refuses is never shown)
+        return urls.shown(self._required())
+
+    @functools.cached_property
     def url(self) -> URL:
         """The normalised URL as SQLAlchemy's ``URL`` (``postgres://`` → ``postgresql+psycopg://``), parsed once.
 
@@ -123,7 +133,7 @@ class Target:
         """
         shown = settings.redacted()
         sources = shown["sources"]
-        shown[PREFIX + "DATABASE_URL"] = self.light_url.redacted() if self.url_text is not None else None
+        shown[PREFIX + "DATABASE_URL"] = self.shown_url if self.url_text is not None else None
         sources[PREFIX + "DATABASE_URL"] = self.source or "not set"
         shown[PREFIX + "TOOL"] = self.tool
         if settings.tool == "auto":

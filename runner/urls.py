@@ -203,6 +203,36 @@ _NOT_A_URL = (
 _NAME_LIMITS = {"postgresql": (63, "bytes"), "mysql": (64, "characters")}
 
 
+# How the user wrote each database's URL, redacted, by what identifies the database (family, host, port,
+# database, user): a message about a connection shows that, not the runner's own spelling of it (a
+# driver added, keepalives and session settings in the query).
+_AS_WRITTEN: dict[tuple[str, str | None, int | None, str, str | None], str] = {}
+
+
+def _identity(url: DatabaseUrl) -> tuple[str, str | None, int | None, str, str | None]:
+    return (url.family, url.host, url.port, url.database_name, url.username)
+
+
+def shown(raw: str) -> str:
+    """The URL as the user wrote it, redacted (:meth:`DatabaseUrl.redacted`), remembered for :func:`as_written`.
+
+    Args:
+        raw: a URL that :func:`parse` accepts.
+
+    Returns:
+        The text to show: the password as ``***``, the secret query parameters dropped.
+    """
+    written = split(raw)
+    text = written.redacted()
+    _AS_WRITTEN[_identity(written)] = text
+    return text
+
+
+def as_written(url: DatabaseUrl) -> str:
+    """How the user wrote the URL of this database (see :func:`shown`), else ``url`` redacted."""
+    return _AS_WRITTEN.get(_identity(url)) or url.redacted()
+
+
 def parse(raw: str) -> DatabaseUrl:
     """Parse, check and normalise a database URL.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,29 @@ def test_no_password_set_in_sql_survives_shown_statement(password: str, padding:
     visible = " ".join(password.split())
     assume(len(visible) >= 6 and visible not in "SELECT 1; ALTER ROLE app PASSWORD '***'…")
     assert visible not in shown
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "mysql"])
+def test_a_connection_error_shows_the_url_as_the_user_wrote_it(cli: Cli, scheme: str) -> None:
+    """Not the runner's spelling (`+psycopg`, keepalives, session options): the user's URL, password hidden."""
+    make_project(cli.cwd, 1)
+    written = f"{scheme}://app:s3cr%3At@127.0.0.1:{free_port()}/shop?connect_timeout=5&sslmode=disable"
+    if scheme == "mysql":
+        written = written.replace("&sslmode=disable", "")
+    expected = written.replace("s3cr%3At", "***")
+
+    result = cli("upgrade", env={"MIGRATION_DATABASE_URL": written, "MIGRATION_CONNECT_TIMEOUT": "1"})
+
+    assert result.code == ExitCode.DATABASE_UNAVAILABLE
+    error = result.one("database.unavailable")["error"]
+    assert error.startswith(f"cannot connect to {expected}, "), error
+    assert result.one("run.started")["database"] == expected
+    for internal in ("+psycopg", "+pymysql", "keepalives", "lock_timeout", "tcp_user_timeout"):
+        assert internal not in result.stdout + result.stderr
+    assert "s3cr" not in result.stdout + result.stderr
