@@ -21,12 +21,32 @@ from runner.errors import MEANINGS, ExitCode, Interrupted, RunTimeout, outcome_o
 
 @dataclass(frozen=True)
 class Command:
-    """One command: what it does, the settings of its own it reads, and the exit codes it can return."""
+    """One command: what it does, the settings of its own it reads, and the exit codes it can return.
+
+    Attributes:
+        target: the help of the command's positional argument, in its own words; None when it takes none.
+        metavar: that argument's name in the usage line (``TARGET``, ``REVISION``).
+        not_at_target: what exit 1 means for this command, when it can return 1.
+    """
 
     summary: str
     settings: tuple[str, ...]
     codes: tuple[int, ...]
-    takes_target: bool = False
+    target: str | None = None
+    metavar: str = "TARGET"
+    not_at_target: str | None = None
+
+    @property
+    def takes_target(self) -> bool:
+        """Whether the command takes a positional TARGET or REVISION."""
+        return self.target is not None
+
+
+# The forms a target takes, for the commands that move towards one or compare with one.
+_FORWARD = (
+    "heads (the default: every head), head, a revision id or unique prefix{relative}; Django: app_label "
+    "(its leaf node) or app_label:migration_name; the same as --target and MIGRATION_TARGET"
+)
 
 
 _STOPPED = (130, 143)
@@ -54,27 +74,30 @@ COMMANDS: dict[str, Command] = {
         "apply pending revisions under the advisory lock (default)",
         _UPGRADE_SETTINGS,
         (0, 65, 66, 69, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="revision to upgrade to: " + _FORWARD.format(relative=", or +N (N revisions past the current one)"),
     ),
     "downgrade": Command(
         "revert revisions down to TARGET (required) under the advisory lock; refused in production unless allowed",
         (*_UPGRADE_SETTINGS, "allow_downgrade"),
         (0, 65, 66, 69, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="required: the revision to go down to: a revision id or unique prefix, -N (N revisions back), or base; "
+        "Django: app_label:migration_name or app_label:zero; the same as --target and MIGRATION_TARGET",
     ),
     "plan": Command(
         "read-only, no lock: the pending revisions, their SQL and what it locks; exit 1 if any is pending "
         "(--output text | json | markdown)",
         ("target", "allow_trace", "lock_timeout", "lock_key"),
         (0, 1, 65, 66, 69, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="revision to plan up to: " + _FORWARD.format(relative=", or +N"),
+        not_at_target="something is pending: the plan lists it",
     ),
     "check": Command(
         "exit 0 if the database is at (or past) the target, 1 and list what is pending if not; "
         "compares applied revisions' files with the ledger (MIGRATION_DRIFT)",
         ("target", "drift", "history_table", *_MANY),
         (0, 1, 65, 66, 69, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="revision the database must be at or past: " + _FORWARD.format(relative=""),
+        not_at_target="the database is not at the target: what is pending is listed",
     ),
     "current": Command(
         "print the current and head revisions (--output json for the result document); "
@@ -87,7 +110,7 @@ COMMANDS: dict[str, Command] = {
         "exit 65 at once if the ledger shows an interrupted step",
         ("target", "wait_timeout", "allow_unknown_revision", "history_table", *_MANY),
         (0, 65, 66, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="revision to wait for, at or past: " + _FORWARD.format(relative=""),
     ),
     "resolve": Command(
         "record what you found about an interrupted revision: --mark applied | not-applied",
@@ -96,17 +119,20 @@ COMMANDS: dict[str, Command] = {
     ),
     "history": Command(
         "print the ledger, newest first: who applied or reverted what, when, from where, with which checksum "
-        "(TARGET: one revision's rows; --output json)",
+        "(REVISION: one revision's rows; --output json)",
         ("history_table",),
         (0, 69, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="show only this revision's rows: an Alembic revision id, or Django's app_label.migration_name",
+        metavar="REVISION",
     ),
     "accept": Command(
         "record an applied revision's file as it is now, after you reviewed an edit: clears its drift "
-        "(TARGET: the revision; the ledger keeps the change)",
+        "(the ledger keeps the change)",
         ("lock_timeout", "lock_key", "history_table"),
         (0, 69, 75, 78, *_STOPPED),
-        takes_target=True,
+        target="the applied revision whose file to record as it is now: an Alembic revision id, or Django's "
+        "app_label:migration_name",
+        metavar="REVISION",
     ),
     "verify": Command(
         "CI checks on a scratch database: one head, upgrade one revision at a time, models match the schema, "
@@ -123,8 +149,16 @@ COMMANDS: dict[str, Command] = {
             "history_table",
         ),
         (0, 1, 65, 69, 75, 78, *_STOPPED),
+        not_at_target="a check failed: the report names it",
     ),
     "config": Command("print the effective settings as JSON, secrets redacted, with where each came from", (), (0, 78)),
+}
+# Flags whose values are a closed list: argparse names them in --help and refuses others (exit 2).
+_CHOICES = {
+    "output": ("text", "json", "markdown"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("json", "console", "auto"),
+    "environment": ("development", "test", "staging", "production"),
 }
 _FLAGS = (
     "output",
@@ -150,15 +184,18 @@ def _settings_help(names: Sequence[str] | None = None) -> str:
     return "\n".join(f"  {PREFIX + name.upper():<36} {fields[name].description or ''}" for name in chosen)
 
 
-def _codes_help(codes: Sequence[int] | None = None) -> str:
-    chosen = [ExitCode(code) for code in codes] if codes is not None else list(MEANINGS)
-    return "\n".join(f"  {int(code):>3}  {MEANINGS[code]}" for code in chosen)
+def _codes_help(command: Command | None = None) -> str:
+    chosen = [ExitCode(code) for code in command.codes] if command is not None else list(MEANINGS)
+    meanings = dict(MEANINGS)
+    if command is not None and command.not_at_target:
+        meanings[ExitCode.NOT_AT_TARGET] = command.not_at_target
+    return "\n".join(f"  {int(code):>3}  {meanings[code]}" for code in chosen)
 
 
 def _epilog() -> str:
-    commands_text = "\n".join(f"  {name:<9} {command.summary}" for name, command in COMMANDS.items())
+    # The commands are listed once, by argparse above; `COMMAND --help` gives each one's arguments and codes.
     return (
-        f"commands (migration-runner COMMAND --help for each):\n{commands_text}\n\n"
+        "migration-runner COMMAND --help: a command's arguments, its own settings and its exit codes.\n\n"
         f"settings (environment variables; flags above override them):\n{_settings_help()}\n"
         f"  {'MIGRATION_SECRETS_DIR':<36} directory of secret files (default /run/secrets), "
         "e.g. migration_database_url\n\n"
@@ -169,8 +206,7 @@ def _epilog() -> str:
 def _command_epilog(command: Command) -> str:
     own = f"settings of its own:\n{_settings_help(command.settings)}\n\n" if command.settings else ""
     return (
-        f"{own}and the settings every command reads (migration-runner --help).\n\n"
-        f"exit codes:\n{_codes_help(command.codes)}\n"
+        f"{own}and the settings every command reads (migration-runner --help).\n\nexit codes:\n{_codes_help(command)}\n"
     )
 
 
@@ -181,8 +217,17 @@ def _options() -> argparse.ArgumentParser:
     for name in _FLAGS:
         metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
         extra = " (visible in the process list: prefer the variable)" if name == "database_url" else ""
+        choices = _CHOICES.get(name)
+        if choices:
+            metavar = "{" + ",".join(choices) + "}"
+            extra += "; markdown: plan and verify" if name == "output" else ""
         options.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar=metavar, help=f"overrides MIGRATION_{name.upper()}{extra}"
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar=metavar,
+            choices=choices,
+            type=str.lower if choices else None,  # as the variables: PRODUCTION is production
+            help=f"overrides MIGRATION_{name.upper()}{extra}",
         )
     return options
 
@@ -204,6 +249,8 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         sub = commands.add_parser(
             name,
+            # downgrade's TARGET is required (here, or --target / MIGRATION_TARGET): argparse would print [TARGET].
+            usage="migration-runner downgrade TARGET [options]" if name == "downgrade" else None,
             allow_abbrev=False,
             parents=[options],
             help=command.summary,
@@ -212,13 +259,7 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if command.takes_target:
-            sub.add_argument(
-                "revision",
-                nargs="?",
-                metavar="TARGET",
-                help="revision to reach: heads, head, an id or prefix, +N (upgrade), -N or base (downgrade); "
-                "Django: app_label, app_label:migration_name, app_label:zero; the same as --target",
-            )
+            sub.add_argument("revision", nargs="?", metavar=command.metavar, help=command.target)
         if name == "plan":
             sub.add_argument(
                 "--trace",

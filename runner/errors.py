@@ -63,7 +63,8 @@ class ExitCode(enum.IntEnum):
 # The documented table: --help prints it, README and docs/exit-codes.md repeat it (a test compares).
 MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success: revisions applied, or nothing to do",
-    ExitCode.NOT_AT_TARGET: "check: database not at target",
+    ExitCode.NOT_AT_TARGET: "not done yet: check, the database is not at the target; plan, something is pending; "
+    "verify, a check failed",
     ExitCode.USAGE: "command-line usage error",
     ExitCode.MIGRATION_FAILED: "a migration failed, or an earlier one was interrupted where it cannot be rolled "
     "back (MySQL), or MIGRATION_DRIFT=fail found an applied revision whose file changed: the revision, SQLSTATE "

@@ -37,7 +37,7 @@ def test_a_relative_target_is_for_upgrade_only(cli: Cli, pg_url: str) -> None:
     assert "relative target applies to upgrade only" in result.one("config.invalid")["error"]
 
 
-@pytest.mark.parametrize("command", ["upgrade", "check", "current", "wait", "resolve", "config"])
+@pytest.mark.parametrize("command", list(COMMANDS))
 def test_each_command_has_its_own_help(command: str) -> None:
     """`COMMAND --help` names its arguments, its own settings and the exit codes it can return."""
     result = subprocess.run(
@@ -52,7 +52,42 @@ def test_each_command_has_its_own_help(command: str) -> None:
     assert listed == set(COMMANDS[command].codes)
     assert listed <= {int(code) for code in MEANINGS}
     if COMMANDS[command].takes_target:
-        assert "TARGET" in result.stdout
+        assert COMMANDS[command].metavar in result.stdout
+        argument = " ".join(result.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0].split())
+        assert " ".join(str(COMMANDS[command].target).split()) in argument
+        if command != "upgrade":
+            assert "+N (upgrade)" not in result.stdout and "(downgrade)" not in argument
+    one = [line for line in result.stdout.splitlines() if line.strip().startswith("1  ")]
+    if 1 in COMMANDS[command].codes:
+        assert one == [f"    1  {COMMANDS[command].not_at_target}"]
+    assert "--output {text,json,markdown}" in result.stdout
+
+
+def test_downgrade_shows_its_target_as_required() -> None:
+    """`downgrade --help` says `downgrade TARGET`, not `[TARGET]`; without one it names the ways to give it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "downgrade", "--help"], capture_output=True, text=True, timeout=30
+    )
+
+    assert result.stdout.startswith("usage: migration-runner downgrade TARGET [options]\n")
+    assert "[TARGET]" not in result.stdout
+
+
+def test_the_top_level_help_lists_each_command_once() -> None:
+    result = subprocess.run([sys.executable, "-m", "runner", "--help"], capture_output=True, text=True, timeout=30)
+
+    for name, command in COMMANDS.items():
+        listed = [line for line in result.stdout.splitlines() if line.split()[:1] == [name]]
+        assert len(listed) == 1, (name, listed)
+        assert command.summary.split()[0] in listed[0]
+
+
+def test_a_flag_outside_its_choices_is_a_usage_error_naming_them(cli: Cli) -> None:
+    result = cli("check", "--output", "xml")
+
+    assert result.code == 2
+    assert "invalid choice: 'xml' (choose from 'text', 'json', 'markdown')" in result.stderr
+    assert cli("config", "--environment", "PRODUCTION", env={"MIGRATION_DATABASE_URL": "sqlite:///x.db"}).code == 0
 
 
 @pytest.mark.parametrize("arguments", [["bogus"], ["upgrade", "--frobnicate"], ["resolve"]])

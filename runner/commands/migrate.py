@@ -327,8 +327,9 @@ def downgrade(run: Run) -> ExitCode:
     settings = run.settings
     if "target" not in settings.model_fields_set:
         raise ConfigError(
-            "downgrade needs a target, and has no default: --target or MIGRATION_TARGET (Alembic: a revision id, "
-            "-N or base; Django: app_label:migration_name or app_label:zero); nothing was reverted"
+            "downgrade needs a target, and has no default: migration-runner downgrade TARGET, --target or "
+            "MIGRATION_TARGET (Alembic: a revision id, -N or base; Django: app_label:migration_name or "
+            "app_label:zero); nothing was reverted"
         )
     run.refuse_in_production(
         allowed=settings.allow_downgrade,
