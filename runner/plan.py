@@ -151,7 +151,7 @@ def text(plan: dict[str, Any]) -> str:
 
 
 def _summary(step: dict[str, Any]) -> str:
-    """A step's risk in one line: the most serious kind first, then every kind with its tables."""
+    """A step's risk in one line: each kind once, the most serious first, with its tables."""
     if not step["flags"] and step["sql"] is None and "read from the statements" not in (step["not_rendered"] or ""):
         return "not read: its SQL cannot be rendered offline (plan --trace reads the statements it runs)"
     if not step["flags"]:
@@ -160,8 +160,7 @@ def _summary(step: dict[str, Any]) -> str:
     for flag in step["flags"]:
         named = tables.setdefault(flag["kind"], [])
         named.extend(t for t in flag["table"].split(", ") if t not in named)
-    ordered = [kind for kind in KINDS if kind in tables]
-    return f"{ordered[0]}; " + ", ".join(f"{kind} ({', '.join(tables[kind])})" for kind in ordered)
+    return "; ".join(f"{kind} ({', '.join(tables[kind])})" for kind in KINDS if kind in tables)
 
 
 def markdown(plan: dict[str, Any], *, limit: int = MARKDOWN_LIMIT) -> str:

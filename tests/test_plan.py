@@ -56,7 +56,7 @@ def test_plan_shows_the_sql_and_the_lock_then_exits_1(cli: Cli, pg_url: str) -> 
     assert "CREATE TABLE t_0005" in five["sql"]
     assert markdown.stdout.startswith("### Migration plan")
     assert "| `0004` | revision 4 | yes | ⚠️ rewrite |" in markdown.stdout
-    assert "**Risk: rewrite; rewrite (public.orders)**" in markdown.stdout
+    assert "**Risk: rewrite (public.orders)**" in markdown.stdout
     assert "- ⚠️ **rewrite** `public.orders`: changes the type of total (int4 to numeric(12,2))" in markdown.stdout
     assert "```sql" in markdown.stdout
     assert not text.stdout.lstrip().startswith("{")  # the logs went to stderr
@@ -149,6 +149,14 @@ def test_django_plan(cli: Cli, pg_url: str, tmp_path: Path) -> None:
     index = steps["shop.0003_product_name_index"]
     assert [flag["kind"] for flag in index["flags"]] == ["blocks_writes"]
     assert query(pg_url, "SELECT count(*) FROM django_migrations WHERE app = 'shop'") == [(1,)]
+
+    # As a reviewer reads it: each kind once per revision, in the risk line and among the warnings.
+    shown = cli("plan", env=env, cwd=project).stdout
+    index_text = shown.split("shop.0003_product_name_index", 1)[1]
+    assert "  risk: blocks_writes (public.shop_product)\n" in index_text
+    assert index_text.count("! blocks_writes:") == 1
+    slug_text = shown.split("shop.0002_product_slug", 1)[1].split("shop.0003", 1)[0]
+    assert "  risk: blocks_writes (public.shop_product); backward_incompatible (public.shop_product)\n" in slug_text
 
 
 @pytest.mark.parametrize("command", ["upgrade", "check"])
