@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from runner import invocation, process
 from runner.errors import MEANINGS, ExitCode, Interrupted, RunTimeout, outcome_of
@@ -217,17 +218,17 @@ def _options() -> argparse.ArgumentParser:
     for name in _FLAGS:
         metavar = "SECONDS" if name.endswith("timeout") else name.split("_")[-1].upper()
         extra = " (visible in the process list: prefer the variable)" if name == "database_url" else ""
-        choices = _CHOICES.get(name)
-        if choices:
+        closed: dict[str, Any] = {}
+        if choices := _CHOICES.get(name):
             metavar = "{" + ",".join(choices) + "}"
             extra += "; markdown: plan and verify" if name == "output" else ""
+            closed = {"choices": choices, "type": str.lower}  # as the variables: PRODUCTION is production
         options.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             metavar=metavar,
-            choices=choices,
-            type=str.lower if choices else None,  # as the variables: PRODUCTION is production
             help=f"overrides MIGRATION_{name.upper()}{extra}",
+            **closed,
         )
     return options
 

@@ -277,7 +277,7 @@ class Ledger:
             if connection.in_transaction():
                 connection.rollback()
         return [
-            {key: value.isoformat() if isinstance(value, dt.datetime) else value for key, value in row.items()}
+            {key: _iso(value) if isinstance(value, dt.datetime) else value for key, value in row.items()}
             for row in rows
         ]
 
@@ -422,6 +422,7 @@ class Ledger:
         return self.family != "mysql"
 
     def _stored(self, moment: dt.datetime) -> dt.datetime:
+        # Read back by _iso, which gives the zone back: every stored moment is UTC.
         # timestamptz keeps the zone; DATETIME (MySQL) and SQLite's text do not: store UTC without one there.
         return moment if self.family == "postgresql" else moment.replace(tzinfo=None)
 
@@ -551,3 +552,8 @@ def _transaction(connection: Connection) -> Iterator[None]:
         connection.rollback()
         raise
     connection.commit()
+
+
+def _iso(moment: dt.datetime) -> str:
+    """ISO-8601 with its offset: MySQL's DATETIME and SQLite's text keep no zone, and what they hold is UTC."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)).isoformat()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
 
 import jsonschema
+import pytest
 from support import REPO, Cli, copy_django_example, make_project, mysql_query, query, version
 
 from runner import checksum
@@ -106,13 +108,44 @@ def test_history_lists_the_ledger_newest_first(cli: Cli, pg_url: str) -> None:
     assert newest["checksum"] == file_checksum(cli.cwd, "0003")
     assert all(r["duration_seconds"] is not None and r["duration_seconds"] >= 0 for r in history["rows"])
     assert [r["direction"] for r in json.loads(one.stdout)["rows"]] == ["down", "up"]
-    assert "0003" in text.stdout.splitlines()[0] and "reverted" in text.stdout.splitlines()[0]
+    header, newest_line = text.stdout.splitlines()[:2]
+    assert header.split() == [
+        "started",
+        "(UTC)",
+        "direction",
+        "outcome",
+        "revision",
+        "duration",
+        "run",
+        "where",
+        "checksum",
+    ]
+    assert newest_line.split()[1:4] == ["down", "reverted", "0003"]
     # What the ledger says is applied is what the version table says.
     net = {r["revision"] for r in history["rows"] if r["outcome"] == "applied"} - {
         r["revision"] for r in history["rows"] if r["outcome"] == "reverted"
     }
     assert sorted(net) == ["0001", "0002"]
     assert version(pg_url) == ["0002"]
+
+
+@pytest.mark.parametrize("family", ["sqlite", "mariadb"])
+def test_history_gives_every_timestamp_its_offset(cli: Cli, mysql_url: str, family: str, tmp_path: Path) -> None:
+    """MySQL's DATETIME and SQLite's text keep no zone: what they hold is UTC, and history says so."""
+    make_project(cli.cwd, revisions=2)
+    url = f"sqlite:///{tmp_path / 'app.db'}" if family == "sqlite" else mysql_url
+    env = {"MIGRATION_DATABASE_URL": url}
+    assert cli("upgrade", env=env).code == 0
+
+    document = cli("history", "--json", env=env)
+    text = cli("history", env=env)
+
+    rows = json.loads(document.stdout)["rows"]
+    jsonschema.validate(json.loads(document.stdout), HISTORY_SCHEMA, format_checker=jsonschema.FormatChecker())
+    for row in rows:
+        for key in ("started_at", "finished_at"):
+            assert dt.datetime.fromisoformat(row[key]).utcoffset() == dt.timedelta(0), row[key]
+    assert [line.split()[0][-6:] for line in text.stdout.splitlines()[1:]] == ["+00:00", "+00:00"]
 
 
 def test_history_never_shows_a_password_an_older_row_recorded(cli: Cli, pg_url: str) -> None:

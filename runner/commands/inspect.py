@@ -149,15 +149,25 @@ def history(run: Run) -> ExitCode:
     out = run.stdout
     if not rows:
         print(f"no ledger rows for {project.tool} in {settings.history_table}", file=out)
+        return ExitCode.OK
+    table = [("started (UTC)", "direction", "outcome", "revision", "duration", "run", "where", "checksum")]
     for row in rows:
         duration = row.get("duration_seconds")
-        took = f"{duration:.3f} s" if isinstance(duration, float) else "-"
-        where = "/".join(part for part in (row.get("namespace"), row.get("host")) if part) or "-"
-        print(
-            f"{row['started_at']}  {row['direction']:<4} {row['outcome']:<11} {row['revision']}  {took}  "
-            f"run {row['run_id']} on {where}  checksum {(row.get('checksum') or '-')[:12]}",
-            file=out,
+        table.append(
+            (
+                str(row["started_at"]),
+                str(row["direction"]),
+                str(row["outcome"]),
+                str(row["revision"]),
+                f"{duration:.3f} s" if isinstance(duration, float) else "-",
+                str(row["run_id"]),
+                "/".join(part for part in (row.get("namespace"), row.get("host")) if part) or "-",
+                (row.get("checksum") or "-")[:12],
+            )
         )
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip(), file=out)
     return ExitCode.OK
 
 
