@@ -150,3 +150,17 @@ def test_the_release_the_chart_and_the_docs_name_one_image_and_one_chart_locatio
     allowed = {image, f"{image}:{runner.__version__}", charts, f"{charts}/migration-runner"}
     wrong = [f"{name}: {text}" for name, text in mentions if text not in allowed]
     assert len(mentions) >= 5 and not wrong, wrong
+
+
+def test_running_the_examples_leaves_nothing_untracked() -> None:
+    """The databases and lock files the quickstart and the Django example make are ignored by git."""
+    made = [
+        "examples/quickstart/migration-runner.db",
+        "examples/quickstart/migration-runner.db.lock",
+        "examples/django/db.sqlite3",
+        "examples/django/db.sqlite3.lock",
+        "examples/helm-app/charts/migration-runner-0.1.0.tgz",
+        "examples/helm-app/Chart.lock",
+    ]
+    done = subprocess.run(["git", "check-ignore", *made], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.split() == made
