@@ -120,5 +120,5 @@ def test_the_constraints_file_readme_installs_from_is_the_lock() -> None:
 
 def test_the_version_is_written_once_and_the_package_metadata_says_the_same() -> None:
     """runner.__version__ is a constant (no importlib.metadata at start-up); hatchling builds the metadata from it."""
-    assert importlib.metadata.version("migration-runner") == runner.__version__
+    assert importlib.metadata.version(runner.DISTRIBUTION) == runner.__version__
     assert 'path = "runner/__init__.py"' in (REPO / "pyproject.toml").read_text()
