@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
+from faults import free_port
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from support import Cli, copy_django_example, make_project
@@ -93,12 +93,6 @@ def test_no_password_set_in_sql_survives_shown_statement(password: str, padding:
     visible = " ".join(password.split())
     assume(len(visible) >= 6 and visible not in "SELECT 1; ALTER ROLE app PASSWORD '***'…")
     assert visible not in shown
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "mysql"])

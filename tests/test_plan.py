@@ -17,9 +17,10 @@ BODIES = {
 }
 
 
-def at_three_of_five(cli: Cli, url: str) -> dict[str, str]:
-    """A database at revision 3 of 5; revision 4 changes the type of a column of a table revision 3 made."""
-    make_project(cli.cwd, revisions=5, bodies=BODIES)
+def at_three_of_five(cli: Cli, url: str, *, revisions: int = 5, fourth: str | None = None) -> dict[str, str]:
+    """A database at revision 3 of 5 (or ``revisions``); revision 4 changes the type of a column of a table
+    revision 3 made, unless ``fourth`` gives its body."""
+    make_project(cli.cwd, revisions=revisions, bodies=BODIES if fourth is None else {**BODIES, 4: fourth})
     env = {"MIGRATION_DATABASE_URL": url}
     assert cli("upgrade", "0003", env=env).code == 0
     return env
@@ -226,9 +227,7 @@ def test_trace_does_not_run_a_revision_outside_a_transaction(cli: Cli, pg_url: s
         "with op.get_context().autocommit_block():\n"
         '    op.create_index("ix_total", "orders", ["total"], postgresql_concurrently=True)'
     )
-    make_project(cli.cwd, revisions=5, bodies={**BODIES, 4: concurrently})
-    env = {"MIGRATION_DATABASE_URL": pg_url}
-    assert cli("upgrade", "0003", env=env).code == 0
+    env = at_three_of_five(cli, pg_url, fourth=concurrently)
 
     result = cli("plan", "--trace", "--json", env=env)
 
@@ -301,9 +300,7 @@ def test_a_revision_without_offline_sql_is_read_from_what_the_trace_ran(cli: Cli
         'if "orders" in sa.inspect(op.get_bind()).get_table_names():\n'
         '    op.create_index("ix_orders_total", "orders", ["total"])'
     )
-    make_project(cli.cwd, revisions=4, bodies={**BODIES, 4: inspects})
-    env = {"MIGRATION_DATABASE_URL": pg_url}
-    assert cli("upgrade", "0003", env=env).code == 0
+    env = at_three_of_five(cli, pg_url, revisions=4, fourth=inspects)
 
     static = json.loads(cli("plan", "--json", env=env).stdout)["pending"][0]
     markdown = cli("plan", "--output", "markdown", env=env).stdout

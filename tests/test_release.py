@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from faults import free_port
 from support import CHART, QUICKSTART, REPO, app_chart, helm, only, parse_events, render
 
 import runner
@@ -108,12 +108,6 @@ def test_the_wheel_installed_alone_runs_the_quickstart(dist: Path, tmp_path: Pat
     assert first.returncode == 0, first.stdout.decode() + first.stderr.decode()
     assert "upgrade.finished" in [e["event"] for e in parse_events(first.stdout.decode())]
     assert again.returncode == 0 and "upgrade.noop" in [e["event"] for e in parse_events(again.stdout.decode())]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
