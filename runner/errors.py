@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,19 @@ def most_severe(codes: Iterable[int]) -> ExitCode:
     rank = {code: position for position, code in enumerate(SEVERITY)}
     found = [ExitCode(code) if code in rank else ExitCode.INTERNAL_ERROR for code in codes]
     return min(found, key=lambda code: rank[code], default=ExitCode.OK)
+
+
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what it was raised from or during (``__cause__``, else ``__context__``), innermost last.
+
+    A chain that comes back on itself ends at the first repeat.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class RunnerError(Exception):

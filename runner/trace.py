@@ -16,11 +16,14 @@ it beyond ``AccessShareLock`` on catalogs.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from runner.errors import chain
 
 BLOCKS_READS = frozenset({"AccessExclusiveLock"})
 BLOCKS_WRITES = frozenset({"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"})
@@ -92,12 +95,8 @@ def not_traced(
 
 def stop_in(error: BaseException) -> NotTraceable | None:
     """The :class:`NotTraceable` that ``error`` is, or was raised from (a driver or env.py may wrap it)."""
-    seen: BaseException | None = error
-    for _ in range(10):
-        if seen is None or isinstance(seen, NotTraceable):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    # Ten links are more than any driver or env.py wraps it in.
+    return next((raised for raised in itertools.islice(chain(error), 10) if isinstance(raised, NotTraceable)), None)
 
 
 # A DB-API statement as a pyformat driver receives it: "%%" is a literal "%", "%s" and "%(name)s" are parameters.

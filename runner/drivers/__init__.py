@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runner.errors import chain
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -440,15 +442,8 @@ def shown_statement(sql: str | None) -> str | None:
 
 def statement_of(error: BaseException) -> str | None:
     """The SQL of the statement that raised ``error`` (SQLAlchemy's ``StatementError.statement``), shown."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        statement = getattr(current, "statement", None)
-        if isinstance(statement, str):
-            return shown_statement(statement)
-        current = current.__cause__ or current.__context__
-    return None
+    statements = (getattr(raised, "statement", None) for raised in chain(error))
+    return next((shown_statement(text) for text in statements if isinstance(text, str)), None)
 
 
 def line_in(error: BaseException, source: str | Path | None) -> str | None:
@@ -461,14 +456,15 @@ def line_in(error: BaseException, source: str | Path | None) -> str | None:
     if source is None:
         return None
     wanted = Path(source).resolve()
-    line = None
-    current: BaseException | None = error
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen and line is None:
-        seen.add(id(current))
-        frames = [f for f in traceback.extract_tb(current.__traceback__) if Path(f.filename).resolve() == wanted]
-        line = frames[-1].lineno if frames else None
-        current = current.__cause__ or current.__context__
+    lines = (
+        [
+            frame.lineno
+            for frame in traceback.extract_tb(raised.__traceback__)
+            if Path(frame.filename).resolve() == wanted
+        ]
+        for raised in chain(error)
+    )
+    line = next((found[-1] for found in lines if found), None)
     try:
         shown = wanted.relative_to(Path.cwd().resolve())
     except ValueError:
