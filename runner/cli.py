@@ -27,6 +27,8 @@ class Command:
     Attributes:
         target: the help of the command's positional argument, in its own words; None when it takes none.
         metavar: that argument's name in the usage line (``TARGET``, ``REVISION``).
+        target_required: the usage line shows it as required; argparse still takes it as optional,
+            since ``--target`` or ``MIGRATION_TARGET`` may give it instead.
         not_at_target: what exit 1 means for this command, when it can return 1.
     """
 
@@ -35,6 +37,7 @@ class Command:
     codes: tuple[int, ...]
     target: str | None = None
     metavar: str = "TARGET"
+    target_required: bool = False
     not_at_target: str | None = None
 
     @property
@@ -83,6 +86,7 @@ COMMANDS: dict[str, Command] = {
         (0, 65, 66, 69, 75, 78, *_STOPPED),
         target="required: the revision to go down to: a revision id or unique prefix, -N (N revisions back), or base; "
         "Django: app_label:migration_name or app_label:zero; the same as --target and MIGRATION_TARGET",
+        target_required=True,
     ),
     "plan": Command(
         "read-only, no lock: the pending revisions, their SQL and what it locks; exit 1 if any is pending "
@@ -250,8 +254,8 @@ def build_parser(*, with_epilog: bool = True) -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         sub = commands.add_parser(
             name,
-            # downgrade's TARGET is required (here, or --target / MIGRATION_TARGET): argparse would print [TARGET].
-            usage="migration-runner downgrade TARGET [options]" if name == "downgrade" else None,
+            # argparse would print an optional positional as [TARGET].
+            usage=f"migration-runner {name} {command.metavar} [options]" if command.target_required else None,
             allow_abbrev=False,
             parents=[options],
             help=command.summary,

@@ -150,9 +150,14 @@ def text(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _not_read(step: dict[str, Any]) -> bool:
+    """No SQL to read flags from: none rendered offline, and none taken from what a trace ran."""
+    return not step["flags"] and step["sql"] is None and "read from the statements" not in (step["not_rendered"] or "")
+
+
 def _summary(step: dict[str, Any]) -> str:
     """A step's risk in one line: each kind once, the most serious first, with its tables."""
-    if not step["flags"] and step["sql"] is None and "read from the statements" not in (step["not_rendered"] or ""):
+    if _not_read(step):
         return "not read: its SQL cannot be rendered offline (plan --trace reads the statements it runs)"
     if not step["flags"]:
         return "none" + (f" ({len(step['accepted'])} accepted)" if step["accepted"] else "")
@@ -184,7 +189,7 @@ def _markdown(plan: dict[str, Any], fold: str) -> str:
     current = ", ".join(f"`{r}`" for r in plan["current"]) or "nothing applied"
     pending = plan["pending"]
     # A step whose SQL could not be read is to review as much as a flagged one.
-    flagged = sum(1 for s in pending if s["flags"] or s["irreversible"] or _summary(s).startswith("not read"))
+    flagged = sum(1 for step in pending if step["flags"] or step["irreversible"] or _not_read(step))
     out = ["### Migration plan", ""]
     if not pending:
         out += [f"`{plan['database']}` is at {current}: nothing is pending.", ""]
@@ -199,7 +204,7 @@ def _markdown(plan: dict[str, Any], fold: str) -> str:
     for step in pending:
         transaction = "yes" if step["transactional"] else "**no**"
         shown_risk = f"⚠️ {step['risk']}" if step["risk"] else ("irreversible" if step["irreversible"] else "none")
-        if not step["risk"] and _summary(step).startswith("not read"):
+        if _not_read(step):
             shown_risk = "❓ not read"
         out.append(f"| `{step['revision']}` | {_cell(step['message'])} | {transaction} | {shown_risk} |")
     out.append("")
