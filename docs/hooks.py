@@ -45,21 +45,19 @@ def _takes(annotation: Any) -> str:
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+def _value(value: Any) -> str:
+    """A default as a variable would spell it: `true`, `300`, `json`; none for no value."""
+    if value in (None, (), []):
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
 def _default(name: str, field: FieldInfo) -> str:
     """The default, and where the environment changes it."""
-    value = field.default
-    if value in (None, (), []):
-        text = "none"
-    elif isinstance(value, bool):
-        text = f"`{str(value).lower()}`"
-    else:
-        text = f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
-    by_environment = [
-        f"{env} `{values[name]}`" if isinstance(values[name], str) else f"{env} `{values[name]:g}`"
-        for env, values in ENVIRONMENT_DEFAULTS.items()
-        if name in values
-    ]
-    return text + (f" ({', '.join(by_environment)})" if by_environment else "")
+    by_environment = [f"{env} {_value(values[name])}" for env, values in ENVIRONMENT_DEFAULTS.items() if name in values]
+    return _value(field.default) + (f" ({', '.join(by_environment)})" if by_environment else "")
 
 
 def settings_reference() -> str:

@@ -335,7 +335,7 @@ def app_chart(where: Path, repository: str = f"file://{CHART}", *flags: str) -> 
     """A copy of examples/helm-app whose migration-runner dependency comes from `repository`, built.
 
     The example names the published OCI location; a test points it at this checkout's chart (or at a
-    registry of its own) and runs `helm dependency build`, as a user's `helm dependency update` would.
+    registry of its own) and runs `helm dependency update`, as a user would.
     """
     app = shutil.copytree(HELM_APP, where / "helm-app", ignore=shutil.ignore_patterns("charts", "Chart.lock"))
     chart_yaml = app / "Chart.yaml"
