@@ -62,11 +62,15 @@ def installed_names(args: str) -> list[str]:
     return names
 
 
+def tracked_files() -> list[str]:
+    """The repository's files as git tracks them, relative to its root."""
+    return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+
+
 def install_lines() -> list[tuple[str, int, str, list[str]]]:
     """Every install command in the repository's tracked text files: (path, line, text, names)."""
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     found = []
-    for name in files:
+    for name in tracked_files():
         if name in ("uv.lock", "tests/test_publishing.py") or name.startswith("tests/projects/"):
             continue
         try:
@@ -122,28 +126,22 @@ def test_ci_run_announces_each_system_package_and_keeps_out_of_the_quickstart_ve
     assert environment and environment.group(1).strip("\"'") not in (".venv", "./.venv")
 
 
-def release_env() -> dict[str, str]:
-    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "release.yml").read_text())
-    return dict(workflow["env"])
-
-
 def test_the_release_the_chart_and_the_docs_name_one_image_and_one_chart_location() -> None:
     """What release.yml pushes is what the chart pulls and what every doc names, tag without a `v`."""
-    image, charts = release_env()["IMAGE"], release_env()["CHARTS"]
+    workflow = (REPO / ".github" / "workflows" / "release.yml").read_text()
+    image, charts = (yaml.safe_load(workflow)["env"][name] for name in ("IMAGE", "CHARTS"))
     values = yaml.safe_load((REPO / "helm" / "migration-runner" / "values.yaml").read_text())
     meta = chart()
-    workflow = (REPO / ".github" / "workflows" / "release.yml").read_text()
 
     assert values["image"]["repository"] == image and values["image"]["tag"] == ""  # the tag is the appVersion
     assert meta["appVersion"] == meta["version"] == runner.__version__
     assert "tags: ${{ env.IMAGE }}:${{ needs.version.outputs.version }}" in workflow
     assert 'version="${GITHUB_REF_NAME#v}"' in workflow and '"$CHARTS"' in workflow
     for readme in ("README.md", "helm/migration-runner/README.md"):
-        assert f"{charts}/migration-runner" in (REPO / readme).read_text() or charts in (REPO / readme).read_text()
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+        assert f"{charts}/migration-runner" in (REPO / readme).read_text(), readme
     mentions = [
         (name, match.group())
-        for name in files
+        for name in tracked_files()
         if name.endswith((".md", ".yaml", ".yml", "Dockerfile", ".txt", ".tpl")) and not name.startswith("tests/")
         for match in re.finditer(r"(?:oci://)?ghcr\.io/[\w./${}-]+(?::[\w.${}-]+)?", (REPO / name).read_text())
     ]
