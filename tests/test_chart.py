@@ -237,12 +237,18 @@ def in_mounts(env: dict[str, str], mounts: dict[str, str]) -> dict[str, str]:
     return moved
 
 
+def container_command(container: dict[str, Any]) -> list[str]:
+    """The container's command as this machine runs it: the image's ENTRYPOINT is `migration-runner`, which is
+    on the image's PATH and, here, beside this interpreter."""
+    command = container.get("command") or ["migration-runner"]
+    if command[0] == "migration-runner":
+        command = [str(Path(sys.executable).with_name("migration-runner")), *command[1:]]
+    return list(command)
+
+
 def run_container(container: dict[str, Any], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run exactly the container's command and args; the image's ENTRYPOINT is `migration-runner`."""
-    command = container.get("command") or ["migration-runner"]
-    if command[0] == "migration-runner":  # on the image's PATH; here, beside this interpreter
-        command = [str(Path(sys.executable).with_name("migration-runner")), *command[1:]]
-    argv = command
+    argv = container_command(container)
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
     return subprocess.run(
         [*argv, *container.get("args", [])], cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60
@@ -372,10 +378,7 @@ def test_pod_simulation_of_the_indexed_job_migrates_five_databases(
     env = resolve_env(container, [*objects, tenants], POD)
     mounts = materialise_mounts(spec, container, [*objects, tenants], tmp_path / "pod")
     migrations = shutil.copytree(QUICKSTART, tmp_path / "migrations", ignore=shutil.ignore_patterns("*.db*"))
-    command = container.get("command") or ["migration-runner"]
-    if command[0] == "migration-runner":  # on the image's PATH; here, beside this interpreter
-        command = [str(Path(sys.executable).with_name("migration-runner")), *command[1:]]
-    argv = command
+    argv = container_command(container)
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_") and k != "DATABASE_URL"}
 
     results: dict[int, tuple[int, str]] = {}

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from faults import free_port
-from support import CHART, QUICKSTART, REPO, app_chart, helm, only, parse_events, render
+from support import CHART, QUICKSTART, REPO, app_chart, helm, only, parse_events, render, wait_until
 
 import runner
 
@@ -130,16 +129,16 @@ def registry(tmp_path: Path) -> Iterator[str]:
     )
     server = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # wait for the registry to answer its API root, or to have died
+
+        def answers() -> bool:
             assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
             try:
                 with urllib.request.urlopen(f"http://{address}/v2/", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
+                    return bool(answer.status == 200)
             except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "the registry did not answer within 60 s"
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, 60, "the registry to answer its API root")
         yield address
     finally:
         server.terminate()
