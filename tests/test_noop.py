@@ -55,11 +55,80 @@ def write(project: Path, rev: str, down: object, *, labels: object = None, depen
 
 
 def both(project: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """The heads read both ways; where the quick read answers, it must also have read Alembic's files."""
     monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # prepend_sys_path: Alembic's from_config changes sys.path
     settings = load_settings(cwd=project)
-    quick = driver.quick_heads(settings, project)
-    full = driver.Project(settings=settings, cwd=project).heads()
-    return quick, full
+    sources: dict[str, tuple[str, bytes]] = {}
+    quick = driver.quick_heads(settings, project, sources)
+    loaded = driver.Project(settings=settings, cwd=project)
+    scripts = {script.revision: script.path for script in loaded.script.walk_revisions()}
+    if quick is not None:
+        assert {revision: path for revision, (path, _) in sources.items()} == scripts
+        assert all(Path(path).read_bytes() == data for path, data in sources.values())
+    return quick, loaded.heads()
+
+
+def configure(project: Path, *lines: str, drop: str = "") -> None:
+    """Add ``lines`` to alembic.ini's [alembic] section (after dropping the lines that start with ``drop``)."""
+    ini = project / "alembic.ini"
+    kept = [line for line in ini.read_text().splitlines() if not (drop and line.startswith(drop))]
+    text = "\n".join(kept).replace("[alembic]", "[alembic]\n" + "\n".join(lines), 1)
+    ini.write_text(text + "\n")
+
+
+def move(project: Path, revision: str, directory: str) -> None:
+    """Move revision ``revision``'s file from migrations/versions to ``directory`` (relative to the project)."""
+    target = project / directory
+    target.mkdir(parents=True, exist_ok=True)
+    (project / "migrations" / "versions" / f"{revision}_x.py").rename(target / f"{revision}_x.py")
+
+
+def linear(project: Path, count: int = 4) -> None:
+    for number in range(1, count + 1):
+        write(project, f"r{number}", f"r{number - 1}" if number > 1 else None)
+
+
+def two_locations(project: Path, separator: str, joined: str) -> None:
+    """r1 and r2 in migrations/versions, r3 and r4 in model_b/versions; version_locations names both."""
+    linear(project)
+    move(project, "r3", "model_b/versions")
+    move(project, "r4", "model_b/versions")
+    lines = [f"version_locations = %(here)s/migrations/versions{joined}%(here)s/model_b/versions"]
+    configure(project, *lines, *([f"path_separator = {separator}"] if separator else []), drop="path_separator")
+
+
+def package_resource(project: Path) -> None:
+    """Revisions in a package's directory, named as package:resource, the package found through prepend_sys_path."""
+    linear(project)
+    package = project / "src" / "shop_schema"
+    (package / "versions").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for number in (2, 3, 4):
+        (project / "migrations" / "versions" / f"r{number}_x.py").rename(package / "versions" / f"r{number}_x.py")
+    configure(
+        project,
+        "version_locations = %(here)s/migrations/versions shop_schema:versions",
+        "path_separator = space",
+        "prepend_sys_path = src",
+        drop="p",
+    )
+
+
+def pyproject(project: Path, body: str) -> None:
+    """[tool.alembic] in pyproject.toml instead of an alembic.ini."""
+    (project / "alembic.ini").unlink()
+    (project / "pyproject.toml").write_text(f'[project]\nname = "shop"\n\n[tool.alembic]\n{body}')
+
+
+def recursive(project: Path) -> None:
+    """Revisions in dated subdirectories of versions/, as recursive_version_locations reads them."""
+    linear(project)
+    move(project, "r2", "migrations/versions/2025")
+    move(project, "r3", "migrations/versions/2026/q1")
+    (project / "migrations" / "versions" / "2026" / "__pycache__").mkdir()
+    (project / "migrations" / "versions" / "2026" / "__pycache__" / "stale.py").write_text("revision = 'x'\n")
+    configure(project, "recursive_version_locations = true")
 
 
 def history(project: Path, build: Callable[[Path], None]) -> Path:
@@ -97,6 +166,41 @@ HISTORIES: dict[str, Callable[[Path], None]] = {
         write(p, "a", None, doc="first\ndef of the schema\n"),
         write(p, "b", "a"),
     ],
+    # Layouts (issue 28): where Alembic finds the files.
+    "version_locations over two directories, path_separator = os": lambda p: two_locations(p, "os", ":"),
+    "version_locations, path_separator = ;": lambda p: two_locations(p, ";", ";"),
+    "version_locations, no path_separator (Alembic's legacy split on spaces and commas)": lambda p: two_locations(
+        p, "", ", "
+    ),
+    "version_locations with a package:resource location": package_resource,
+    "[tool.alembic] in pyproject.toml": lambda p: [
+        linear(p),
+        pyproject(p, 'script_location = "%(here)s/migrations"\n'),
+    ],
+    "[tool.alembic] with version_locations as a list": lambda p: [
+        two_locations(p, "os", ":"),
+        pyproject(
+            p,
+            'script_location = "migrations"\n'
+            'version_locations = ["%(here)s/migrations/versions", "%(here)s/model_b/versions"]\n',
+        ),
+    ],
+    "alembic.ini beside [tool.alembic]: the ini's options come first": lambda p: [
+        two_locations(p, "os", ":"),
+        (p / "pyproject.toml").write_text(
+            '[tool.alembic]\nscript_location = "nowhere"\nrecursive_version_locations = true\n'
+        ),
+    ],
+    "recursive_version_locations": recursive,
+    # Prose is not code (issue 28): these words in a docstring, a comment or a function body decide nothing.
+    "a docstring that says global": lambda p: [
+        write(p, "a", None, doc="Add deployment to global concurrency limit FK"),
+        write(p, "b", "a", doc="uses globals(), exec() and sys.modules, in words"),
+    ],
+    "a comment and a function body that use the words": lambda p: [
+        write(p, "a", None, extra="# from x import *; globals()['revision'] = 'z'"),
+        write(p, "b", "a", extra="def helper(row):\n    setattr(row, 'x', eval('1'))\n    return vars(row)"),
+    ],
 }
 UNSURE: dict[str, Callable[[Path], None]] = {
     "revision is not a literal": lambda p: [write(p, "a", None), write(p, "b", "a", extra="revision = 'b'.upper()")],
@@ -115,14 +219,24 @@ UNSURE: dict[str, Callable[[Path], None]] = {
         write(p, "b", None),
         write(p, "c", "b", depends="core"),
     ],
-    "version_locations": lambda p: [
+    "a function called at import that sets revision": lambda p: [
         write(p, "a", None),
-        (p / "alembic.ini").write_text(
-            (p / "alembic.ini")
-            .read_text()
-            .replace("[alembic]", "[alembic]\nversion_locations = %(here)s/migrations/versions")
-        ),
+        write(p, "b", "a", extra="def _name():\n    global revision\n    revision = 'z'\n\n_name()"),
     ],
+    "a class body that declares revision global": lambda p: [
+        write(p, "a", None),
+        write(p, "b", "a", extra="class Rename:\n    global down_revision\n    down_revision = None"),
+    ],
+    "exec at import": lambda p: [write(p, "a", None), write(p, "b", "a", extra="exec('revision = 1')")],
+    "sys.modules at import": lambda p: [
+        write(p, "a", None),
+        write(p, "b", "a", extra="import sys\nsys.modules[__name__].down_revision = None"),
+    ],
+    "a file listed by two overlapping locations": lambda p: [
+        linear(p),
+        configure(p, "version_locations = %(here)s/migrations/versions %(here)s/migrations/./versions"),
+    ],
+    "sourceless": lambda p: [linear(p), configure(p, "sourceless = true")],
 }
 
 
@@ -145,6 +259,20 @@ def test_what_the_quick_read_cannot_be_sure_of_it_leaves_to_alembic(
     monkeypatch.chdir(project)
 
     assert driver.quick_heads(load_settings(cwd=project), project) is None
+
+
+def test_a_package_resource_is_found_without_importing_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alembic imports the package of a package:resource location; the quick read must not (an app's models)."""
+    project = history(tmp_path / "project", package_resource)
+    (project / "src" / "shop_schema" / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.delitem(sys.modules, "shop_schema", raising=False)  # another test's full path imported its own
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    assert driver.quick_heads(load_settings(cwd=project), project) == ("r4",)
+    assert "shop_schema" not in sys.modules
 
 
 def test_broken_histories_get_no_quick_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ head; any doubt is ``None``, and the full path, with Alembic itself, decides.
 from __future__ import annotations
 
 import ast
-import configparser
 import contextlib
 import os
 import re
@@ -20,27 +19,29 @@ from typing import TYPE_CHECKING, Any
 # run import none of it.
 if TYPE_CHECKING:
     from runner.settings import Settings
-from runner.drivers._alembic_config import _read_ini, config_files
+from runner.drivers._alembic_layout import Layout, quick_layout
 
-# Alembic's own file filter (alembic.script.base._only_source_rev_file).
-_REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
-# Options that change where or how Alembic finds revision files: the quick read leaves them to Alembic.
-_LOCATION_OPTIONS = ("version_locations", "recursive_version_locations", "sourceless", "databases")
-# Code that could set a module's names in ways a reading of its assignments cannot see. Plain
-# substrings, so a comment that mentions one only costs the full path, never a wrong answer.
+# Words that code setting a module's names in ways a reading of its assignments cannot see must
+# contain. Plain substrings, a screen only: a file that has one is parsed, and only its code that
+# runs at import decides (:func:`_sets_names_dynamically`); a docstring or comment decides nothing.
 _DYNAMIC = (
-    "globals(",
-    "setattr(",
-    "exec(",
-    "eval(",
-    "vars(",
+    "globals",
+    "locals",
+    "setattr",
+    "exec",
+    "eval",
+    "vars",
     "__import__",
     "__dict__",
-    "sys.modules",
+    "modules",
+    "f_globals",
     "import *",
     "global ",
     "nonlocal ",
 )
+# Names whose use at import may set a module's names: builtins, and attributes reached from sys or a frame.
+_DYNAMIC_NAMES = frozenset(("globals", "locals", "vars", "setattr", "delattr", "exec", "eval", "__import__"))
+_DYNAMIC_ATTRIBUTES = frozenset(("__dict__", "modules", "f_globals", "f_locals"))
 _IDENTIFIERS = ("revision", "down_revision", "depends_on")
 
 
@@ -69,24 +70,21 @@ def quick_heads(
         The heads, sorted; or None.
     """
     try:
-        directory = _quick_script_directory(settings, cwd)
-        if directory is None:
+        layout = quick_layout(settings, cwd)
+        if layout is None:
             return None
-        names, texts, contents = _revision_texts(directory / "versions")
-    except (OSError, ValueError, configparser.Error):  # UnicodeDecodeError is a ValueError
+        paths, texts, contents = _revision_texts(layout)
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError, and so is a file listed twice
         return None
-    # One look over all the files at once for what would leave a file unsure: usually nothing.
+    # One look over all the files at once for what needs a closer look: usually nothing.
     everything = "\n".join(texts)
-    for marker in _DYNAMIC:
-        if marker in everything:
-            return None
-    downs = _read_history(texts, screened=_DEFINES_IDENTIFIER.search(everything) is None)
+    screened = _DEFINES_IDENTIFIER.search(everything) is None and not any(m in everything for m in _DYNAMIC)
+    downs = _read_history(texts, screened=screened)
     if not downs:
         return None
     if sources is not None:  # downs is in the files' order
-        versions = f"{directory / 'versions'}{os.sep}"
-        for revision, name, data in zip(downs, names, contents, strict=True):
-            sources[revision] = versions + name, data
+        for revision, path, data in zip(downs, paths, contents, strict=True):
+            sources[revision] = path, data
     named = {down for parents, _ in downs.values() for down in parents}
     return tuple(sorted(set(downs) - named))
 
@@ -129,70 +127,61 @@ def quick_current(connection: Any, family: str, settings: Settings) -> tuple[str
         cursor.close()
 
 
-def _quick_script_directory(settings: Settings, cwd: Path) -> Path | None:
-    """The script directory, read from the ini as Alembic's ``Config`` reads it; None when unsure."""
-    ini, toml = config_files(settings.alembic_config, cwd)
-    if toml is not None or (ini is None and settings.script_location is None):
-        return None
-    parser = _read_ini(ini)
-    if not parser.has_section("alembic"):
-        parser.add_section("alembic")
-    if settings.script_location is not None:
-        parser.set("alembic", "script_location", settings.script_location.replace("%", "%%"))
-    if any(parser.has_option("alembic", option) for option in _LOCATION_OPTIONS):
-        return None
-    location = parser.get("alembic", "script_location", fallback=None)
-    if not location or (":" in location and not os.path.isabs(location)):  # a package:resource location
-        return None
-    directory = Path(location)
-    if not (directory / "env.py").is_file() or not (directory / "versions").is_dir():
-        return None
-    return directory
-
-
 # Bytes per read(2) of a revision file: most fit in one.
 _READ_BYTES = 65536
 
 
-def _revision_texts(versions: Path) -> tuple[list[str], list[str], list[bytes]]:
-    """The name, text and bytes of each revision file (Alembic's own filter over ``versions/``), in name order.
+def _revision_texts(layout: Layout) -> tuple[list[str], list[str], list[bytes]]:
+    """The path, text and bytes of each revision file, in Alembic's order (:meth:`Layout.revision_files`).
 
-    Each text starts with a newline that is not in the file.
-
-    The leading newline lets the line-start patterns look for a newline, which is
-    faster than ``re.MULTILINE``'s ``^``. Plain ``os.read`` on a directory
-    descriptor: with a thousand files, ``open()``'s file objects cost as much as the reading.
+    Each text starts with a newline that is not in the file. The leading newline
+    lets the line-start patterns look for a newline, which is faster than
+    ``re.MULTILINE``'s ``^``. Plain ``os.read`` on a directory descriptor: with a
+    thousand files, ``open()``'s file objects cost as much as the reading.
 
     Raises:
         OSError: a file cannot be read.
         UnicodeDecodeError: a file is not UTF-8.
+        ValueError: a file is listed twice (overlapping locations, a symlink): Alembic
+            warns and skips it, and the full path should say so.
     """
-    directory = os.open(versions, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with os.scandir(directory) as entries:
-            names = sorted(entry.name for entry in entries if _REVISION_FILE.match(entry.name) and entry.is_file())
-        texts, contents = [], []
-        for name in names:
-            fd = os.open(name, os.O_RDONLY, dir_fd=directory)
-            try:
-                chunks = [os.read(fd, _READ_BYTES)]
-                while chunks[-1]:
-                    chunks.append(os.read(fd, _READ_BYTES))
-            finally:
-                os.close(fd)
-            contents.append(b"".join(chunks))
-            texts.append("\n" + contents[-1].decode("utf-8"))
-        return names, texts, contents
-    finally:
-        os.close(directory)
+    paths: list[str] = []
+    texts: list[str] = []
+    contents: list[bytes] = []
+    seen: set[str] = set()
+    for directory, files in layout.revision_files():
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, linked in files:
+                path = os.path.join(directory, name)
+                real = os.path.realpath(path) if linked else path  # ScriptDirectory._load_revisions's dupes
+                if real in seen:
+                    raise ValueError(f"{real} is listed twice")
+                seen.add(real)
+                fd = os.open(name, os.O_RDONLY, dir_fd=descriptor)
+                try:
+                    chunks = [os.read(fd, _READ_BYTES)]
+                    while chunks[-1]:
+                        chunks.append(os.read(fd, _READ_BYTES))
+                finally:
+                    os.close(fd)
+                paths.append(real)
+                contents.append(b"".join(chunks))
+                texts.append("\n" + contents[-1].decode("utf-8"))
+        finally:
+            os.close(descriptor)
+    return paths, texts, contents
 
 
 def _literal_identifiers(text: str, *, screened: bool = False) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
     """``(revision, down_revisions, depends_on)`` of a revision file, if it sets them plainly; else None.
 
     Only what runs at import can set a module's names: its top-level statements.
-    Function and class bodies do not run, so when everything after the first
-    top-level ``def``/``class`` is more of them, only the text before it is parsed.
+    Function bodies do not run, and a class body binds the class's names, not the
+    module's (a ``global`` in it is a :data:`_DYNAMIC` marker), so when everything
+    after the first top-level ``def``/``class`` is more of them, only the text
+    before it is parsed. A file with a marker is parsed whole and decided by
+    :func:`_sets_names_dynamically`.
 
     Args:
         text: the file's text after a newline (:func:`_revision_texts`).
@@ -203,7 +192,8 @@ def _literal_identifiers(text: str, *, screened: bool = False) -> tuple[str, tup
         SyntaxError, ValueError: the text does not parse, or a value is not a literal.
     """
     if not screened and any(marker in text for marker in _DYNAMIC):
-        return None
+        module = ast.parse(text)  # a closer look: is the word in code that runs at import, or in prose?
+        return None if _sets_names_dynamically(module) else _checked(_top_level_values(module))
     first = _FIRST_DEFINITION.search(text)
     rest = text[first.start() :] if first else ""
     if not screened and _DEFINES_IDENTIFIER.search(rest):
@@ -217,6 +207,11 @@ def _literal_identifiers(text: str, *, screened: bool = False) -> tuple[str, tup
                 tree = ast.parse(head)
     if values is None:
         values = _top_level_values(tree or ast.parse(text))
+    return _checked(values)
+
+
+def _checked(values: dict[str, Any] | None) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
+    """``(revision, down_revisions, depends_on)`` from the literal values, if they are what Alembic takes."""
     if values is None or "revision" not in values or "down_revision" not in values:
         return None
     revision, down, depends = values["revision"], _ids(values["down_revision"]), _ids(values.get("depends_on"))
@@ -303,6 +298,43 @@ _FIRST_DEFINITION = re.compile(r"\n(?:async\s+def|def|class|@)\b")
 # A line at column 0 after the first definition that is not another definition, a decorator or a comment.
 _ONLY_DEFINITIONS = re.compile(r"\n(?!async\s+def\b|def\b|class\b|@|#|\s|\Z)")
 _DEFINES_IDENTIFIER = re.compile(r"\n(?:async\s+def|def|class)\s+(?:revision|down_revision|depends_on)\b")
+
+
+def _sets_names_dynamically(tree: ast.Module) -> bool:
+    """Whether code that runs at import could set a module name other than by a plain statement.
+
+    That code is the top-level statements and class bodies, and the body of a
+    function defined in the file only when that code names it (it may call it).
+    It is dynamic if it uses ``globals()``, ``vars()``, ``setattr``, ``exec`` and
+    the like (:data:`_DYNAMIC_NAMES`), reaches ``__dict__``, ``sys.modules`` or a
+    frame's globals, star-imports, or declares an identifier ``global``/``nonlocal``.
+    """
+    functions: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            functions.setdefault(node.name, []).append(node)
+    pending: list[ast.AST] = list(tree.body)
+    entered: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            pending += [*getattr(node, "decorator_list", ()), *node.args.defaults]
+            pending += [default for default in node.args.kw_defaults if default is not None]
+            continue  # the body runs only when called
+        named = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if named in _DYNAMIC_NAMES or (isinstance(node, ast.Attribute) and node.attr in _DYNAMIC_ATTRIBUTES):
+            return True
+        if isinstance(node, ast.Global | ast.Nonlocal) and set(node.names) & set(_IDENTIFIERS):
+            return True
+        if isinstance(node, ast.ImportFrom) and any(
+            alias.name == "*" or alias.name in _DYNAMIC_NAMES | _DYNAMIC_ATTRIBUTES for alias in node.names
+        ):
+            return True
+        if named in functions and named not in entered:
+            entered.add(named)
+            pending += [statement for function in functions[named] for statement in function.body]
+        pending.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def _may_bind_identifiers(statement: ast.stmt) -> bool:
