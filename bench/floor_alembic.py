@@ -6,6 +6,12 @@ connects, reads the version table and logs one JSON line. Usage (as bench/suite.
     MIGRATION_DATABASE_URL=postgresql://... python bench/floor_alembic.py
 """
 
+import gc
+
+# The runner's GC settings (runner/process.py, run_program): the same threshold from the start, and
+# no collection at exit (disable and freeze), so the floor pays no collector work the runner skips.
+gc.set_threshold(50_000, 20, 20)
+
 import os
 
 import psycopg
@@ -24,3 +30,5 @@ with psycopg.connect(conninfo, autocommit=True) as connection:
     versions = [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
 structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()])
 structlog.get_logger().info("upgrade.noop", current=versions, pid=os.getpid())
+gc.disable()
+gc.freeze()

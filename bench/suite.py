@@ -11,7 +11,7 @@ installed wheel is (the machines and the image set ``PYTHONDONTWRITEBYTECODE=1``
 Usage::
 
     uv run python bench/suite.py [--runs 11] [--json bench/results.json]
-        [--rows noop,apply,followers,django,verify,django-verify]
+        [--rows noop,layout,apply,followers,fleet,django,verify,django-verify]
 
 Needs the PostgreSQL server of the tests (``TEST_POSTGRES_URL``, default the local
 one); it creates its databases and drops them. It asserts nothing: the figures
@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,9 +133,12 @@ def alembic_project(root: Path, revisions: int, url: str) -> Path:
     return project
 
 
+NOOP_SIZES = tuple(int(n) for n in os.environ.get("BENCH_NOOP_SIZES", "10,100,300,1000").split(","))
+
+
 def noop_rows(runs: int, tmp: Path) -> dict[str, Any]:
     rows = {}
-    for revisions in (10, 100, 300, 1000):
+    for revisions in NOOP_SIZES:
         with database() as url:
             project = alembic_project(tmp / f"noop{revisions}", revisions, url)
             env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
@@ -159,27 +163,55 @@ def noop_rows(runs: int, tmp: Path) -> dict[str, Any]:
     return rows
 
 
-def per_revision_transactions(project: Path) -> Path:
-    """A copy of ``project`` whose env.py asks Alembic for a transaction per revision, as the runner keeps."""
-    copy = Path(shutil.copytree(project, project.with_name(project.name + "-per-revision")))
+def per_revision_transactions(project: Path, *, durable_at_end: bool = False) -> Path:
+    """A copy of ``project`` whose env.py asks Alembic for a transaction per revision, as the runner keeps.
+
+    With ``durable_at_end``, env.py also ends with one synchronous commit that writes WAL (the version
+    row, rewritten as it is): run with ``PGOPTIONS='-c synchronous_commit=off'``, that is the runner's
+    recipe (asynchronous commits, then one flush, runner/ledger.py ``make_durable``).
+    """
+    suffix = "-like-for-like" if durable_at_end else "-per-revision"
+    copy = Path(shutil.copytree(project, project.with_name(project.name + suffix)))
     env_py = copy / "migrations" / "env.py"
     plain = "context.configure(connection=connection, target_metadata=target_metadata)"
+    run = "        with context.begin_transaction():\n            context.run_migrations()\n"
     text = env_py.read_text()
-    assert plain in text, "the quickstart's env.py no longer configures the connection this way"  # noqa: S101
-    env_py.write_text(text.replace(plain, plain[:-1] + ", transaction_per_migration=True)"))
+    assert plain in text and run in text, "the quickstart's env.py no longer configures the connection this way"  # noqa: S101
+    text = text.replace(plain, plain[:-1] + ", transaction_per_migration=True)")
+    if durable_at_end:
+        text = text.replace(
+            run,
+            run  # noqa: S608  (a constant statement, written into env.py)
+            + "        with connection.begin():\n"
+            '            connection.exec_driver_sql("SET LOCAL synchronous_commit = on")\n'
+            '            connection.exec_driver_sql("UPDATE alembic_version SET version_num = version_num")\n',
+        )
+    env_py.write_text(text)
     return copy
 
 
+LIKE_FOR_LIKE = "alembic, like for like"
+
+
 def apply_rows(runs: int, tmp: Path) -> dict[str, Any]:
+    """Apply from empty at 300 and 1000 revisions, against Alembic with the runner's transactions and durability.
+
+    The like-for-like anchor is ``alembic upgrade head`` with ``transaction_per_migration=True``,
+    ``synchronous_commit=off`` through ``PGOPTIONS`` and one synchronous commit at the end. Plain
+    ``alembic upgrade head`` (one transaction for the whole history) is reported beside it.
+    """
     rows = {}
     for revisions in (300, 1000):
         with database() as url:
             project = alembic_project(tmp / f"apply{revisions}", revisions, url)
             ini = per_revision_transactions(project) / "alembic.ini"
+            like = per_revision_transactions(project, durable_at_end=True) / "alembic.ini"
             env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
+            asynchronous = ["env", "PGOPTIONS=-c synchronous_commit=off"]
             rows[f"apply {revisions} revisions to an empty database"] = alternate(
                 {
                     "runner": [str(BIN / "migration-runner"), "upgrade"],
+                    LIKE_FOR_LIKE: [*asynchronous, str(BIN / "alembic"), "-c", str(like), "upgrade", "head"],
                     "alembic": [str(BIN / "alembic"), "upgrade", "head"],
                     "alembic, a transaction per revision": [str(BIN / "alembic"), "-c", str(ini), "upgrade", "head"],
                 },
@@ -188,38 +220,226 @@ def apply_rows(runs: int, tmp: Path) -> dict[str, Any]:
                 max(3, runs // 3),
                 before=lambda url=url: recreate(url),
             )
+    small, large = rows["apply 300 revisions to an empty database"], rows["apply 1000 revisions to an empty database"]
+    slopes = {label: (large[label]["median_s"] - small[label]["median_s"]) / 700 for label in ("runner", LIKE_FOR_LIKE)}
+    rows["apply, seconds per revision between 300 and 1000"] = {
+        "runner": {"median_s": round(slopes["runner"], 6)},
+        LIKE_FOR_LIKE: {"median_s": round(slopes[LIKE_FOR_LIKE], 6)},
+        f"ratio_to_{LIKE_FOR_LIKE}": round(slopes["runner"] / slopes[LIKE_FOR_LIKE], 3),
+    }
     return rows
 
 
+SLOW_MODELS = """\"\"\"A stand-in for an application's models: importing it takes 300 ms.\"\"\"
+import time
+
+time.sleep(0.3)
+"""
+
+
+def layout_row(runs: int, tmp: Path) -> dict[str, Any]:
+    """A no-op on 150 revisions over two version_locations, each revision importing a 300 ms ``app.models``."""
+    with database() as url:
+        project = alembic_project(tmp / "layout", 150, url)
+        versions, second = project / "migrations" / "versions", project / "model_b" / "versions"
+        second.mkdir(parents=True)
+        for number, path in enumerate(sorted(versions.glob("*.py"))):
+            text = path.read_text().replace(
+                "import sqlalchemy as sa\n", "import sqlalchemy as sa\n\nimport app.models\n", 1
+            )
+            assert "import app.models" in text, "the revision template no longer imports sqlalchemy as sa"  # noqa: S101
+            (second if number % 2 else versions).joinpath(path.name).write_text(text)
+            if number % 2:
+                path.unlink()
+        (project / "app").mkdir()
+        (project / "app" / "__init__.py").write_text("")
+        (project / "app" / "models.py").write_text(SLOW_MODELS)
+        ini = project / "alembic.ini"
+        ini.write_text(
+            ini.read_text().replace(
+                "[alembic]\n",
+                "[alembic]\nversion_locations = %(here)s/migrations/versions:%(here)s/model_b/versions\n",
+                1,
+            )
+        )
+        env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
+        measure([str(BIN / "alembic"), "upgrade", "head"], project, env)
+        row = alternate(
+            {
+                "runner": [str(BIN / "migration-runner"), "upgrade"],
+                "alembic": [str(BIN / "alembic"), "upgrade", "head"],
+                "floor": [PYTHON, str(REPO / "bench" / "floor_alembic.py")],
+            },
+            project,
+            env,
+            runs,
+        )
+        row["rss_ratio_to_floor"] = round(row["runner"]["median_rss_mib"] / row["floor"]["median_rss_mib"], 3)
+        return {"noop, 150 revisions in two version_locations, each importing a 300 ms app.models": row}
+
+
 def followers_row(runs: int, tmp: Path) -> dict[str, Any]:
-    """8 runners at once on 100 revisions: seconds from the winner's upgrade.finished to the last run.finished."""
-    gaps = []
+    """8 runners at once on 100 revisions: seconds from the winner's upgrade.finished to the last run.finished.
+
+    Measured on the machine as it is, then beside two busy-loop processes (a busy node).
+    """
+    rows = {}
     with database() as url:
         project = alembic_project(tmp / "followers", 100, url)
         env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
-        for _ in range(max(3, runs // 3)):
-            recreate(url)
-            processes = [
-                subprocess.Popen(
-                    [str(BIN / "migration-runner"), "upgrade"], cwd=project, env=env, stdout=subprocess.PIPE, text=True
-                )
-                for _ in range(8)
-            ]
-            events = []
-            for process in processes:
-                out, _ = process.communicate(timeout=300)
-                if process.returncode != 0:
-                    raise SystemExit(f"a follower exited {process.returncode}")
-                events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        for busy in (0, 2):
+            gaps = []
+            with busy_loops(busy):
+                for _ in range(max(3, runs // 3)):
+                    recreate(url)
+                    gaps.append(followers_gap(project, env))
+            beside = f", beside {busy} busy loops" if busy else ""
+            rows[f"8 followers, 100 revisions{beside}: last exit after the winner's upgrade.finished"] = {
+                "median_s": round(statistics.median(gaps), 4),
+                "max_s": round(max(gaps), 4),
+            }
+    return rows
 
-            (winner,) = moments(events, "upgrade.finished")
-            gaps.append((max(moments(events, "run.finished")) - winner).total_seconds())
-    return {
-        "8 followers, 100 revisions: last exit after the winner's upgrade.finished": {
-            "median_s": round(statistics.median(gaps), 4),
-            "max_s": round(max(gaps), 4),
-        }
+
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """``count`` processes that spin on the CPU until the block ends."""
+    loops = [subprocess.Popen([PYTHON, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def followers_gap(project: Path, env: dict[str, str]) -> float:
+    """Start 8 runners at once; seconds from the one upgrade.finished to the last run.finished."""
+    processes = [
+        subprocess.Popen(
+            [str(BIN / "migration-runner"), "upgrade"], cwd=project, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
+    events = []
+    for process in processes:
+        out, _ = process.communicate(timeout=300)
+        if process.returncode != 0:
+            raise SystemExit(f"a follower exited {process.returncode}")
+        events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    (winner,) = moments(events, "upgrade.finished")
+    return (max(moments(events, "run.finished")) - winner).total_seconds()
+
+
+FLEET_SIZE, FLEET_REVISIONS, FLEET_PARALLELISM = 200, 20, 4
+
+
+def fleet_row(runs: int, tmp: Path) -> dict[str, Any]:
+    """``upgrade --all`` over 200 databases against ``xargs -P 4`` running ``alembic upgrade head`` once per database.
+
+    Each round applies 20 revisions to every database (all at base), then runs again with every
+    database at head (the no-op pass). Wall time, and the peak memory of the whole process tree
+    (the sum of its processes' PSS, sampled): pages a fork shares count once.
+    """
+    names = [f"mr_fleet_{uuid.uuid4().hex[:8]}_{i}" for i in range(FLEET_SIZE)]
+    admin_url = sqlalchemy.make_url(ADMIN)
+    urls_ = [admin_url.set(database=name).render_as_string(hide_password=False) for name in names]
+    project = alembic_project(tmp / "fleet", FLEET_REVISIONS, urls_[0])
+    (project / "databases.txt").write_text("\n".join(urls_) + "\n")
+    inis = project / "inis"
+    inis.mkdir()
+    template = (project / "alembic.ini").read_text().replace("%(here)s/migrations", str(project / "migrations"))
+    for number, url in enumerate(urls_):
+        (inis / f"{number}.ini").write_text(template.replace(urls_[0], url))
+    (project / "inis.txt").write_text("".join(f"{inis / f'{n}.ini'}\n" for n in range(FLEET_SIZE)))
+    env = base_env(
+        MIGRATION_DATABASES_FILE=str(project / "databases.txt"),
+        MIGRATION_PARALLELISM=str(FLEET_PARALLELISM),
+        MIGRATION_LOG_FORMAT="json",
+    )
+    commands = {
+        "runner --all": [str(BIN / "migration-runner"), "upgrade", "--all"],
+        "xargs -P 4 alembic": [
+            *("xargs", "-a", str(project / "inis.txt"), "-P", str(FLEET_PARALLELISM), "-I{}"),
+            *(str(BIN / "alembic"), "-c", "{}", "upgrade", "head"),
+        ],
     }
+    samples: dict[str, list[dict[str, Any]]] = {f"{label}{p}": [] for p in ("", ", no-op") for label in commands}
+
+    def recreate_all() -> None:
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                admin.execute(f'CREATE DATABASE "{name}"')
+
+    try:
+        for round_ in range(max(2, runs // 4) + 1):
+            for label, command in commands.items():
+                recreate_all()
+                applied = measure_tree(command, project, env)
+                noop = measure_tree(command, project, env)
+                if round_:
+                    samples[label].append(applied)
+                    samples[f"{label}, no-op"].append(noop)
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    rows = {}
+    for suffix in ("", ", no-op"):
+        runner, anchor = samples[f"runner --all{suffix}"], samples[f"xargs -P 4 alembic{suffix}"]
+        rows[f"{FLEET_SIZE} databases, {FLEET_REVISIONS} revisions, parallelism 4{suffix or ', from base'}"] = {
+            "runner --all": summary(runner),
+            "xargs -P 4 alembic": summary(anchor),
+            "ratio_to_xargs": round(
+                statistics.median(a["wall"] / b["wall"] for a, b in zip(runner, anchor, strict=True)), 3
+            ),
+        }
+    return rows
+
+
+def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "median_s": round(statistics.median(s["wall"] for s in samples), 4),
+        "median_rss_mib": round(statistics.median(s["rss_mib"] for s in samples), 1),
+    }
+
+
+def measure_tree(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``command`` once: wall seconds, and the peak over time of its process tree's summed PSS (MiB)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.1):
+            peak = max(peak, tree_pss_kib(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, errors = process.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {process.returncode}:\n{errors.decode(errors='replace')[-3000:]}")
+    return {"wall": wall, "rss_mib": peak / 1024}
+
+
+def tree_pss_kib(root: int) -> int:
+    """The summed PSS (KiB) of ``root`` and its descendants now; processes that end meanwhile count 0."""
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return total
 
 
 def moments(events: list[dict[str, Any]], name: str) -> list[dt.datetime]:
@@ -389,7 +609,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=11, help="timed runs of each command per row (default 11)")
     parser.add_argument(
-        "--rows", default="noop,apply,followers,django,verify,django-verify", help="which rows, comma-separated"
+        "--rows",
+        default="noop,layout,apply,followers,fleet,django,verify,django-verify",
+        help="which rows, comma-separated",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -397,6 +619,8 @@ def main() -> None:
         "noop": noop_rows,
         "apply": apply_rows,
         "followers": followers_row,
+        "layout": layout_row,
+        "fleet": fleet_row,
         "django": django_row,
         "verify": verify_rows,
         "django-verify": django_verify_row,

@@ -7,7 +7,7 @@ the configuration once, ``commands`` holds one module per command family, and
 ``drivers`` one module per migration system (docs/drivers.md).
 """
 
-__all__ = ["DISTRIBUTION", "__version__"]
+__all__ = ["DISTRIBUTION", "GC_THRESHOLDS", "__version__"]
 
 # The name on PyPI. `migration-runner` there is an unrelated project (MySQL scripts), so the
 # distribution has a name of its own; the command stays `migration-runner`, the package `runner`.
@@ -17,3 +17,9 @@ DISTRIBUTION = "kube-migration-runner"
 # (pyproject.toml, [tool.hatch.version]), and reading a constant costs nothing at start-up,
 # unlike importlib.metadata, which scans site-packages.
 __version__ = "0.1.0"
+
+# A run is short, and most of what it allocates lives to the end (modules, classes, the revision
+# map): CPython's default, a young collection every 700 allocations, mostly walks survivors.
+# Set before the imports (runner.__main__), which make most of a no-op's objects, and kept by
+# runner.process.run_program.
+GC_THRESHOLDS = (50_000, 20, 20)

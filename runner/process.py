@@ -26,15 +26,13 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import NoReturn, TextIO
 
+import runner
 from runner import stopping
 from runner.errors import Interrupted, Outcome, RunTimeout, abandoned, outcome_of
 
 DEFAULT_GRACE_SECONDS = 10.0
 # Writing the termination message, the result document and pushing metrics, after the work.
 REPORT_BOUND_SECONDS = 10.0
-# A run is short, and most of what it allocates lives to the end (modules, classes, the revision
-# map): CPython's default, a young collection every 700 allocations, mostly walks survivors.
-_GC_THRESHOLDS = (50_000, 20, 20)
 
 
 class Watchdog:
@@ -171,7 +169,7 @@ def run_program(main: Callable[[], int]) -> NoReturn:
     Raises:
         SystemExit: always, with ``main``'s exit code.
     """
-    gc.set_threshold(*_GC_THRESHOLDS)
+    gc.set_threshold(*runner.GC_THRESHOLDS)  # runner.__main__ set it already; a caller of entrypoint may not
     code = main()
     # The kernel frees the memory with the process. Without this, interpreter shutdown walks
     # every object SQLAlchemy, Alembic and the revision modules made in one last full collection

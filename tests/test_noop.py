@@ -15,10 +15,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Cli, make_project, query, rev_id, version
 
+import runner
 from runner.drivers import _alembic_files as files
 from runner.drivers import alembic as driver
 from runner.settings import load_settings
@@ -317,6 +319,80 @@ def test_at_head_the_run_imports_neither_sqlalchemy_nor_alembic(cli: Cli, pg_url
 
     assert (code, imported) == (0, False)
     assert events == ["run.started", "upgrade.noop", "run.finished"]
+
+
+START_UP_PROBE = """
+import atexit, gc, json, runpy, sys, tokenize
+def report():
+    imported = sorted(m for m in ("sqlalchemy", "alembic", "runner.flags", "app.models") if m in sys.modules)
+    found = [imported, tokenize._compile.cache_info().currsize, list(gc.get_threshold())]
+    print("PROBE", json.dumps(found), file=sys.stderr)
+atexit.register(report)
+sys.argv = ["migration-runner", "upgrade"]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def probe_start_up(cli: Cli, env: dict[str, str]) -> tuple[int, list[str], list[Any]]:
+    """Run ``migration-runner upgrade`` as the program starts it; its exit code, events, and what it paid for.
+
+    The last is ``[modules imported of sqlalchemy, alembic, runner.flags, app.models; regular expressions
+    tokenize compiled; the GC thresholds at exit]``.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", START_UP_PROBE],
+        cwd=cli.cwd,
+        env=cli.env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    events = [json.loads(line)["event"] for line in done.stdout.splitlines() if line.startswith("{")]
+    probe = next(line for line in done.stderr.splitlines() if line.startswith("PROBE "))
+    return done.returncode, events, json.loads(probe.removeprefix("PROBE "))
+
+
+def test_a_no_op_pays_for_nothing_it_does_not_use(cli: Cli, pg_url: str) -> None:
+    """Start-up costs found by profiling (issue 28) stay gone: each was 5-30 ms of a 0.4 s no-op.
+
+    - ``tokenize``'s large pattern is never compiled (pydantic's signature of a builtin default factory did);
+    - ``runner.flags`` is not imported (the accept_flags validator ran on the default);
+    - the GC thresholds are the runner's from the start (``runner.__main__``), not only after the imports.
+    """
+    make_project(cli.cwd, revisions=3)
+    env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOG_FORMAT": "json"}
+    assert cli(env=env).code == 0
+
+    code, events, (imported, compiled, thresholds) = probe_start_up(cli, env)
+
+    assert (code, events) == (0, ["run.started", "upgrade.noop", "run.finished"])
+    assert imported == []
+    assert compiled == 0
+    assert tuple(thresholds) == runner.GC_THRESHOLDS
+
+
+def test_a_no_op_over_version_locations_imports_no_revision_file(cli: Cli, pg_url: str) -> None:
+    """The real-project layout of issue 28: two version_locations, each revision importing the app's models."""
+    make_project(cli.cwd, revisions=4)
+    (cli.cwd / "app").mkdir()
+    (cli.cwd / "app" / "__init__.py").write_text("")
+    (cli.cwd / "app" / "models.py").write_text("")
+    versions, second = cli.cwd / "migrations" / "versions", cli.cwd / "model_b" / "versions"
+    second.mkdir(parents=True)
+    for number, path in enumerate(sorted(versions.glob("*.py"))):
+        text = path.read_text().replace("import os\n", 'import os\n\nimport app.models  # "global" settings\n', 1)
+        (second if number % 2 else versions).joinpath(path.name).write_text(text)
+        if number % 2:
+            path.unlink()
+    configure(cli.cwd, "version_locations = %(here)s/migrations/versions:%(here)s/model_b/versions")
+    env = {"MIGRATION_DATABASE_URL": pg_url, "MIGRATION_LOG_FORMAT": "json"}
+    assert cli(env=env).code == 0
+    assert query(pg_url, "SELECT count(*) FROM applied_log") == [(4,)]
+
+    code, events, (imported, _, _) = probe_start_up(cli, env)
+
+    assert (code, events) == (0, ["run.started", "upgrade.noop", "run.finished"])
+    assert imported == []
 
 
 def test_the_fast_path_reports_what_the_full_path_reports(cli: Cli, pg_url: str, tmp_path: Path) -> None:
