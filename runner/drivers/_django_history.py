@@ -63,12 +63,21 @@ class DjangoHistory:
         return self._own_url
 
     def summary(self, current: Sequence[str]) -> tuple[str, ...]:
-        """The last applied migration of each app: applied nodes without an applied child in their app."""
+        """The last applied migration of each app: applied nodes without an applied child in their app.
+
+        A row whose migration a squash on disk replaces is no node of the graph (the
+        loader put the squash in its place, or, for a squash half applied, kept the
+        row's own node): it is not a last migration of its own. Other rows without a
+        node (a migration no longer on disk) still show, as :meth:`unknown` reports them.
+        """
         applied = {_key(revision) for revision in current}
         graph = self._loader.graph
+        replaced = self._replaced()
         last = []
         for key in applied:
             node = graph.node_map.get(key)
+            if node is None and key in replaced:
+                continue
             children = node.children if node is not None else set()
             if not any(child[0] == key[0] and child in applied for child in children):
                 last.append(_id(key))
@@ -121,7 +130,7 @@ class DjangoHistory:
         Rows of apps no longer installed are not counted: Django ignores them too.
         """
         loader = self._loader
-        replaced = {key for migration in loader.disk_migrations.values() for key in migration.replaces}
+        replaced = self._replaced()
         return sorted(
             revision
             for revision in current
@@ -129,6 +138,10 @@ class DjangoHistory:
             and key not in loader.disk_migrations
             and key not in replaced
         )
+
+    def _replaced(self) -> set[Key]:
+        """Every migration that a squash on disk replaces (``Migration.replaces``)."""
+        return {key for migration in self._loader.disk_migrations.values() for key in migration.replaces}
 
     def is_applied(self, current: Sequence[str], revision: str) -> bool:
         """``revision`` is among the applied migrations."""
