@@ -373,14 +373,11 @@ def fleet_row(runs: int, tmp: Path) -> dict[str, Any]:
                 admin.execute(f'CREATE DATABASE "{name}"')
 
     try:
-        for round_ in range(max(2, runs // 4) + 1):
+        for _ in range(max(2, runs // 4)):  # no warm-up round: each round is minutes of work
             for label, command in commands.items():
                 recreate_all()
-                applied = measure_tree(command, project, env)
-                noop = measure_tree(command, project, env)
-                if round_:
-                    samples[label].append(applied)
-                    samples[f"{label}, no-op"].append(noop)
+                samples[label].append(measure_tree(command, project, env))
+                samples[f"{label}, no-op"].append(measure_tree(command, project, env))
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             for name in names:

@@ -4,7 +4,10 @@ Each database runs in a ``migration-runner`` child process of its own, as it
 would in its own pod of an Indexed Job (``MIGRATION_DATABASE_INDEX=i``), and
 never in a thread: Alembic's ``context`` and Django's settings are process-wide,
 revision modules may keep state, and the lock, the signal handling, the
-deadline and the metrics are each run's own. The parent
+deadline and the metrics are each run's own. The children are forked from a
+fork server that has imported the runner and its libraries once
+(:mod:`runner.forkserver`); where it cannot run, each child is a new
+``python -m runner``. The ``all.started`` event says which (``children``). The parent
 
 - runs at most ``MIGRATION_PARALLELISM`` children at once;
 - relays their log lines (each already names its ``database_index`` and ``database_name``);
@@ -20,6 +23,7 @@ the engine: one Indexed Job (docs/kubernetes.md, "Many databases").
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import os
@@ -34,6 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from runner import forkserver
 from runner.errors import ExitCode, most_severe
 from runner.logs import get_logger
 
@@ -85,10 +90,15 @@ def run_all(
         Interrupted, RunTimeout: a signal or the deadline; the children were stopped first.
     """
     log = get_logger()
-    children = _Children(argv, log_format, log_stream)
-    log.info("all.started", databases=len(databases), parallelism=parallelism)
+    server = _fork_server()
+    children = _Children(argv, log_format, log_stream, server)
+    log.info(
+        "all.started", databases=len(databases), parallelism=parallelism, children="forked" if server else "started"
+    )
     entries: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="database") as pool:
+    with contextlib.ExitStack() as cleanup, ThreadPoolExecutor(parallelism, thread_name_prefix="database") as pool:
+        if server is not None:
+            cleanup.callback(server.close)  # after the pool: every child has ended
         # Each worker thread logs with this run's fields (structlog's contextvars are per thread).
         futures: dict[Future[dict[str, Any]], Database] = {
             pool.submit(contextvars.copy_context().run, children.run, d): d for d in databases
@@ -116,15 +126,29 @@ def run_all(
     return code
 
 
+def _fork_server() -> forkserver.Server | None:
+    """The fork server, or None where it cannot run (each child is then a new process)."""
+    if not forkserver.available():
+        return None
+    try:
+        return forkserver.Server()
+    except OSError as error:
+        get_logger().warning("all.fork_server_unavailable", error=str(error))
+        return None
+
+
 class _Children:
     """The child processes of one ``--all`` run."""
 
-    def __init__(self, argv: Sequence[str], log_format: str, log_stream: TextIO) -> None:
-        self.argv = list(argv)
+    def __init__(
+        self, argv: Sequence[str], log_format: str, log_stream: TextIO, server: forkserver.Server | None
+    ) -> None:
+        self.argv = [*argv, "--output", "json"]
         self.log_format = log_format
         self.log_stream = log_stream
+        self.server = server
         self.relay_lock = threading.Lock()
-        self.running: dict[int, subprocess.Popen[str]] = {}
+        self.running: dict[int, subprocess.Popen[str] | forkserver.Forked] = {}
         self.stopping = threading.Event()
 
     def _relay(self, stream: TextIO) -> None:
@@ -145,14 +169,18 @@ class _Children:
             MIGRATION_TERMINATION_LOG=os.devnull,  # the parent writes the one termination message
         )
         started = time.monotonic()
-        child = subprocess.Popen(  # noqa: S603  (our own program, an argv list)
-            [sys.executable, "-m", "runner", *self.argv, "--output", "json"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        child: subprocess.Popen[str] | forkserver.Forked
+        if self.server is not None:
+            child = self.server.spawn(self.argv, env)
+        else:
+            child = subprocess.Popen(  # noqa: S603  (our own program, an argv list)
+                [sys.executable, "-m", "runner", *self.argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         self.running[database.index] = child
         assert child.stderr is not None and child.stdout is not None  # noqa: S101  (both are pipes)
         relaying = threading.Thread(target=self._relay, args=(child.stderr,), daemon=True)
@@ -160,12 +188,15 @@ class _Children:
         output = child.stdout.read()
         code = child.wait()
         relaying.join()
+        child.stdout.close()
+        child.stderr.close()
         self.running.pop(database.index, None)
         try:
             document = json.loads(output)
         except ValueError:
             document = None
-        entry = _entry(database, code, document, None if document else "the run printed no result document")
+        why = getattr(child, "failure", None) or "the run printed no result document"
+        entry = _entry(database, code, document, None if document else why)
         entry["duration_seconds"] = round(time.monotonic() - started, 6)
         get_logger().info(
             "database.finished",

@@ -5,15 +5,19 @@ Real PostgreSQL databases, the runner as a user runs it.
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 from support import REPO, Cli, advisory_locks_held, applied_counts, make_project, query, version, wait_until
+
+from runner import errors, fleet, forkserver
 
 RESULT_SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 
@@ -140,6 +144,7 @@ def test_all_migrates_the_five_reachable_databases_and_exits_with_the_failure(
     finished = {e["database_index"]: e for e in result.named("database.finished")}
     assert finished[3]["exit_code"] == 78 and finished[0]["exit_code"] == 0
     assert result.one("all.finished")["failed"] == [3]
+    assert result.one("all.started")["children"] == "forked"  # from the fork server (runner.forkserver)
     # The children's own lines are relayed, each naming its database.
     applied = result.named("revision.applied")
     assert sorted({e["database_index"] for e in applied}) == [0, 1, 2, 4, 5]
@@ -214,8 +219,62 @@ def test_sigterm_stops_every_database_and_exits_143(cli: Cli, pg_databases: Call
     result = cli.finish(runner, started, timeout=60)
 
     assert result.code == 143, result.stderr[-3000:]
+    assert result.stdout, result.stderr[-6000:]
     document = json.loads(result.stdout)
     assert sorted(e["exit_code"] for e in document["databases"]) == [143, 143, 143]
     assert sleeping() == 0
     assert all(advisory_locks_held(url) == 0 for url in urls)
     assert all(version(url) == ["0001"] for url in urls[:2])  # revision 2 rolled back where it ran
+
+
+MISBEHAVING = """\
+import signal, sys
+index = os.environ["MIGRATION_DATABASE_INDEX"]
+if index == "1":
+    os.kill(os.getpid(), signal.SIGKILL)
+if index == "2":
+    os._exit(3)
+if index == "3":
+    sys.exit(4)
+op.create_table("t_0001", sa.Column("id", sa.Integer))
+"""
+
+
+def run_all_in_process(databases: list[str], *, fork: bool, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``upgrade --all`` through runner.fleet itself, with the fork server or with a new process per database."""
+    monkeypatch.setattr(forkserver, "available", lambda: fork)
+    entries: list[dict[str, Any]] = []
+    relayed = io.StringIO()
+    listed = [fleet.Database(index=i, name=url.rsplit("/", 1)[1]) for i, url in enumerate(databases)]
+    code = fleet.run_all(
+        ["upgrade"], listed, parallelism=1, log_format="json", log_stream=relayed, grace_seconds=10, into=entries
+    )
+    assert code == errors.most_severe(e["exit_code"] for e in entries)
+    started = [json.loads(line) for line in relayed.getvalue().splitlines() if '"run.started"' in line]
+    assert sorted(e["database_index"] for e in started) == list(range(len(databases)))  # each child's lines relayed
+    return entries
+
+
+@pytest.mark.timeout(180)
+def test_a_child_that_is_killed_or_exits_ends_alone_forked_or_not(
+    cli: Cli, pg_databases: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL, os._exit and sys.exit in three children: the others migrate, the codes are as without the fork server.
+
+    One at a time, so the databases after the killed child show that the fork server lived on.
+    """
+    make_project(cli.cwd, revisions=2, bodies={1: MISBEHAVING})
+    monkeypatch.chdir(cli.cwd)
+    results = {}
+    for fork in (True, False):  # the fork server, then a new process per database, each on new databases
+        urls = [pg_databases() for _ in range(5)]
+        monkeypatch.setenv("MIGRATION_DATABASES_FILE", str(databases_file(tmp_path, urls)))
+        results[fork] = [e["exit_code"] for e in run_all_in_process(urls, fork=fork, monkeypatch=monkeypatch)]
+        assert version(urls[0]) == version(urls[4]) == ["0002"]
+        assert [query(url, "SELECT to_regclass('t_0001')")[0][0] for url in urls[1:4]] == [None] * 3
+
+    assert results[True] == results[False]
+    codes = results[True]
+    assert codes[0] == codes[4] == 0
+    assert codes[1] == -signal.SIGKILL
+    assert 0 not in codes[1:4]
