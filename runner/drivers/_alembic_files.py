@@ -57,21 +57,22 @@ def quick_heads(
 ) -> tuple[str, ...] | None:
     """The heads, read from the revision files' text without importing Alembic or the files; None when unsure.
 
-    Sure means: the configuration is one ini file (or MIGRATION_SCRIPT_LOCATION
-    alone) without ``version_locations``, ``recursive_version_locations``,
-    ``sourceless`` or ``databases``; the script directory has ``env.py``; and
-    every revision file (Alembic's own filter over ``versions/``) assigns
-    ``revision``, ``down_revision`` and, if at all, ``depends_on`` exactly once,
-    at module level, to literals, with no code that could set them otherwise. A
-    history that does not check out (a duplicate id, a dangling reference, a
-    cycle) is None too. None sends the run down the full path, where Alembic
-    itself decides. Heads are the revisions no ``down_revision`` names
-    (``RevisionMap.heads``); ``depends_on`` does not make or unmake a head.
+    Sure means: :func:`runner.drivers._alembic_layout.quick_layout` found the files
+    Alembic would load (``version_locations``, ``package:resource``,
+    ``[tool.alembic]`` and recursive directories included; not ``sourceless`` or
+    ``databases``), each listed once; and every file assigns ``revision``,
+    ``down_revision`` and, if at all, ``depends_on`` exactly once, at module level,
+    to literals, with no code that runs at import and could set them otherwise
+    (prose does not count: :func:`_sets_names_dynamically`). A history that does
+    not check out (a duplicate id, a dangling reference, a cycle) is None too.
+    None sends the run down the full path, where Alembic itself decides. Heads
+    are the revisions no ``down_revision`` names (``RevisionMap.heads``);
+    ``depends_on`` does not make or unmake a head.
 
     Args:
         settings: the run's settings.
         cwd: the working directory.
-        sources: if given, filled with each revision's file (its path as text) and bytes (for :mod:`runner.drift`).
+        sources: if given, filled with each revision's file (its real path) and bytes (for :mod:`runner.drift`).
 
     Returns:
         The heads, sorted; or None.
