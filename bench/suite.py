@@ -141,18 +141,7 @@ def noop_rows(runs: int, tmp: Path) -> dict[str, Any]:
     for revisions in NOOP_SIZES:
         with database() as url:
             project = alembic_project(tmp / f"noop{revisions}", revisions, url)
-            env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
-            measure([str(BIN / "alembic"), "upgrade", "head"], project, env)
-            rows[f"noop, {revisions} revisions"] = alternate(
-                {
-                    "runner": [str(BIN / "migration-runner"), "upgrade"],
-                    "alembic": [str(BIN / "alembic"), "upgrade", "head"],
-                    "floor": [PYTHON, str(REPO / "bench" / "floor_alembic.py")],
-                },
-                project,
-                env,
-                runs,
-            )
+            rows[f"noop, {revisions} revisions"] = noop_row(project, url, runs)
     first, last = rows["noop, 10 revisions"], rows["noop, 1000 revisions"]
     rows["noop, runner at 1000 revisions against 10"] = {
         "ratio": round(last["runner"]["median_s"] / first["runner"]["median_s"], 3)
@@ -161,6 +150,22 @@ def noop_rows(runs: int, tmp: Path) -> dict[str, Any]:
         if "floor" in row:
             row["rss_ratio_to_floor"] = round(row["runner"]["median_rss_mib"] / row["floor"]["median_rss_mib"], 3)
     return rows
+
+
+def noop_row(project: Path, url: str, runs: int) -> dict[str, Any]:
+    """The project's database brought to head by Alembic, then the runner's no-op, Alembic's and the floor's."""
+    env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
+    measure([str(BIN / "alembic"), "upgrade", "head"], project, env)
+    return alternate(
+        {
+            "runner": [str(BIN / "migration-runner"), "upgrade"],
+            "alembic": [str(BIN / "alembic"), "upgrade", "head"],
+            "floor": [PYTHON, str(REPO / "bench" / "floor_alembic.py")],
+        },
+        project,
+        env,
+        runs,
+    )
 
 
 def per_revision_transactions(project: Path, *, durable_at_end: bool = False) -> Path:
@@ -262,18 +267,7 @@ def layout_row(runs: int, tmp: Path) -> dict[str, Any]:
                 1,
             )
         )
-        env = base_env(MIGRATION_DATABASE_URL=url, MIGRATION_LOG_FORMAT="json")
-        measure([str(BIN / "alembic"), "upgrade", "head"], project, env)
-        row = alternate(
-            {
-                "runner": [str(BIN / "migration-runner"), "upgrade"],
-                "alembic": [str(BIN / "alembic"), "upgrade", "head"],
-                "floor": [PYTHON, str(REPO / "bench" / "floor_alembic.py")],
-            },
-            project,
-            env,
-            runs,
-        )
+        row = noop_row(project, url, runs)
         row["rss_ratio_to_floor"] = round(row["runner"]["median_rss_mib"] / row["floor"]["median_rss_mib"], 3)
         return {"noop, 150 revisions in two version_locations, each importing a 300 ms app.models": row}
 

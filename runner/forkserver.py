@@ -6,7 +6,7 @@ process-wide, and each run's lock, signals, deadline and metrics are its own. Bu
 (the runner, SQLAlchemy, Alembic, the database drivers: most of a short run) once
 per database. This server pays them once: :mod:`runner.fleet` starts it, it
 imports, and then forks a child for each request. A forked child runs
-``runner.__main__.main`` as ``python -m runner`` would, with its own environment,
+``runner.__main__`` as ``python -m runner`` does, with its own environment,
 arguments, stdout and stderr, and exits through the interpreter's normal exit.
 
 Isolation is the operating system's: a crash, ``sys.exit``, ``os._exit`` or a
@@ -34,6 +34,7 @@ import gc
 import importlib
 import json
 import os
+import runpy
 import selectors
 import signal
 import socket
@@ -283,9 +284,8 @@ def main() -> None:
     if served is None:
         return
     become(*served)
-    from runner.__main__ import main as run  # noqa: PLC0415  (imported above, in the server)
-
-    run()
+    # What `python -m runner` runs, as the children without a server run it (runner.fleet).
+    runpy.run_module("runner", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
